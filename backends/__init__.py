@@ -1,0 +1,1 @@
+"""pedagle backends: engine adapters (vLLM, SGLang) built on pedagle_core."""

@@ -1,0 +1,229 @@
+"""The EAGLE-3 / P-EAGLE drafter: all of its math in one file.
+
+    aux hidden states of the target [T, n_aux*Ht] --(input_norm | fc_norm)--> fc --> h [T, H]
+    layer 0:   e = input_layernorm(embed(ids));  h' = hidden_norm(h)
+               x = attn([e ; h'])  (q/k/v take 2H)       residual = h (or h' if norm_before_residual)
+               x, residual = post_attention_layernorm(x, residual); x = mlp(x)
+    layer i>0: x, residual = input_layernorm(x, residual); x = attn(x); ...; x = mlp(x)
+    out, prenorm = norm(x, residual)      logits = lm_head(out[sample rows]) over the draft vocab
+    target id = draft id + d2t[draft id]
+
+P-EAGLE mask slots use the embedding of ``mask_token_id`` and ``fc(mask_hidden)``.
+Weight names follow transformers' Llama naming (``layers.{i}.self_attn.q_proj.weight`` ...), which is
+also the canonical on-disk naming (see ``formats``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attention import AttentionProvider
+from .config import DrafterConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
+        """norm(x), or with a residual: (norm(x + residual), x + residual)."""
+        dtype = x.dtype
+        xf = x.float()
+        if residual is not None:                      # add in float32, as vLLM's fused add-norm does
+            xf = xf + residual.float()
+            residual = xf.to(dtype)
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        y = self.weight * y.to(dtype)
+        return y if residual is None else (y, residual)
+
+
+# ---------------------------------------------------------------------------------------- RoPE
+def rope_inv_freq(cfg: DrafterConfig) -> tuple[Tensor, float]:
+    """Inverse frequencies [head_dim/2] and the attention scaling of cos/sin for ``cfg.rope_parameters``."""
+    p = cfg.rope_parameters
+    d = int(cfg.head_dim)
+    base = float(p.get("rope_theta", 10000.0))
+    inv = 1.0 / (base ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+    kind = p.get("rope_type", "default")
+    scale = 1.0
+    if kind == "linear":
+        inv = inv / float(p["factor"])
+    elif kind == "llama3":
+        factor, lo, hi = float(p["factor"]), float(p.get("low_freq_factor", 1.0)), float(p.get("high_freq_factor", 4.0))
+        old = float(p["original_max_position_embeddings"])
+        wavelen = 2 * math.pi / inv
+        lo_wl, hi_wl = old / lo, old / hi
+        smooth = (old / wavelen - lo) / (hi - lo)
+        scaled = torch.where(wavelen > lo_wl, inv / factor, inv)
+        mid = (1 - smooth) * scaled / factor + smooth * scaled
+        is_mid = (wavelen <= lo_wl) & (wavelen >= hi_wl)
+        inv = torch.where(is_mid, mid, scaled)
+    elif kind == "yarn":
+        factor = float(p["factor"])
+        old = float(p.get("original_max_position_embeddings", cfg.max_position_embeddings))
+        beta_fast, beta_slow = float(p.get("beta_fast", 32.0)), float(p.get("beta_slow", 1.0))
+        mscale = p.get("attention_factor")
+        scale = float(mscale) if mscale is not None else (0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0)
+
+        def corr_dim(n_rot: float) -> float:
+            return (d * math.log(old / (n_rot * 2 * math.pi))) / (2 * math.log(base))
+
+        low, high = corr_dim(beta_fast), corr_dim(beta_slow)
+        if p.get("truncate", True):
+            low, high = math.floor(low), math.ceil(high)
+        low, high = max(low, 0), min(high, d - 1)
+        if low == high:
+            high += 0.001
+        ramp = ((torch.arange(d // 2, dtype=torch.float64) - low) / (high - low)).clamp(0, 1)
+        extrapolation = 1 - ramp
+        inv = (inv / factor) * (1 - extrapolation) + inv * extrapolation
+    return inv.float(), scale
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x: [T, h, D]; cos/sin: [T, D/2]. Rotate-half (NeoX) convention, as transformers' Llama."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    c, s = cos[:, None, :], sin[:, None, :]
+    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1).to(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------- layers
+class Attention(nn.Module):
+    def __init__(self, cfg: DrafterConfig, layer_idx: int, in_features: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, int(cfg.head_dim)
+        b = cfg.attention_bias
+        self.q_proj = nn.Linear(in_features, self.n_heads * self.head_dim, bias=b)
+        self.k_proj = nn.Linear(in_features, self.n_kv * self.head_dim, bias=b)
+        self.v_proj = nn.Linear(in_features, self.n_kv * self.head_dim, bias=b)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=b)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+        self.window = cfg.layer_window(layer_idx)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, attn: AttentionProvider) -> Tensor:
+        T = x.shape[0]                                                     # x: [T, in_features]
+        q = self.q_proj(x).view(T, self.n_heads, self.head_dim)
+        k = self.k_proj(x).view(T, self.n_kv, self.head_dim)
+        v = self.v_proj(x).view(T, self.n_kv, self.head_dim)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        o = attn(self.layer_idx, q, k, v, self.window)                      # [T, n_heads, head_dim]
+        return self.o_proj(o.reshape(T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: DrafterConfig) -> None:
+        super().__init__()
+        H, I, b = cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias
+        self.gate_proj, self.up_proj = nn.Linear(H, I, bias=b), nn.Linear(H, I, bias=b)
+        self.down_proj = nn.Linear(I, H, bias=b)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    """A Llama decoder layer; layer 0 is the fused EAGLE-3 layer with 2H attention input."""
+
+    def __init__(self, cfg: DrafterConfig, layer_idx: int) -> None:
+        super().__init__()
+        H, eps = cfg.hidden_size, cfg.rms_norm_eps
+        self.is_first = layer_idx == 0
+        self.norm_before_residual = cfg.norm_before_residual
+        self.self_attn = Attention(cfg, layer_idx, 2 * H if self.is_first else H)
+        self.mlp = MLP(cfg)
+        self.input_layernorm = RMSNorm(H, eps)
+        self.post_attention_layernorm = RMSNorm(H, eps)
+        if self.is_first:
+            self.hidden_norm = RMSNorm(H, eps)
+
+    def forward(self, x: Tensor, residual: Tensor | None, cos: Tensor, sin: Tensor,
+                attn: AttentionProvider, embeds: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if self.is_first:
+            assert embeds is not None
+            e = self.input_layernorm(embeds)                                # [T, H]
+            if self.norm_before_residual:
+                x = self.hidden_norm(x)
+                residual = x
+            else:
+                residual = x
+                x = self.hidden_norm(x)
+            x = self.self_attn(torch.cat([e, x], dim=-1), cos, sin, attn)   # embeds first: [T, 2H]
+        else:
+            x, residual = self.input_layernorm(x, residual)
+            x = self.self_attn(x, cos, sin, attn)
+        x, residual = self.post_attention_layernorm(x, residual)
+        return self.mlp(x), residual
+
+
+# ---------------------------------------------------------------------------------------- drafter
+class Drafter(nn.Module):
+    """An EAGLE-3 drafter with the P-EAGLE extras (``mask_hidden``, ``mask_token_id``)."""
+
+    def __init__(self, cfg: DrafterConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        H, Ht = cfg.hidden_size, int(cfg.target_hidden_size)
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, H)
+        if cfg.norm_before_fc:
+            self.input_norm = RMSNorm(cfg.fc_input_size, cfg.rms_norm_eps)
+        if cfg.fc_norm:
+            self.fc_norm = nn.ModuleList(RMSNorm(Ht, cfg.rms_norm_eps) for _ in range(cfg.n_aux))
+        self.fc = nn.Linear(cfg.fc_input_size, H, bias=False)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(H, cfg.rms_norm_eps)
+        self.lm_head = nn.Linear(H, int(cfg.draft_vocab_size), bias=False)
+        self.mask_hidden = nn.Parameter(torch.zeros(1, 1, cfg.fc_input_size))     # pre-fc, [1, 1, n_aux*Ht]
+        self.register_buffer("d2t", torch.zeros(int(cfg.draft_vocab_size), dtype=torch.int64))
+        inv_freq, self.rope_scale = rope_inv_freq(cfg)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    # ------------------------------------------------------------------ inputs
+    def project_hidden(self, aux: Tensor) -> Tensor:
+        """Target aux hidden states [..., n_aux*Ht] -> drafter hidden [..., H]."""
+        if self.config.norm_before_fc:
+            aux = self.input_norm(aux)
+        elif self.config.fc_norm:
+            chunks = aux.chunk(self.config.n_aux, dim=-1)
+            aux = torch.cat([n(c) for n, c in zip(self.fc_norm, chunks)], dim=-1)
+        return self.fc(aux)
+
+    def mask_hidden_projected(self) -> Tensor:
+        """fc(mask_hidden): the hidden input of every MASK slot, [H]."""
+        return self.project_hidden(self.mask_hidden.view(1, -1)).view(-1)
+
+    def rope(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        freqs = positions.float()[:, None] * self.inv_freq[None, :]               # [T, D/2]
+        return freqs.cos() * self.rope_scale, freqs.sin() * self.rope_scale
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, input_ids: Tensor, positions: Tensor, hidden: Tensor, attn: AttentionProvider,
+                input_embeds: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """input_ids/positions: [T]; hidden: [T, H] (already projected by ``project_hidden``, or a
+        drafter hidden fed back by autoregressive drafting). Returns (out [T, H], fed-back hidden [T, H])."""
+        embeds = self.embed_tokens(input_ids) if input_embeds is None else input_embeds
+        cos, sin = self.rope(positions)
+        x, residual = hidden.to(embeds.dtype), None
+        for layer in self.layers:
+            x, residual = layer(x, residual, cos, sin, attn, embeds=embeds)
+        out, prenorm = self.norm(x, residual)
+        return out, (out if self.config.norm_output else prenorm)
+
+    # ------------------------------------------------------------------ readout
+    def compute_logits(self, out: Tensor) -> Tensor:
+        """[N, H] -> [N, draft_vocab] logits (draft-vocabulary order)."""
+        return self.lm_head(out)
+
+    def to_target_ids(self, draft_ids: Tensor) -> Tensor:
+        """Draft-vocabulary ids -> target-vocabulary ids (``d2t`` holds offsets)."""
+        return draft_ids + self.d2t[draft_ids]
