@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as e:
-            if e.name == name:        # that part of pedagle is not present in this build
+            if e.name and (name == e.name or name.startswith(e.name + ".")):  # that part is not in this build
                 continue
             raise
         module.add_parser(sub)

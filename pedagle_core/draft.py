@@ -89,8 +89,9 @@ def check_k(drafter: Drafter, K: int, parallel: bool) -> None:
             raise DraftError("parallel drafting with K > 1 needs config field 'mask_token_id' (the MASK slot "
                              "token); this drafter has none: use mode 'autoregressive' or a P-EAGLE checkpoint")
         if K > cfg.parallel_depth:
-            warnings.warn(f"K = {K} exceeds the drafter's trained parallel depth {cfg.parallel_depth}; "
-                          "drafts past that depth were never trained", stacklevel=3)
+            warnings.warn(f"K = {K} exceeds the drafter's recorded parallel depth {cfg.parallel_depth} "
+                          "(checkpoints that do not record it count as depth 1): drafts past the trained "
+                          "depth are likely to be rejected", stacklevel=3)
 
 
 def _forward_expanded(drafter: Drafter, step: StepInput, K: int, cache: DraftCache,

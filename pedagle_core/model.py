@@ -49,7 +49,7 @@ def rope_inv_freq(cfg: DrafterConfig) -> tuple[Tensor, float]:
     p = cfg.rope_parameters
     d = int(cfg.head_dim)
     base = float(p.get("rope_theta", 10000.0))
-    inv = 1.0 / (base ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+    inv = 1.0 / (base ** (torch.arange(0, d, 2, dtype=torch.float64, device="cpu") / d))
     kind = p.get("rope_type", "default")
     scale = 1.0
     if kind == "linear":
@@ -80,7 +80,7 @@ def rope_inv_freq(cfg: DrafterConfig) -> tuple[Tensor, float]:
         low, high = max(low, 0), min(high, d - 1)
         if low == high:
             high += 0.001
-        ramp = ((torch.arange(d // 2, dtype=torch.float64) - low) / (high - low)).clamp(0, 1)
+        ramp = ((torch.arange(d // 2, dtype=torch.float64, device="cpu") - low) / (high - low)).clamp(0, 1)
         extrapolation = 1 - ramp
         inv = (inv / factor) * (1 - extrapolation) + inv * extrapolation
     return inv.float(), scale
@@ -187,6 +187,12 @@ class Drafter(nn.Module):
         self.register_buffer("d2t", torch.zeros(int(cfg.draft_vocab_size), dtype=torch.int64))
         inv_freq, self.rope_scale = rope_inv_freq(cfg)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def _apply(self, fn, recurse=True):  # type: ignore[override]
+        """Keep the RoPE frequencies in float32 whatever dtype the module is cast to."""
+        super()._apply(fn, recurse)
+        self.inv_freq = rope_inv_freq(self.config)[0].to(self.inv_freq.device)
+        return self
 
     # ------------------------------------------------------------------ inputs
     def project_hidden(self, aux: Tensor) -> Tensor:
