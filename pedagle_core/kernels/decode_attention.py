@@ -1,0 +1,377 @@
+"""Decode-efficient attention over the drafter's KV cache (Triton), beside its plain-PyTorch reference.
+
+Semantics (those of `pedagle_core.attention.CacheAttention`): query row t of request b = request_index[t]
+at position p = positions[t] sees the keys of its request at positions kp with
+``kp <= p`` (and ``kp > p - window`` on sliding layers) and ``kp < ctx_limit``; the key of request b at
+position kp lives in cache slot ``block_table[b, kp // block_size] * block_size + kp % block_size``
+(the contiguous reference cache is the case ``block_size = max_seq_len``, one block per request).
+A row at a negative position sees key 0 (as the reference's padding rule does). Scale 1/sqrt(head_dim).
+
+Design (flash-decoding over the cache, no gather copy, no repeat_interleave):
+
+* `build_row_table` — one launch: the rows of each request, in row order, as a ``[B, max_rows]`` int32
+  table (-1 = none). Sync-free: ``max_rows`` is a host int (a caller's static bound, or the shape bound
+  ``T - (B - 1)``).
+* `write_kv` — one launch: k/v of every row with ``slot >= 0`` into the cache (rows with slot -1 write
+  nothing); no boolean indexing, so no host sync.
+* `_decode_attn_kernel` — grid (q tiles, B * Hkv, splits). A program owns a tile of ROWS query rows of
+  one request and ONE kv head, with all G = Hq / Hkv query heads of that group stacked into the M
+  dimension of the tile (M = ROWS * G): each K/V tile is read once per (request, kv head) and feeds
+  every query row and head that uses it (GQA without copies). The program's key range (the union of
+  its rows' visible ranges) is split evenly among ``splits`` programs (split-K / flash-decoding), so a
+  few long requests still fill the GPU. Online softmax in fp32 (exp2).
+* `_combine_kernel` — when splits > 1: the log-sum-exp merge of the per-split partial outputs.
+
+Every size that shapes a launch is a host int derived from tensor shapes or from caller hints, so the
+whole path can be captured in a CUDA graph. TRITON_INTERPRET=1 must be set before this module is
+imported to run the kernels on CPU tensors (tests).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+from torch import Tensor
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+_LOG2E = 1.4426950408889634
+_MAX_BLOCK_M = 128           # query rows x heads per program (register budget of the fp32 accumulator)
+
+
+def can_run(device: torch.device | str) -> bool:
+    """Whether the kernels (as defined at import) can run on tensors of `device`."""
+    device = torch.device(device)
+    return device.type == "cpu" if INTERPRETED else device.type == "cuda"
+
+
+# ---------------------------------------------------------------------------------------------- kernels
+@triton.jit(do_not_specialize=["n_rows", "max_rows"])
+def _row_table_kernel(req_ptr, table_ptr, n_rows, max_rows, BLOCK: tl.constexpr):
+    """Program b: table[b, :] = the rows t with request_index[t] == b in increasing t, then -1."""
+    b = tl.program_id(0)
+    count = tl.sum(tl.zeros([BLOCK], dtype=tl.int32), 0)
+    for start in range(0, n_rows, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        r = tl.load(req_ptr + offs, mask=offs < n_rows, other=-1)
+        match = (r == b).to(tl.int32)
+        rank = count + tl.cumsum(match, 0) - 1
+        tl.store(table_ptr + b.to(tl.int64) * max_rows + rank, offs.to(tl.int32),
+                 mask=(match != 0) & (rank < max_rows))
+        count += tl.sum(match, 0)
+    for start in range(0, max_rows, BLOCK):
+        idx = start + tl.arange(0, BLOCK)
+        tl.store(table_ptr + b.to(tl.int64) * max_rows + idx, tl.full([BLOCK], -1, tl.int32),
+                 mask=(idx >= count) & (idx < max_rows))
+
+
+@triton.jit
+def _write_kv_kernel(k_ptr, v_ptr, slot_ptr, kc_ptr, vc_ptr, k_stride, v_stride, c_stride,
+                     ROW: tl.constexpr, BLOCK: tl.constexpr):
+    """Program t: cache[slot[t]] = k[t], v[t] (ROW = Hkv * D contiguous elements) unless slot[t] < 0."""
+    t = tl.program_id(0).to(tl.int64)
+    slot = tl.load(slot_ptr + t).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    m = offs < tl.where(slot >= 0, ROW, 0)
+    k = tl.load(k_ptr + t * k_stride + offs, mask=m)
+    v = tl.load(v_ptr + t * v_stride + offs, mask=m)
+    tl.store(kc_ptr + slot * c_stride + offs, k.to(kc_ptr.dtype.element_ty), mask=m)
+    tl.store(vc_ptr + slot * c_stride + offs, v.to(vc_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit(do_not_specialize=["window", "ctx_limit", "max_rows", "n_splits", "n_kv_heads"])
+def _decode_attn_kernel(
+    q_ptr, kc_ptr, vc_ptr, pos_ptr, table_ptr, bt_ptr, out_ptr, po_ptr, plse_ptr,
+    qk_scale, window, ctx_limit, block_size, max_rows, n_splits, n_kv_heads,
+    q_st, q_sh, c_ss, c_sh, bt_sb, o_st, o_sh, po_ss, po_st, po_sh, pl_ss, pl_st,
+    G: tl.constexpr, G_PAD: tl.constexpr, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
+    BLOCK_N: tl.constexpr, HAS_WINDOW: tl.constexpr, PAGED: tl.constexpr, SPLIT: tl.constexpr,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr,
+):
+    BLOCK_M: tl.constexpr = ROWS * G_PAD
+    qt = tl.program_id(0)
+    pid1 = tl.program_id(1)
+    split = tl.program_id(2)
+    b = pid1 // n_kv_heads
+    hkv = pid1 % n_kv_heads
+
+    m_idx = tl.arange(0, BLOCK_M)
+    g = m_idx % G_PAD
+    rank = qt * ROWS + m_idx // G_PAD
+    row = tl.load(table_ptr + b.to(tl.int64) * max_rows + rank, mask=rank < max_rows, other=-1)
+    valid = (row >= 0) & (g < G)
+    row64 = tl.where(valid, row, 0).to(tl.int64)
+    head = hkv * G + g                                                    # query head of each M row
+    qpos = tl.load(pos_ptr + row64, mask=valid, other=0).to(tl.int32)
+    qpos = tl.maximum(qpos, 0)
+    hi = tl.minimum(qpos, ctx_limit - 1)                                  # last visible key (inclusive)
+    if HAS_WINDOW:
+        lo = tl.maximum(qpos - window + 1, 0)
+    else:
+        lo = tl.zeros_like(qpos)
+    # The program's key range: the union of its rows' ranges, split evenly among the split programs.
+    hi_p = tl.max(tl.where(valid, hi, -1), 0)
+    lo_p = tl.minimum(tl.min(tl.where(valid, lo, 2147483647), 0), hi_p + 1)
+    n_keys = hi_p + 1 - lo_p
+    chunk = tl.cdiv(tl.cdiv(n_keys, n_splits), BLOCK_N) * BLOCK_N
+    start = lo_p + split * chunk
+    end = tl.minimum(start + chunk, hi_p + 1)
+
+    d = tl.arange(0, D_PAD)
+    d_ok = d < HEAD_DIM
+    q = tl.load(q_ptr + row64[:, None] * q_st + head[:, None] * q_sh + d[None, :],
+                mask=valid[:, None] & d_ok[None, :], other=0.0)
+    if UPCAST:                                       # the interpreter's 16-bit tl.dot is wrong: use fp32
+        q = q.to(tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, D_PAD], tl.float32)
+    if not PAGED:
+        base = tl.load(bt_ptr + b.to(tl.int64) * bt_sb).to(tl.int64) * block_size
+    kv_off = hkv.to(tl.int64) * c_sh + d[None, :]
+    for n0 in range(start, end, BLOCK_N):
+        kpos = n0 + tl.arange(0, BLOCK_N)
+        if HAS_WINDOW:     # rows' windows may leave holes in the union range (e.g. rejected rows at position 0)
+            need = tl.max((valid & (lo < n0 + BLOCK_N) & (hi >= n0)).to(tl.int32), 0) > 0
+            k_in = kpos < tl.where(need, end, n0)             # a tile no row needs loads nothing
+        else:
+            k_in = kpos < end
+        if PAGED:
+            blk = tl.load(bt_ptr + b.to(tl.int64) * bt_sb + kpos // block_size, mask=k_in, other=0)
+            slot = blk.to(tl.int64) * block_size + kpos % block_size
+        else:
+            slot = base + kpos
+        kv_mask = k_in[:, None] & d_ok[None, :]
+        k = tl.load(kc_ptr + slot[:, None] * c_ss + kv_off, mask=kv_mask, other=0.0)
+        v = tl.load(vc_ptr + slot[:, None] * c_ss + kv_off, mask=kv_mask, other=0.0)
+        if IEEE:
+            s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision="ieee")
+        else:
+            s = tl.dot(q, tl.trans(k.to(q.dtype)))
+        s = s * qk_scale
+        vis = k_in[None, :] & (kpos[None, :] <= qpos[:, None])
+        if HAS_WINDOW:
+            vis = vis & (kpos[None, :] > qpos[:, None] - window)
+        s = tl.where(vis, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        vq = v.to(q.dtype)
+        if IEEE:
+            acc = acc * alpha[:, None] + tl.dot(p.to(vq.dtype), vq, input_precision="ieee")
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(vq.dtype), vq)
+        m_i = m_new
+
+    l_safe = tl.where(l_i > 0, l_i, 1.0)
+    o = acc / l_safe[:, None]
+    st_mask = valid[:, None] & d_ok[None, :]
+    if SPLIT:
+        lse = tl.where(l_i > 0, m_i + tl.log2(l_safe), float("-inf"))
+        sp = split.to(tl.int64)
+        tl.store(po_ptr + sp * po_ss + row64[:, None] * po_st + head[:, None] * po_sh + d[None, :], o, mask=st_mask)
+        tl.store(plse_ptr + sp * pl_ss + row64 * pl_st + head, lse, mask=valid)
+    else:
+        tl.store(out_ptr + row64[:, None] * o_st + head[:, None] * o_sh + d[None, :],
+                 o.to(out_ptr.dtype.element_ty), mask=st_mask)
+
+
+@triton.jit(do_not_specialize=["n_splits"])
+def _combine_kernel(po_ptr, plse_ptr, out_ptr, n_splits, n_heads,
+                    po_ss, po_st, po_sh, pl_ss, pl_st, o_st, o_sh,
+                    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_H: tl.constexpr):
+    t = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    h_ok = h < n_heads
+    d = tl.arange(0, D_PAD)
+    d_ok = d < HEAD_DIM
+    m = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    for s in range(0, n_splits):
+        lse = tl.load(plse_ptr + s * pl_ss + t * pl_st + h, mask=h_ok, other=float("-inf"))
+        m = tl.maximum(m, lse)
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    acc = tl.zeros([BLOCK_H, D_PAD], tl.float32)
+    w_sum = tl.zeros([BLOCK_H], tl.float32)
+    for s in range(0, n_splits):
+        lse = tl.load(plse_ptr + s * pl_ss + t * pl_st + h, mask=h_ok, other=float("-inf"))
+        w = tl.exp2(lse - m_safe)
+        o = tl.load(po_ptr + s * po_ss + t * po_st + h[:, None] * po_sh + d[None, :],
+                    mask=h_ok[:, None] & d_ok[None, :] & (w[:, None] > 0), other=0.0)
+        acc += w[:, None] * o
+        w_sum += w
+    o = acc / tl.where(w_sum > 0, w_sum, 1.0)[:, None]
+    tl.store(out_ptr + t * o_st + h[:, None] * o_sh + d[None, :], o.to(out_ptr.dtype.element_ty),
+             mask=h_ok[:, None] & d_ok[None, :])
+
+
+# ---------------------------------------------------------------------------------------------- host side
+def row_bound(n_rows: int, max_rows: int | None = None) -> int:
+    """Static bound on the query rows of one request: the caller's hint (capped by the row count), else
+    the row count itself (always valid, but sizes a grid of mostly idle programs)."""
+    return max(1, n_rows if max_rows is None else min(int(max_rows), n_rows))
+
+
+def build_row_table(request_index: Tensor, n_requests: int, max_rows: int) -> Tensor:
+    """[T] request of each row -> [n_requests, max_rows] int32: the rows of each request in increasing
+    row order, padded with -1. Rows past ``max_rows`` of their request are dropped (the caller's bound
+    must hold); on CPU tensors this is checked."""
+    T = request_index.shape[0]
+    table = torch.empty(n_requests, max_rows, dtype=torch.int32, device=request_index.device)
+    if request_index.device.type == "cpu" and T:
+        counts = torch.bincount(request_index.long(), minlength=n_requests)
+        if int(counts.max()) > max_rows:
+            raise ValueError(f"max_query_len = {max_rows}; a request has {int(counts.max())} query rows")
+    _row_table_kernel[(n_requests,)](request_index, table, T, max_rows, BLOCK=128)    # one compile for all T
+    return table
+
+
+def _row_major(x: Tensor) -> Tensor:
+    """[T, H, D] with unit stride over (H, D) (k/v rows are copied whole)."""
+    if x.stride(2) != 1 or x.stride(1) != x.shape[2]:
+        x = x.contiguous()
+    return x
+
+
+def write_kv(k: Tensor, v: Tensor, slot_mapping: Tensor, k_cache: Tensor, v_cache: Tensor) -> None:
+    """k/v: [T, Hkv, D] -> k_cache/v_cache [N, Hkv, D] (contiguous) at slot_mapping [T]; slot -1 writes nothing."""
+    T = k.shape[0]
+    if T == 0:
+        return
+    if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
+        raise ValueError("write_kv: expected contiguous per-layer caches [N, Hkv, D]")
+    k, v = _row_major(k), _row_major(v)
+    row = k.shape[1] * k.shape[2]
+    _write_kv_kernel[(T,)](k, v, slot_mapping, k_cache, v_cache, k.stride(0), v.stride(0), k_cache.stride(0),
+                           ROW=row, BLOCK=triton.next_power_of_2(row))
+
+
+_SM_COUNT: dict[int, int] = {}
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 8
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _SM_COUNT:
+        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _SM_COUNT[idx]
+
+
+def launch_config(n_rows: int, n_requests: int, max_rows: int, n_heads: int, n_kv_heads: int, head_dim: int,
+                  max_context: int, kv_itemsize: int, device: torch.device, num_splits: int | None = None,
+                  block_n: int | None = None, num_warps: int | None = None, num_stages: int | None = None) -> dict:
+    """Static launch parameters (host ints only). Splits: about one full wave of programs (~2 resident
+    per SM, wave-quantisation efficiency >= 0.8), at most one per 256 keys of ``max_context``, and few
+    enough that the fp32 partials (written, then read back by the combine) stay under half the K/V bytes."""
+    G = n_heads // n_kv_heads
+    g_pad = triton.next_power_of_2(G)
+    block_m = min(max(16, triton.next_power_of_2(max_rows * g_pad)), max(_MAX_BLOCK_M, g_pad))
+    rows = block_m // g_pad
+    n_qtiles = triton.cdiv(max_rows, rows)
+    d_pad = max(16, triton.next_power_of_2(head_dim))
+    if num_splits is None:
+        base = n_qtiles * n_requests * n_kv_heads
+        slots = 2 * _sm_count(device)
+        kv_bytes = n_requests * max_context * n_kv_heads * head_dim * 2 * kv_itemsize
+        part_bytes = n_rows * n_heads * head_dim * 4 * 2
+        cap = max(1, min(max_context // 256, kv_bytes // max(1, 2 * part_bytes)))
+        num_splits = 1
+        if base < slots:
+            for s in range(1, cap + 1):
+                num_splits = s
+                n = base * s
+                if n >= 0.8 * slots and n / (triton.cdiv(n, slots) * slots) >= 0.8:
+                    break
+    if block_n is None:
+        block_n = 64 if d_pad * block_m <= 64 * 128 else 32
+    if num_warps is None:
+        num_warps = 8 if block_m * d_pad >= 128 * 64 else 4
+    if num_stages is None:
+        num_stages = 2 if block_m * d_pad >= 128 * 128 else 3
+    return dict(G=G, G_PAD=g_pad, ROWS=rows, n_qtiles=n_qtiles, D_PAD=d_pad, num_splits=int(num_splits),
+                BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages)
+
+
+def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor, row_table: Tensor,
+                     block_table: Tensor, block_size: int, ctx_limit: int, window: int | None = None,
+                     max_context: int | None = None, out: Tensor | None = None, **overrides) -> Tensor:
+    """Attention of q [T, Hq, D] over the cache [N, Hkv, D] (k_cache, v_cache: one layer, contiguous).
+
+    positions [T]; row_table [B, max_rows] from `build_row_table`; block_table [B, max_blocks];
+    ctx_limit: keys at positions >= ctx_limit are never seen; max_context: static bound on the keys a
+    request reads (sizes the split-K grid only; default ctx_limit). overrides: num_splits, block_n,
+    num_warps, num_stages (tuning). Returns [T, Hq, D] in q's dtype.
+    """
+    T, Hq, D = q.shape
+    B, max_rows = row_table.shape
+    Hkv = k_cache.shape[1]
+    if Hq % Hkv:
+        raise ValueError(f"q has {Hq} heads; expected a multiple of the cache's {Hkv} kv heads")
+    if k_cache.shape[2] != D or v_cache.shape != k_cache.shape:
+        raise ValueError(f"cache shapes {tuple(k_cache.shape)}/{tuple(v_cache.shape)} do not fit q {tuple(q.shape)}")
+    if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
+        raise ValueError("decode_attention: expected contiguous per-layer caches [N, Hkv, D]")
+    if q.stride(2) != 1:
+        q = q.contiguous()
+    out = torch.empty_like(q) if out is None else out
+    if T == 0:
+        return out
+    cfg = launch_config(T, B, max_rows, Hq, Hkv, D, max_context or ctx_limit, k_cache.element_size(), q.device,
+                        **overrides)
+    splits = cfg["num_splits"]
+    paged = block_table.shape[1] > 1 or block_size < ctx_limit
+    if splits > 1:
+        po = torch.empty(splits, T, Hq, D, dtype=torch.float32, device=q.device)
+        plse = torch.empty(splits, T, Hq, dtype=torch.float32, device=q.device)
+    else:
+        po, plse = out, out                                       # never touched (SPLIT=False)
+    grid = (cfg["n_qtiles"], B * Hkv, splits)
+    _decode_attn_kernel[grid](
+        q, k_cache, v_cache, positions, row_table, block_table, out, po, plse,
+        _LOG2E / math.sqrt(D), int(window or 0), int(ctx_limit), int(block_size), max_rows, splits, Hkv,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), block_table.stride(0),
+        out.stride(0), out.stride(1),
+        po.stride(0) if splits > 1 else 0, po.stride(1) if splits > 1 else 0, po.stride(2) if splits > 1 else 0,
+        plse.stride(0) if splits > 1 else 0, plse.stride(1) if splits > 1 else 0,
+        G=cfg["G"], G_PAD=cfg["G_PAD"], ROWS=cfg["ROWS"], HEAD_DIM=D, D_PAD=cfg["D_PAD"], BLOCK_N=cfg["BLOCK_N"],
+        HAS_WINDOW=window is not None, PAGED=paged, SPLIT=splits > 1,
+        IEEE=q.dtype == torch.float32 or INTERPRETED, UPCAST=INTERPRETED and q.dtype != torch.float32,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+    if splits > 1:
+        block_h = min(triton.next_power_of_2(Hq), max(1, 2048 // cfg["D_PAD"]))
+        _combine_kernel[(T, triton.cdiv(Hq, block_h))](
+            po, plse, out, splits, Hq, po.stride(0), po.stride(1), po.stride(2), plse.stride(0), plse.stride(1),
+            out.stride(0), out.stride(1), HEAD_DIM=D, D_PAD=cfg["D_PAD"], BLOCK_H=block_h, num_warps=4,
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- reference
+def decode_attention_reference(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor,
+                               request_index: Tensor, block_table: Tensor, block_size: int, ctx_limit: int,
+                               window: int | None = None) -> Tensor:
+    """Plain PyTorch, one row at a time against the keys gathered for it (the CacheAttention rule)."""
+    T, Hq, D = q.shape
+    Hkv = k_cache.shape[1]
+    kp = torch.arange(ctx_limit, device=q.device)                                  # [S]
+    bt = block_table.long()[request_index.long()]                                  # [T, max_blocks]
+    slots = bt.gather(1, (kp // block_size)[None].expand(T, -1)) * block_size + kp % block_size  # [T, S]
+    keys = k_cache[slots].to(q.dtype)                                              # [T, S, Hkv, D]
+    vals = v_cache[slots].to(q.dtype)
+    qp = positions.long()[:, None]
+    vis = kp[None] <= qp
+    if window is not None:
+        vis = vis & (kp[None] > qp - window)
+    vis = vis | ((qp < 0) & (kp[None] == 0))
+    rep = Hq // Hkv
+    keys = keys.repeat_interleave(rep, dim=2).transpose(1, 2)                      # [T, Hq, S, D]
+    vals = vals.repeat_interleave(rep, dim=2).transpose(1, 2)
+    out = F.scaled_dot_product_attention(q[:, :, None, :], keys, vals, attn_mask=vis[:, None, None, :])
+    return out[:, :, 0, :]
