@@ -1,0 +1,147 @@
+"""The ``PEAGLE`` speculative algorithm as SGLang sees it: a `CustomSpecAlgo` subclass (``spec_class``).
+
+SGLang 0.5.23's scheduler calls methods a bare ``CustomSpecAlgo`` lacks (``carries_draft_hidden_states``,
+``create_future_map``, ``need_topk``) and routes EAGLE-family setup on ``is_eagle()`` / ``is_eagle3()``
+(target aux-hidden-state capture, draft KV sizing, verify inputs). `PEagleSpecAlgo` answers all of them
+and resolves the server arguments:
+
+* ``--speculative-num-draft-tokens K+1`` alone is enough: num_steps = K, topk = 1 (and the other way round);
+  with neither, K comes from the drafter (its recorded ``parallel_depth`` when it is a P-EAGLE head, else 1);
+* overlap scheduling is switched off (PEAGLE runs on the synchronous V2 schedule);
+* then SGLang's own EAGLE-family defaulting (``_handle_eagle_family``) runs.
+
+`validate_server_args` rejects what PEAGLE does not support, with the reason and the fix.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from sglang.srt.speculative.spec_registry import CustomSpecAlgo
+
+from . import ALGORITHM
+
+logger = logging.getLogger("pedagle.sglang")
+
+
+class PEagleConfigError(ValueError):
+    """An SGLang server-argument combination PEAGLE does not support (the message says which and why)."""
+
+
+def _get(sa: Any, name: str, default: Any = None) -> Any:
+    try:
+        return getattr(sa, name)
+    except AttributeError:
+        return default
+
+
+def default_k(draft_path: str | None) -> int:
+    """K when the user gave neither num_steps nor num_draft_tokens: the drafter's recorded parallel depth when
+    it is a P-EAGLE head (has a mask token), else 1 (plain EAGLE-3 chain of one draft)."""
+    if draft_path and Path(str(draft_path)).is_dir():
+        try:
+            from pedagle_core.formats import read_config
+
+            cfg, _ = read_config(draft_path)
+        except Exception as e:  # noqa: BLE001 - the loader reports the checkpoint problem later, precisely
+            logger.warning("pedagle: could not read %s to choose K (%s); using K = 1", draft_path, e)
+            return 1
+        return max(1, int(cfg.parallel_depth)) if cfg.mask_token_id is not None else 1
+    return 1
+
+
+def validate_server_args(sa: Any) -> None:
+    """Refuse the combinations PEAGLE does not support (SGLang calls this before ``handle_server_args``)."""
+    name = "--speculative-algorithm PEAGLE"
+    topk = _get(sa, "speculative_eagle_topk")
+    if topk not in (None, 1):
+        raise PEagleConfigError(f"{name} drafts one chain of K tokens per step: --speculative-eagle-topk must be 1 "
+                                f"(or unset), got {topk}. Tree drafting (topk > 1) is not supported.")
+    steps, ndt = _get(sa, "speculative_num_steps"), _get(sa, "speculative_num_draft_tokens")
+    if steps is not None and steps < 1:
+        raise PEagleConfigError(f"{name}: --speculative-num-steps (K) must be >= 1, got {steps}")
+    if ndt is not None and ndt < 2:
+        raise PEagleConfigError(f"{name}: --speculative-num-draft-tokens (K+1) must be >= 2, got {ndt}")
+    if steps is not None and ndt is not None and ndt != steps + 1:
+        raise PEagleConfigError(f"{name}: --speculative-num-draft-tokens must be --speculative-num-steps + 1 "
+                                f"(K+1 = {steps + 1} for K = {steps}), got {ndt}")
+    checks = [
+        (_get(sa, "speculative_adaptive", False), "adaptive speculative decoding (--speculative-adaptive)"),
+        (_get(sa, "speculative_use_rejection_sampling", False),
+         "--speculative-use-rejection-sampling (PEAGLE verifies greedy chain drafts)"),
+        (_get(sa, "enable_multi_layer_eagle", False), "--enable-multi-layer-eagle"),
+        ((_get(sa, "tp_size", 1) or 1) > 1, "tensor parallelism (--tp-size > 1): the drafter runs unsharded"),
+        ((_get(sa, "pp_size", 1) or 1) > 1, "pipeline parallelism (--pp-size > 1)"),
+        (_get(sa, "enable_dp_attention", False), "data-parallel attention (--enable-dp-attention)"),
+        (_get(sa, "disaggregation_mode", "null") not in (None, "null"), "prefill/decode disaggregation"),
+        ((_get(sa, "page_size", 1) or 1) > 1,
+         "page_size > 1 (the draft step writes scratch KV for its MASK rows one token at a time)"),
+        (_get(sa, "speculative_draft_model_quantization", None) is not None, "a quantized drafter"),
+        (_get(sa, "enable_lora", False), "LoRA"),
+    ]
+    for bad, what in checks:
+        if bad:
+            raise PEagleConfigError(f"{name} does not support {what}. Remove that option, or serve the head with "
+                                    "--speculative-algorithm EAGLE3 (autoregressive drafting).")
+
+
+class PEagleSpecAlgo(CustomSpecAlgo):
+    """``spec_class`` of the PEAGLE registration: EAGLE-3 for every scheduler-side predicate."""
+
+    def is_eagle(self) -> bool:
+        return True
+
+    def is_eagle3(self) -> bool:
+        return True
+
+    def supports_mixed_chunk(self) -> bool:
+        return False
+
+    def supports_grammar_overlap(self) -> bool:
+        return False
+
+    def has_draft_kv(self) -> bool:
+        return True
+
+    def need_topk(self) -> bool:
+        return True
+
+    def carries_draft_hidden_states(self) -> bool:
+        return False                                 # no PD disaggregation (refused in validate_server_args)
+
+    def get_platform_worker_cls(self):
+        return None
+
+    def create_future_map(self, device, req_to_token_pool, needs_cpu_seq_lens: bool = True,
+                          needs_confidence_relay: bool = False):
+        from sglang.srt.managers.overlap_utils import FutureMap
+
+        return FutureMap(device, self, req_to_token_pool, needs_cpu_seq_lens, needs_confidence_relay)
+
+    def handle_server_args(self, server_args: Any) -> None:
+        resolve_server_args(server_args)
+
+
+def resolve_server_args(sa: Any) -> None:
+    """Fill PEAGLE's defaults on ``sa`` (SGLang's recording stand-in or a plain namespace), then run SGLang's
+    EAGLE-family defaulting."""
+    steps, topk, ndt = (_get(sa, "speculative_num_steps"), _get(sa, "speculative_eagle_topk"),
+                        _get(sa, "speculative_num_draft_tokens"))
+    if steps is None:
+        steps = ndt - 1 if ndt is not None else default_k(_get(sa, "speculative_draft_model_path"))
+        sa.speculative_num_steps = steps
+    if topk is None:
+        sa.speculative_eagle_topk = 1
+    if ndt != steps + 1:
+        sa.speculative_num_draft_tokens = steps + 1
+    if not _get(sa, "disable_overlap_schedule", False):
+        logger.warning("pedagle: %s runs without overlap scheduling; setting --disable-overlap-schedule", ALGORITHM)
+        sa.disable_overlap_schedule = True
+    from sglang.srt.arg_groups.speculative_hook import _handle_eagle_family
+
+    _handle_eagle_family(sa)
+
+
+__all__ = ["PEagleSpecAlgo", "PEagleConfigError", "validate_server_args", "resolve_server_args", "default_k"]

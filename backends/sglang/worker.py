@@ -1,0 +1,356 @@
+"""PEAGLE's speculative worker: SGLang's EAGLE V2 worker with ONE drafter forward per step (route B).
+
+Per decode iteration (synchronous V2 schedule, topk 1):
+
+1. ``draft()`` runs no forward: the K drafts of each request were produced by the previous draft step and
+   stored as ``EagleDraftInput.topk_index`` [B, K] (target ids); it builds SGLang's chain verify input from
+   them (``build_eagle_verify_input``, the same tree/mask code as EAGLE-3).
+2. ``verify()`` is SGLang's (target forward over ``[bonus, d_1..d_K]``, acceptance, aux hidden states).
+3. ``_draft_extend_for_decode()`` is the one drafter forward: pedagle's expansion of the verify step (accepted
+   rows, the bonus row, K-1 MASK rows; rejected rows as padding), 2K rows per request as a DRAFT_EXTEND_V2
+   batch on top of ``seq_lens``, KV written into the request's reserved slots (the plugin widens SGLang's
+   decode reserve to cover them); logits of the K sample rows only; ``d2t`` to target ids. The result is the
+   next iteration's ``topk_index`` [B, K].
+
+Prefill: the extend rows of each request plus K-1 MASK rows in one forward; the MASK rows write scratch KV
+slots allocated for the forward and freed after it (their positions lie past the prompt, where nothing is
+allocated yet).
+
+The drafter is `model.PedagleSglangDrafter` (pedagle_core's model on SGLang's attention backend and draft KV
+pool). CUDA graphs are not captured for the draft step (it runs eagerly; the target's graphs are SGLang's).
+Set ``PEDAGLE_RECORD_DRAFTS=path.jsonl`` to record every draft step (`record_fields`).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from typing import Any, Optional
+
+import torch
+
+from sglang.srt.managers.schedule_batch import ScheduleBatch
+from sglang.srt.model_executor.forward_batch_info import CaptureHiddenMode, ForwardBatch
+from sglang.srt.runtime_context import get_device, get_parallel, get_schedule, get_spec
+from sglang.srt.speculative.base_spec_worker import BaseSpecWorker
+from sglang.srt.speculative.draft_utils import DraftBackendFactory
+from sglang.srt.speculative.eagle_info import EagleDraftExtendInput, EagleDraftInput, EagleVerifyInput
+from sglang.srt.speculative.eagle_utils import _eagle_prefill_tail_tokens, default_tree_mask_mode
+from sglang.srt.speculative.eagle_worker_common import build_eagle_verify_input, prepare_for_draft_extend
+from sglang.srt.speculative.eagle_worker_v2 import EagleDraftWorker, EAGLEWorkerV2
+from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
+from sglang.srt.speculative.spec_utils import get_plan_stream
+
+from pedagle_core.engine_glue import RECORD_ENV, DraftRecordWriter
+
+from . import ALGORITHM, SUPPORTED_SGLANG, layout
+from .drafting import drafter_mask_token, greedy_drafts, plan_step
+from .model import PedagleSglangDrafter
+from .plugin import install_model_class
+
+logger = logging.getLogger("pedagle.sglang")
+
+
+class PEagleRuntimeError(RuntimeError):
+    """The running SGLang configuration is one PEAGLE cannot serve (the message says which)."""
+
+
+# ---------------------------------------------------------------------------------------------- checks
+def check_runtime(page_size: int, tp_size: int, pp_size: int, topk: int, num_steps: int, num_draft_tokens: int,
+                  overlap: bool) -> None:
+    """Refuse configurations the worker does not implement (SGLang may have resolved defaults after the
+    server-argument validation ran, e.g. a backend that forces a page size)."""
+    problems = []
+    if topk != 1:
+        problems.append(f"speculative_eagle_topk = {topk} (PEAGLE drafts a chain: 1)")
+    if num_draft_tokens != num_steps + 1:
+        problems.append(f"speculative_num_draft_tokens = {num_draft_tokens} (expected num_steps + 1 = {num_steps + 1})")
+    if page_size != 1:
+        problems.append(f"page_size = {page_size} (PEAGLE needs 1; choose an attention backend that allows it)")
+    if tp_size != 1:
+        problems.append(f"tp_size = {tp_size} (the drafter runs unsharded: 1)")
+    if pp_size != 1:
+        problems.append(f"pp_size = {pp_size} (1)")
+    if overlap:
+        problems.append("overlap scheduling (pass --disable-overlap-schedule)")
+    if problems:
+        raise PEagleRuntimeError(f"--speculative-algorithm {ALGORITHM} (pedagle, sglang{SUPPORTED_SGLANG}) cannot run "
+                                 "with: " + "; ".join(problems))
+
+
+def configure_target_capture(target_model: Any, aux_layer_ids: tuple[int, ...] | None) -> list[int]:
+    """Make the target capture pedagle's aux hidden states: id i = the residual stream ENTERING layer i (vLLM's
+    convention, which pedagle heads are trained with). SGLang's ``set_eagle3_layers_to_capture(ids)`` captures
+    the stream entering layer i + 1, so it gets ``i - 1``. Returns the captured layer ids."""
+    from pedagle_core.engine.target import default_aux_layer_ids
+
+    setter = getattr(target_model, "set_eagle3_layers_to_capture", None)
+    if setter is None:
+        raise PEagleRuntimeError(f"the target model {type(target_model).__name__} cannot capture EAGLE-3 aux hidden "
+                                 "states (no set_eagle3_layers_to_capture)")
+    L = int(target_model.config.num_hidden_layers)
+    ids = tuple(sorted(set(aux_layer_ids))) if aux_layer_ids else default_aux_layer_ids(L)
+    setter([i - 1 for i in ids])
+    inner = getattr(target_model, "model", None)
+    captured = getattr(inner, "layers_to_capture", None)
+    if captured is not None and sorted(captured) != list(ids):
+        raise PEagleRuntimeError(f"the target captures aux hidden states entering layers {sorted(captured)}; pedagle "
+                                 f"expected {list(ids)}")
+    return list(ids)
+
+
+def record_fields(kind: str, batch: Any, K: int, drafts: torch.Tensor, **extra: Any) -> dict[str, Any]:
+    """One JSONL record of a draft step: request ids, K, the drafts [B][K] (target ids) and step details."""
+    rec = {"kind": kind, "K": K, "rids": [getattr(r, "rid", None) for r in getattr(batch, "reqs", [])],
+           "drafts": drafts.tolist()}
+    for k, v in extra.items():
+        rec[k] = v.tolist() if isinstance(v, torch.Tensor) else v
+    return rec
+
+
+# ---------------------------------------------------------------------------------------------- draft worker
+class PEagleDraftWorker(EagleDraftWorker):
+    """The draft side: no multi-step draft loop; one drafter forward in each draft-extend."""
+
+    def __init__(self, server_args: Any, gpu_id: int, nccl_port: int, target_worker: Any) -> None:
+        spec = get_spec()
+        check_runtime(page_size=int(get_schedule().page_size or 1), tp_size=int(get_parallel().tp_size),
+                      pp_size=int(get_parallel().pp_size), topk=int(spec.speculative_eagle_topk),
+                      num_steps=int(spec.speculative_num_steps),
+                      num_draft_tokens=int(spec.speculative_num_draft_tokens),
+                      overlap=not get_schedule().disable_overlap_schedule)
+        install_model_class()
+        super().__init__(server_args, gpu_id, nccl_port, target_worker)
+        model = self.draft_runner.model
+        if not isinstance(model, PedagleSglangDrafter):
+            raise PEagleRuntimeError(f"the draft model is {type(model).__name__}, not pedagle's drafter: the pedagle "
+                                     "plugin's hooks were not applied in this process (is SGLANG_PLUGINS excluding "
+                                     "'pedagle'?)")
+        if self.draft_runner.kv_index_translator.is_translating:
+            raise PEagleRuntimeError("KV index translation (hierarchical / virtual KV ids) is not supported")
+        self.model: PedagleSglangDrafter = model
+        self.drafter = model.drafter
+        self.K = int(self.speculative_num_steps)
+        self.mask_token_id = drafter_mask_token(self.drafter, self.K)
+        self.aux_layer_ids = configure_target_capture(target_worker.model_runner.model,
+                                                      self.drafter.config.aux_layer_ids)
+        self.recorder = DraftRecordWriter() if os.environ.get(RECORD_ENV) else None
+        self._last_verify: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        logger.info("pedagle: %s with K = %d (one drafter forward per step), aux layers %s", ALGORITHM, self.K,
+                    self.aux_layer_ids)
+
+    # ------------------------------------------------------------------ setup overrides
+    def init_token_map(self):
+        self.hot_token_id = None                       # pedagle maps draft ids with the head's own d2t
+
+    def init_lm_head(self):
+        """Share the target's embedding / lm_head only for the weights the head does not have."""
+        if self.model.has_own_embed_tokens and self.model.has_own_lm_head:
+            return
+        embed, head = self._resolve_shared_embed_and_head()      # (weight tensors) from the target
+        weight = lambda m: None if m is None else getattr(m, "weight", m)  # noqa: E731
+        self.model.share_from_target(weight(embed), weight(head))
+
+    def init_attention_backend(self):
+        """Only the draft-extend backend: PEAGLE has no multi-step draft-decode forwards."""
+        factory = DraftBackendFactory(self.draft_runner, self.topk, self.speculative_num_steps)
+        self.draft_attn_backend = None
+        self.draft_extend_attn_backend = factory.create_draft_extend_backend()
+        self.draft_runner.draft_attn_backend = None
+        if self.draft_extend_attn_backend is not None:
+            self.draft_runner.attn_backend = self.draft_extend_attn_backend
+        self.tree_mask_mode = default_tree_mask_mode()
+
+    def _capture_cuda_graphs(self):
+        self.cuda_graph_runner = None                  # no draft-decode loop
+        self.cuda_graph_runner_for_draft_extend = None  # the 2K-wide draft step runs eagerly
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def req_to_token(self) -> torch.Tensor:
+        return self.req_to_token_pool.req_to_token
+
+    def _chain_buffers(self, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._topk1_parents_prealloc is not None and bs <= self._topk1_parents_prealloc.shape[0]:
+            return self._topk1_parents_prealloc[:bs], self._topk1_score_indices_prealloc[:bs]
+        K = self.K
+        parents = torch.arange(-1, (K if K > 1 else 0) - 1, dtype=torch.long, device=self.device).repeat(bs, 1)
+        scores = torch.arange(K, dtype=torch.long, device=self.device).repeat(bs, 1)
+        return parents, scores
+
+    def _idle_draft_input(self, bonus_tokens: Optional[torch.Tensor] = None) -> EagleDraftInput:
+        di = EagleDraftInput.create_idle_input(device=self.device, hidden_size=None, dtype=None, topk=self.K,
+                                               capture_hidden_mode=CaptureHiddenMode.NULL)
+        if bonus_tokens is not None:
+            di.bonus_tokens = bonus_tokens
+        return di
+
+    def _run_drafter(self, forward_batch: ForwardBatch, B: int) -> torch.Tensor:
+        logits = self.draft_runner.forward(forward_batch).logits_output.next_token_logits
+        drafts, _ = greedy_drafts(self.drafter, logits, B, self.K)
+        return drafts
+
+    # ------------------------------------------------------------------ draft: no forward
+    def draft(self, batch: ScheduleBatch, *, with_topology: bool = False):
+        draft_input: EagleDraftInput = batch.spec_info
+        K = self.K
+        if batch.forward_mode.is_idle():
+            vi = EagleVerifyInput.create_idle_input(self.topk, K, K + 1, self.device)
+            return (vi, None, None) if with_topology else vi
+        drafts = draft_input.topk_index
+        bs = int(batch.seq_lens.shape[0])
+        if drafts is None or tuple(drafts.shape) != (bs, K):
+            raise PEagleRuntimeError(f"stored drafts have shape {None if drafts is None else tuple(drafts.shape)}; "
+                                     f"expected [{bs}, {K}] (a batch not produced by the PEAGLE worker?)")
+        drafts = drafts.to(torch.int64)
+        parents, scores = self._chain_buffers(bs)
+        verify_input = build_eagle_verify_input(
+            batch, draft_input, parents, scores, drafts, None, target_worker=self.target_worker, topk=1,
+            num_steps=K, num_draft_tokens=K + 1, tree_mask_mode=self.tree_mask_mode, device=self.device)
+        self._last_verify = (draft_input.bonus_tokens.to(torch.int64), drafts)
+        return (verify_input, parents, scores) if with_topology else verify_input
+
+    # ------------------------------------------------------------------ prefill: prompt rows + K-1 MASK rows
+    def _draft_extend_for_prefill(self, batch: ScheduleBatch, target_hidden_states: torch.Tensor,
+                                  next_token_ids: torch.Tensor, mm_input_embeds: Optional[torch.Tensor] = None,
+                                  kv_loc_plan: Any = None):
+        K = self.K
+        if batch.forward_mode.is_idle():
+            return self._idle_draft_input(next_token_ids)
+        if mm_input_embeds is not None:
+            raise PEagleRuntimeError("multimodal inputs are not supported by the PEAGLE drafter")
+        B = len(batch.reqs)
+        dev = batch.seq_lens.device
+        extend_lens = torch.as_tensor(batch.extend_lens, dtype=torch.int64, device=dev)
+        prefix_lens = torch.as_tensor(batch.prefix_lens, dtype=torch.int64, device=dev)
+        tail = _eagle_prefill_tail_tokens(batch, next_token_ids)
+        step = layout.prefill_step_input(batch.input_ids, extend_lens, prefix_lens, tail, target_hidden_states)
+        seq_lens = batch.seq_lens.to(torch.int64)                   # prompt length after this extend
+        scratch = None
+        if K > 1:
+            scratch = self.token_to_kv_pool_allocator.alloc(B * (K - 1))
+            if scratch is None:
+                raise PEagleRuntimeError(f"no free KV slots for the {B * (K - 1)} MASK rows of a prefill draft step")
+            mask_locs = scratch.to(torch.int64).view(B, K - 1)
+            mpos = layout.prefill_mask_positions(seq_lens, K)
+            self.req_to_token[batch.req_pool_indices.to(torch.int64)[:, None], mpos] = mask_locs.to(
+                self.req_to_token.dtype)
+        else:
+            mask_locs = torch.zeros((B, 0), dtype=torch.int64, device=dev)
+        try:
+            plan = plan_step(step, K, self.mask_token_id, self.req_to_token, batch.req_pool_indices)
+            lay = layout.prefill_extend_layout(batch.out_cache_loc, extend_lens, prefix_lens, mask_locs, K)
+            fb = self._prefill_forward_batch(batch, plan, lay, target_hidden_states)
+            drafts = self._run_drafter(fb, B)
+        finally:
+            if scratch is not None:
+                self.token_to_kv_pool_allocator.free(scratch)
+        if self.recorder is not None:
+            self.recorder.write(record_fields("prefill", batch, K, drafts, seq_lens=seq_lens, next_token_ids=tail))
+        return EagleDraftInput(topk_p=torch.ones((B, K), dtype=torch.float32, device=dev), topk_index=drafts,
+                               hidden_states=None, bonus_tokens=next_token_ids, num_tokens_per_req=1,
+                               num_tokens_for_logprob_per_req=1, capture_hidden_mode=CaptureHiddenMode.NULL)
+
+    def _prefill_forward_batch(self, batch: ScheduleBatch, plan, lay: layout.ExtendLayout,
+                               target_hidden_states: torch.Tensor) -> ForwardBatch:
+        K = self.K
+        b = copy.copy(batch)                           # init_new reads these fields; the scheduler's batch is kept
+        b.input_ids = plan.expanded.input_ids
+        b.out_cache_loc = lay.out_cache_loc
+        b.seq_lens = lay.seq_lens.to(batch.seq_lens.dtype)
+        if batch.seq_lens_cpu is not None:
+            b.seq_lens_cpu = batch.seq_lens_cpu + (K - 1)
+            b.seq_lens_sum = int(b.seq_lens_cpu.sum())
+        else:
+            b.seq_lens_sum = None
+        b.extend_lens = [int(x) + K - 1 for x in batch.extend_lens]
+        b.extend_num_tokens = int(plan.expanded.num_rows)
+        b.extend_logprob_start_lens = [0] * len(batch.reqs) if batch.extend_logprob_start_lens is not None else None
+        b.return_logprob = False
+        spec = EagleDraftExtendInput(hidden_states=target_hidden_states, num_tokens_per_req=1,
+                                     num_tokens_for_logprob_per_req=1)
+        spec.positions = plan.expanded.positions
+        spec.pedagle_plan = plan
+        b.spec_info = spec
+        fb = ForwardBatch.init_new(b, self.draft_runner, capture_hidden_mode=CaptureHiddenMode.NULL,
+                                   return_hidden_states_before_norm=False)
+        fb.return_logprob = False
+        return fb
+
+    # ------------------------------------------------------------------ decode: the one drafter forward
+    def _draft_extend_for_decode(self, batch: ScheduleBatch, batch_result: Any, *, kv_loc_plan: Any = None):
+        K = self.K
+        nxt = batch_result.next_draft_input
+        if batch.forward_mode.is_idle():
+            nxt.topk_index = torch.empty((0, K), dtype=torch.int64, device=self.device)
+            nxt.topk_p = torch.empty((0, K), dtype=torch.float32, device=self.device)
+            nxt.hidden_states = None
+            return
+        if self._last_verify is None:
+            raise PEagleRuntimeError("draft-extend after a verify that PEAGLE's draft() did not build")
+        bonus, drafts = self._last_verify
+        self._last_verify = None
+        B = int(drafts.shape[0])
+        accept_lens = batch_result.accept_lens.to(torch.int64)
+        predict = batch_result.next_token_ids.to(torch.int64)
+        if predict.numel() == B * (K + 1):             # the target's prediction at every verify row
+            new_bonus = predict.view(B, K + 1).gather(1, (accept_lens - 1)[:, None]).view(B)
+        else:
+            new_bonus = nxt.bonus_tokens.to(torch.int64)
+        aux = batch_result.logits_output.hidden_states
+        step = layout.decode_step_input(bonus, drafts, batch.seq_lens, accept_lens, new_bonus, aux)
+        plan = plan_step(step, K, self.mask_token_id, self.req_to_token, batch.req_pool_indices)
+        lay = layout.decode_extend_layout(self.req_to_token, batch.req_pool_indices, batch.seq_lens, K)
+        width = layout.decode_window(K)
+        spec = EagleDraftExtendInput(hidden_states=aux, num_correct_drafts=(accept_lens - 1).to(torch.int32),
+                                     num_accept_tokens=accept_lens.to(torch.int32), num_tokens_per_req=width,
+                                     num_tokens_for_logprob_per_req=K)
+        spec.positions = plan.expanded.positions
+        spec.pedagle_plan = plan
+        b = copy.copy(batch)
+        b.out_cache_loc = lay.out_cache_loc
+        fb = prepare_for_draft_extend(spec, b, plan.expanded.input_ids, width, self.draft_runner, None,
+                                      return_hidden_states_before_norm=False, kv_loc_plan=None)
+        new_drafts = self._run_drafter(fb, B)
+        if self.recorder is not None:
+            self.recorder.write(record_fields("decode", batch, K, new_drafts, seq_lens=batch.seq_lens,
+                                              verified=drafts, accept_lens=accept_lens, next_token_ids=new_bonus))
+        nxt.topk_index = new_drafts
+        nxt.topk_p = torch.ones((B, K), dtype=torch.float32, device=new_drafts.device)
+        nxt.hidden_states = None
+
+
+# ---------------------------------------------------------------------------------------------- worker
+class PEagleWorkerV2(EAGLEWorkerV2):
+    """``EAGLEWorkerV2`` whose draft worker is `PEagleDraftWorker` (its ``__init__`` mirrors the base class, which
+    hard-codes ``EagleDraftWorker``); verify and the scheduler-facing API are SGLang's."""
+
+    def __init__(self, server_args: Any, gpu_id: int, nccl_port: int, target_worker: Any) -> None:
+        BaseSpecWorker.__init__(self)
+        self.server_args = server_args
+        self.topk = get_spec().speculative_eagle_topk
+        self.speculative_num_steps = get_spec().speculative_num_steps
+        self.speculative_num_draft_tokens = get_spec().speculative_num_draft_tokens
+        self.gpu_id = gpu_id
+        self.device = get_device().device
+        self._target_worker = target_worker
+        self.page_size = get_schedule().page_size
+        self.speculative_algorithm = SpeculativeAlgorithm.from_string(get_spec().speculative_algorithm)
+        self.enable_dp_spec_prefill_coordination = False
+        self._hosts_draft = True
+        self._draft_worker = PEagleDraftWorker(server_args, gpu_id, nccl_port, target_worker)
+        self.adaptive_controller = None
+        self.num_new_pages_per_topk = torch.empty((), dtype=torch.int64, device=self.device)
+        self.extend_lens = torch.empty((), dtype=torch.int64, device=self.device)
+        self.plan_stream, self.plan_stream_ctx = get_plan_stream(self.device)
+
+    @property
+    def spec_v2_attn_backends(self) -> tuple:
+        dw = self._draft_worker
+        return (self._target_worker.model_runner.attn_backend,
+                dw.draft_extend_attn_backend or dw.draft_runner.attn_backend)
+
+
+__all__ = ["PEagleWorkerV2", "PEagleDraftWorker", "PEagleRuntimeError", "check_runtime", "configure_target_capture",
+           "record_fields"]
