@@ -185,8 +185,8 @@ class Drafter(nn.Module):
         self.lm_head = nn.Linear(H, int(cfg.draft_vocab_size), bias=False)
         self.mask_hidden = nn.Parameter(torch.zeros(1, 1, cfg.fc_input_size))     # pre-fc, [1, 1, n_aux*Ht]
         self.register_buffer("d2t", torch.zeros(int(cfg.draft_vocab_size), dtype=torch.int64))
-        inv_freq, self.rope_scale = rope_inv_freq(cfg)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        inv_freq, self.rope_scale = rope_inv_freq(cfg)                            # float32, on the CPU
+        self.register_buffer("inv_freq", inv_freq.to(self.fc.weight.device), persistent=False)
 
     def _apply(self, fn, recurse=True):  # type: ignore[override]
         """Keep the RoPE frequencies in float32 whatever dtype the module is cast to."""
