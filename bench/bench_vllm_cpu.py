@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""Benchmark (not a test): vLLM tokens/s on CPU with pedagle's plugin vs vLLM's own paths.
+
+Configurations, each at batch 1 and batch 8 (greedy, EOS ignored, ``--max-tokens`` per request). Needs a quiet machine:
+the load average before and after is recorded, and other processes on the cores make single runs vary
+by 10x.
+
+    none            vLLM, no speculation
+    native-peagle   vLLM's native P-EAGLE (parallel_drafting) on the P-EAGLE head      VLLM_PLUGINS=''
+    native-eagle3   vLLM's native EAGLE-3 on the EAGLE-3 head                          VLLM_PLUGINS=''
+    pedagle-peagle  vLLM + pedagle plugin, P-EAGLE head (pedagle_core drafter + expansion)
+    pedagle-eagle3  vLLM + pedagle plugin, EAGLE-3 head
+
+Run it inside the vLLM environment (``.ci/setup_vllm_env.sh``):
+
+    /work/venvs/vllm/bin/python bench/bench_vllm_cpu.py                       # models/tiny-code
+    /work/venvs/vllm/bin/python bench/bench_vllm_cpu.py --synthetic           # tests/vllm's oracle family
+
+Each configuration runs ``--warmup`` untimed generate() calls then ``--repeat`` timed ones (tokens/s is
+the median). The runs of one process kind (plugin on / off) share a child process, run one after another,
+never concurrently. Writes ``bench/results/vllm_cpu_<family>.json`` with device, date and commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _git_commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "backends/vllm", "pedagle_core"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _prompts_tiny_code(target: Path, n: int, max_len: int) -> list[list[int]]:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(target / "tokenizer.json"))
+    src = target / "heldout_prompts.jsonl"
+    if not src.is_file():
+        src = target.parent / "heldout_prompts.jsonl"
+    out = []
+    for line in src.read_text().splitlines():
+        if line.strip():
+            ids = tok.encode(json.loads(line)["prompt"]).ids[:max_len]
+            out.append(ids)
+        if len(out) == n:
+            break
+    if len(out) < n:
+        raise SystemExit(f"{src}: only {len(out)} prompts; need {n}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--family", type=Path, default=ROOT / "models" / "tiny-code",
+                    help="directory with target/, peagle/, eagle3/ (default models/tiny-code)")
+    ap.add_argument("--synthetic", action="store_true", help="build and use tests/vllm's synthetic oracle family")
+    ap.add_argument("--k-peagle", type=int, default=7)
+    ap.add_argument("--k-eagle3", type=int, default=3)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--prompt-len", type=int, default=128, help="prompts are cut to this many tokens")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--configs", nargs="+", default=["none", "native-peagle", "native-eagle3", "pedagle-peagle",
+                                                        "pedagle-eagle3"])
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+
+    sys.path.insert(0, str(ROOT))
+    from pedagle_backends.vllm.runner import run_jobs
+
+    tmp = Path(tempfile.mkdtemp(prefix="pedagle-bench-vllm-"))
+    if args.synthetic:
+        sys.path.insert(0, str(ROOT / "tests" / "vllm"))
+        from tinyfamily import VOCAB, build_family
+
+        import torch
+
+        fam = {k: Path(v) for k, v in build_family(tmp / "family").items()}
+        g = torch.Generator().manual_seed(0)
+        prompt_pool = [torch.randint(2, VOCAB, (args.prompt_len,), generator=g).tolist() for _ in range(max(args.batches))]
+        family_name = "synthetic"
+        dtype = "float32"
+    else:
+        base = args.family
+        fam = {"target": base / "target", "peagle": base / "peagle", "eagle3": base / "eagle3"}
+        missing = [str(p) for p in fam.values() if not (p / "config.json").is_file()]
+        if missing:
+            raise SystemExit(f"missing model directories {missing}; build the bundled family first, or pass "
+                             "--synthetic")
+        prompt_pool = _prompts_tiny_code(fam["target"], max(args.batches), args.prompt_len)
+        family_name = base.name
+        dtype = args.dtype
+
+    mml = args.prompt_len + args.max_tokens + 2 * max(args.k_peagle, args.k_eagle3) + 16
+    specs = {
+        "none": (False, None, 0, False),
+        "native-peagle": (False, "peagle", args.k_peagle, True),
+        "native-eagle3": (False, "eagle3", args.k_eagle3, False),
+        "pedagle-peagle": (True, "peagle", args.k_peagle, True),
+        "pedagle-eagle3": (True, "eagle3", args.k_eagle3, False),
+    }
+    load_before = list(os.getloadavg())
+    if load_before[0] > 0.5 * (os.cpu_count() or 1):
+        print(f"warning: load average {load_before[0]:.1f} on {os.cpu_count()} cores: other processes will skew "
+              "the timings", flush=True)
+    rows = []
+    for plugin in (False, True):
+        todo = [(c, b) for c in args.configs for b in args.batches if specs[c][0] == plugin]
+        if not todo:
+            continue
+        jobs = []
+        for c, b in todo:
+            _, head, K, par = specs[c]
+            jobs.append({"target": str(fam["target"]), "drafter": str(fam[head]) if head else None, "K": K,
+                         "parallel": par, "prompts": prompt_pool[:b], "max_tokens": args.max_tokens,
+                         "max_model_len": mml, "dtype": dtype, "max_num_seqs": max(args.batches),
+                         "repeat": args.warmup + args.repeat, "kv_cache_memory_bytes": 512 << 20})
+        log = tmp / f"{'plugin' if plugin else 'native'}.log"
+        print(f"running {len(jobs)} jobs with the pedagle plugin {'on' if plugin else 'off'} (log {log})", flush=True)
+        results = run_jobs(jobs, plugin=plugin, log=log, timeout=3600)
+        for (c, b), r in zip(todo, results):
+            if "error" in r:
+                rows.append({"config": c, "batch": b, "error": r["error"]})
+                print(f"  {c:15s} batch {b}: ERROR {r['error']}", flush=True)
+                continue
+            timed = r["gen_s_all"][args.warmup:]
+            tps = [r["num_output_tokens"] / t for t in timed]
+            m = r.get("metrics") or {}
+            mal = 1 + m["num_accepted_tokens"] / m["num_drafts"] if m.get("num_drafts") else None
+            row = {"config": c, "batch": b, "K": specs[c][2], "tokens_per_s": statistics.median(tps),
+                   "tokens_per_s_all": tps, "gen_s_all": timed, "num_output_tokens": r["num_output_tokens"],
+                   "mean_acceptance_length": mal, "spec_metrics": m or None, "init_s": r["init_s"]}
+            rows.append(row)
+            print(f"  {c:15s} batch {b}: {row['tokens_per_s']:8.1f} tok/s"
+                  + (f"  acceptance length {mal:.2f}" if mal else ""), flush=True)
+    base = {r["batch"]: r["tokens_per_s"] for r in rows if r["config"] == "none" and "tokens_per_s" in r}
+    for r in rows:
+        if "tokens_per_s" in r and r["batch"] in base:
+            r["speedup_vs_none"] = r["tokens_per_s"] / base[r["batch"]]
+
+    import torch
+
+    from pedagle_backends.vllm.plugin import vllm_version
+
+    res = {
+        "meta": {"benchmark": "bench_vllm_cpu", "device": "cpu", "cpu": _cpu_model(), "cores": os.cpu_count(),
+                 "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "commit": _git_commit(),
+                 "loadavg_before": load_before, "loadavg_after": list(os.getloadavg()),
+                 "vllm": vllm_version(), "torch": torch.__version__, "python": platform.python_version()},
+        "family": family_name if args.synthetic else str(args.family), "dtype": dtype,
+        "max_tokens": args.max_tokens, "prompt_len": args.prompt_len, "max_model_len": mml,
+        "warmup": args.warmup, "repeat": args.repeat, "enforce_eager": True, "results": rows,
+    }
+    out = args.out or ROOT / "bench" / "results" / f"vllm_cpu_{family_name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

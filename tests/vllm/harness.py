@@ -1,0 +1,171 @@
+"""The three ways of running one case (pedagle's reference engine, vLLM native, vLLM + pedagle plugin)
+and the comparisons of their outputs, acceptance counts and per-step drafts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Case:
+    name: str
+    drafter: str | None            # key of the family dict, None = no speculation
+    K: int = 0
+    parallel: bool = True
+    speculators: bool = False
+    max_model_len: int = 256
+    target: str = "target"         # key of the family dict
+    enforce_eager: bool = True     # False: vLLM compiles target and drafter (torch.compile)
+
+    @property
+    def mode(self) -> str:
+        if self.drafter is None:
+            return "none"
+        return "parallel" if self.parallel else "autoregressive"
+
+
+@dataclass
+class Run:
+    outputs: list[list[int]]
+    metrics: dict[str, Any] | None
+    drafts: dict[int, list[tuple[int, list[int]]]] = field(default_factory=dict)   # request -> [(bonus_pos, K drafts)]
+    records: list[dict[str, Any]] = field(default_factory=list)                     # vLLM's raw records
+    margins: dict[int, list[list[float]]] = field(default_factory=dict)             # reference: per step, per draft
+
+
+def vllm_job(case: Case, fam: dict[str, str], prompts: list[list[int]], max_tokens: int,
+             record: str | None = None) -> dict[str, Any]:
+    job: dict[str, Any] = dict(target=fam[case.target], drafter=fam[case.drafter] if case.drafter else None, K=case.K,
+                               parallel=case.parallel, prompts=prompts, max_tokens=max_tokens,
+                               max_model_len=case.max_model_len, record=record, enforce_eager=case.enforce_eager)
+    if case.speculators:
+        job.update(speculators=True, target=None)
+    return job
+
+
+def from_vllm(result: dict[str, Any]) -> Run:
+    if "error" in result:
+        raise AssertionError(f"vLLM job failed: {result['error']}\n{result.get('traceback', '')}")
+    drafts: dict[int, list[tuple[int, list[int]]]] = {}
+    recs = result.get("drafts") or []
+    ids = sorted({int(r.split("-")[0]) for rec in recs for r in rec["req_ids"]})
+    base = ids[0] if ids else 0
+    for rec in recs:
+        for b, rid in enumerate(rec["req_ids"]):
+            drafts.setdefault(int(rid.split("-")[0]) - base, []).append((rec["bonus_positions"][b], rec["drafts"][b]))
+    return Run(result["outputs"], result.get("metrics"), drafts, recs)
+
+
+_TARGETS: dict[str, Any] = {}
+
+
+def target_model(path: str) -> Any:
+    """The HF target at ``path`` in float32 (cached)."""
+    if path not in _TARGETS:
+        from transformers import AutoModelForCausalLM
+
+        _TARGETS[path] = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    return _TARGETS[path]
+
+
+def run_reference(case: Case, fam: dict[str, str], prompts: list[list[int]], max_tokens: int) -> Run:
+    import os
+
+    from pedagle_core.engine.engine import SpecEngine
+    from pedagle_core.formats import load_drafter
+
+    # tests/conftest.py turns the Triton interpreter on for CPU kernel tests; the reference engine here
+    # should take the core's torch path, as pedagle does on CPU.
+    saved = os.environ.pop("TRITON_INTERPRET", None)
+    try:
+        return _run_reference(case, fam, prompts, max_tokens, target_model(fam[case.target]), SpecEngine,
+                              load_drafter)
+    finally:
+        if saved is not None:
+            os.environ["TRITON_INTERPRET"] = saved
+
+
+def _run_reference(case, fam, prompts, max_tokens, target_model, SpecEngine, load_drafter) -> Run:
+
+    drafter = None
+    if case.drafter is not None:
+        drafter = load_drafter(fam[case.drafter], target=fam[case.target], dtype=torch.float32,
+                               mode="parallel" if case.parallel else "autoregressive")
+    engine = SpecEngine(target_model, drafter, mode=case.mode, K=max(case.K, 1), max_batch=8,
+                        max_model_len=case.max_model_len)
+    res = engine.generate(prompts, max_tokens, eos_token_ids=(), record=True)
+    lens = [len(p) for p in prompts]
+    drafts: dict[int, list[tuple[int, list[int]]]] = {}
+    margins: dict[int, list[list[float]]] = {}
+    for rec in res.trace or []:
+        for i, emitted in zip(rec.requests, rec.emitted):
+            lens[i] += len(emitted)
+        for i, d, mg in zip(rec.drafted_for, rec.drafts, rec.margins or [None] * len(rec.drafts)):
+            drafts.setdefault(i, []).append((lens[i] - 2, [int(x) for x in d]))
+            margins.setdefault(i, []).append(list(mg) if mg is not None else [])
+    m = res.metrics
+    metrics = None
+    if case.drafter is not None:
+        metrics = {"num_drafts": m.num_drafts, "num_draft_tokens": m.num_draft_tokens,
+                   "num_accepted_tokens": m.num_accepted_tokens, "accepted_per_pos": list(m.accepted_per_position)}
+    return Run([list(map(int, o)) for o in res.output_ids], metrics, drafts, margins=margins)
+
+
+def compare_drafts(ref: Run, vllm: Run, K: int, max_model_len: int | None = None) -> int:
+    """Per request, vLLM's recorded drafts equal the reference's step by step (vLLM also drafts once more
+    for a request that has just finished).
+
+    With ``max_model_len``: vLLM skips its drafter for the whole batch after a step whose longest sequence
+    + K exceeds max_model_len (and schedules token-0 drafts), which the reference engine does not model.
+    Only the records up to the first one after which that can happen are compared: record j's requests
+    sit at bonus positions p, so the next verify step reaches p + 2 + K and the drafter would skip if
+    p + 2 + 2K > max_model_len. Returns the number of (request, step) drafts compared."""
+    n = 0
+    assert set(ref.drafts) <= set(vllm.drafts), f"requests drafted: reference {sorted(ref.drafts)}, vLLM {sorted(vllm.drafts)}"
+    keep: dict[int, int] | None = None
+    if max_model_len is not None:
+        cut = next((j + 1 for j, rec in enumerate(vllm.records)
+                    if max(rec["bonus_positions"]) + 2 + 2 * K > max_model_len), len(vllm.records))
+        base = min((int(r.split("-")[0]) for rec in vllm.records for r in rec["req_ids"]), default=0)
+        keep = {}
+        for rec in vllm.records[:cut]:
+            for rid in rec["req_ids"]:
+                i = int(rid.split("-")[0]) - base
+                keep[i] = keep.get(i, 0) + 1
+    for req, ref_steps in ref.drafts.items():
+        got = vllm.drafts[req]
+        if keep is not None:
+            got = got[:keep.get(req, 0)]
+            ref_steps = ref_steps[:len(got)]
+            assert len(ref_steps) == len(got), f"request {req}: reference drafted {len(ref_steps)} times, vLLM {len(got)}"
+        else:
+            assert len(got) - len(ref_steps) in (0, 1), (
+                f"request {req}: {len(ref_steps)} reference drafting steps, {len(got)} in vLLM")
+        for step, (a, b) in enumerate(zip(ref_steps, got)):
+            assert a == b, f"request {req}, drafting step {step}: reference (bonus position, drafts) {a}, vLLM {b}"
+            n += 1
+    return n
+
+
+def compare_drafts_near_ties(ref: Run, vllm: Run, tie: float) -> tuple[int, int]:
+    """For trained heads (where float rounding may flip a near-tie): per request, up to the first step
+    whose bonus position differs, every draft either equals the reference's or the reference's top-1/top-2
+    margin there is below ``tie``; drafts after a differing draft in the same step are not compared.
+    Returns (drafts compared, near-tie mismatches)."""
+    n = ties = 0
+    for req, ref_steps in ref.drafts.items():
+        for step, ((p_ref, d_ref), (p_v, d_v)) in enumerate(zip(ref_steps, vllm.drafts.get(req, []))):
+            if p_ref != p_v:
+                break
+            for j, (a, b) in enumerate(zip(d_ref, d_v)):
+                n += 1
+                if a != b:
+                    m = ref.margins[req][step][j]
+                    assert m < tie, (f"request {req}, step {step}, draft {j}: reference {a} (margin {m:.4f}), "
+                                     f"vLLM {b}")
+                    ties += 1
+                    break
+    return n, ties
