@@ -1,0 +1,159 @@
+"""The pedagle backend contract: pluggy hook specifications (project name ``"pedagle"``).
+
+A *backend* runs P-EAGLE drafting inside some serving engine (the built-in reference engine, vLLM,
+SGLang). It owns everything engine-specific: turning the engine's state after a target step into the
+core's `StepInput`, giving the drafter attention over the engine's KV cache, and installing itself into
+the engine. The core (`pedagle_core`) never imports a backend; backends are found through the
+``pedagle.backends`` entry-point group::
+
+    [project.entry-points."pedagle.backends"]
+    reference = "pedagle_core.engine.backend:ReferenceBackend"
+
+An entry point may name a class (instantiated without arguments), an instance or a module; it is
+registered under the entry point's name. ``get_plugin_manager()`` loads them all (and registers the
+built-in reference backend even when pedagle runs from a source checkout without entry points).
+A backend implements any subset of the hooks below with ``@hookimpl``; a backend whose engine is not
+installed must still import cleanly and report ``available: False`` with a reason.
+
+Calling conventions:
+
+* ``pm.hook.pedagle_backend_info()`` -> one dict per backend; ``pm.hook.pedagle_install(options=...)``
+  -> one result per backend.
+* The per-engine hooks (``pedagle_make_step_input``, ``pedagle_attention_provider``) are
+  ``firstresult``: every backend returns None for an engine state that is not its own, so the owner
+  answers. ``pedagle_run_case`` is routed by name the same way (``backend="reference"``).
+* ``get_backend(pm, name)`` returns one backend object, to call its hooks (or extra methods) directly.
+
+Conformance results (``pedagle_run_case``), one dict::
+
+    backend: str, mode: str, K: int, steps: int
+    output_ids:            [B][n]       tokens emitted per request (the prefill token first)
+    drafts:                [S][B][K]    drafts proposed at drafting step s (s = 0 right after prefill),
+                                        verified by verify step s + 1; None for a finished request
+    margins:               [S][B][K]    top-1 minus top-2 drafter logit of each draft (near-tie check)
+    accepted:              [S][B]       drafts accepted by verify step s + 1 (None: not verified)
+    accepted_per_position: [K]          vLLM's counter (prefix acceptance), summed over the run
+    metrics:               dict         the engine's metrics (see ``pedagle_core.engine.metrics``)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+
+PROJECT = "pedagle"
+ENTRY_POINT_GROUP = "pedagle.backends"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+class BackendSpec:
+    """Hook specifications every pedagle backend may implement."""
+
+    @hookspec
+    def pedagle_backend_info(self) -> dict[str, Any]:
+        """Describe the backend.
+
+        Returns ``{"name": str, "version": str, "capabilities": list[str], "available": bool,
+        "reason": str}``; ``reason`` says why the backend is unavailable ("" when available).
+        Capabilities are words from: ``parallel``, ``autoregressive``, ``greedy``, ``sampling``,
+        ``batch``, ``cuda_graphs``, ``sliding_window``, ``attention_sinks``, ``conformance``.
+        """
+
+    @hookspec
+    def pedagle_install(self, options: dict[str, Any]) -> Any:
+        """Install the backend into its host engine (register plugins / models / attention functions).
+
+        Must be idempotent (engines may load plugins more than once) and must not fail when the host
+        engine is absent: return None then. ``options`` are backend-specific (may be empty).
+        """
+
+    @hookspec(firstresult=True)
+    def pedagle_make_step_input(self, engine_state: Any) -> Any:
+        """Translate the engine's state after one target step into a `pedagle_core.draft.StepInput`
+        (flat rows with rejected ones included, ``num_rejected`` or None on prefill-only steps, the new
+        tokens, the aux hidden states). Return None if ``engine_state`` belongs to another backend."""
+
+    @hookspec(firstresult=True)
+    def pedagle_attention_provider(self, engine_state: Any, drafter: Any) -> Any:
+        """The `pedagle_core.draft.DraftCache` (block table, block size, max_model_len, and
+        ``attention(positions, slot_mapping, request_index)``) through which ``drafter`` reads and writes
+        the engine's KV cache during the step described by ``engine_state``. None if not ours."""
+
+    @hookspec(firstresult=True)
+    def pedagle_run_case(self, backend: str, case: dict[str, Any]) -> dict[str, Any] | None:
+        """Run one conformance case if ``backend`` names this backend, else return None.
+
+        ``case`` keys: target (HF dir), drafter (checkpoint dir), prompt_ids ([B][n] ints), K, mode
+        ('parallel' | 'autoregressive'), steps (verify steps after prefill), dtype, device; optional
+        temperature (default 0), seed, max_model_len. Returns the result dict described in the module
+        docstring."""
+
+
+def get_plugin_manager(load_entry_points: bool = True) -> pluggy.PluginManager:
+    """A plugin manager with the pedagle hook specs and every installed backend registered.
+
+    Backends come from the ``pedagle.backends`` entry points; the built-in reference backend is
+    registered too when no entry point provided it (source checkouts).
+    """
+    pm = pluggy.PluginManager(PROJECT)
+    pm.add_hookspecs(BackendSpec)
+    if load_entry_points:
+        _load_entry_points(pm)
+    if pm.get_plugin("reference") is None:
+        from .engine.backend import ReferenceBackend
+
+        pm.register(ReferenceBackend(), name="reference")
+    return pm
+
+
+class UnavailableBackend:
+    """Stands in for a backend whose entry point failed to load: it only reports why."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name, self.reason = name, reason
+
+    @hookimpl
+    def pedagle_backend_info(self) -> dict[str, Any]:
+        return {"name": self.name, "version": "", "capabilities": [], "available": False, "reason": self.reason}
+
+
+def _load_entry_points(pm: pluggy.PluginManager) -> None:
+    """pm.load_setuptools_entrypoints, except that a class is instantiated before registration and a
+    backend that fails to load is registered as an `UnavailableBackend` carrying the error."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
+            continue
+        try:
+            obj = ep.load()
+            plugin = obj() if isinstance(obj, type) else obj
+        except Exception as e:  # noqa: BLE001 - one broken backend must not hide the others
+            plugin = UnavailableBackend(ep.name, f"entry point {ep.value!r} failed to load: "
+                                                 f"{type(e).__name__}: {e}")
+        pm.register(plugin, name=ep.name)
+
+
+def get_backend(pm: pluggy.PluginManager, name: str) -> Any:
+    """The registered backend called ``name`` (raises KeyError listing the known ones)."""
+    plugin = pm.get_plugin(name)
+    if plugin is None:
+        known = sorted(n for n, _ in pm.list_name_plugin())
+        raise KeyError(f"backend {name!r} is not registered; known backends: {known}")
+    return plugin
+
+
+def backend_infos(pm: pluggy.PluginManager | None = None) -> list[dict[str, Any]]:
+    """``pedagle_backend_info()`` of every backend (each dict gets its registration name as ``name``
+    when the backend gave none)."""
+    pm = pm or get_plugin_manager()
+    out = []
+    for name, plugin in pm.list_name_plugin():
+        fn = getattr(plugin, "pedagle_backend_info", None)
+        info = dict(fn()) if fn is not None else {}
+        info.setdefault("name", name)
+        out.append(info)
+    return out
