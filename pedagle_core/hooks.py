@@ -91,6 +91,18 @@ class BackendSpec:
         temperature (default 0), seed, max_model_len. Returns the result dict described in the module
         docstring."""
 
+    @hookspec(firstresult=True)
+    def pedagle_replay_steps(self, backend: str, case: dict[str, Any], steps: list[Any],
+                             max_model_len: int) -> dict[str, Any] | None:
+        """Step-state conformance: if ``backend`` names this backend, feed ``steps`` (the reference
+        engine's recorded `pedagle_core.draft.StepInput`s of one case, in order: the prefill step, then
+        one per verify step) straight into this backend's drafting path, on a fresh drafter KV cache of
+        ``max_model_len`` positions per request; else return None.
+
+        ``case`` as for ``pedagle_run_case``. Returns ``{"drafts": [S][B][K] target ids, "margins":
+        [S][B][K] or None, "level": str (what ran)}``. Optional: the conformance runner falls back to its
+        own adapters (reference, SGLang) and reports other backends as end-to-end only."""
+
 
 def get_plugin_manager(load_entry_points: bool = True) -> pluggy.PluginManager:
     """A plugin manager with the pedagle hook specs and every installed backend registered.

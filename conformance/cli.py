@@ -1,0 +1,129 @@
+"""``pedagle conformance record|run|list`` (registered through ``add_parser``; also
+``python -m pedagle_conformance ...``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _cases(args):
+    from .case import discover_cases
+
+    return discover_cases(args.cases or None, args.case or None)
+
+
+def _add_case_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cases", action="append", metavar="DIR",
+                   help="case file or directory (repeatable; default: the bundled conformance/cases)")
+    p.add_argument("--case", action="append", metavar="NAME",
+                   help="only cases with this name or glob pattern (repeatable)")
+
+
+def cmd_record(args) -> int:
+    from .record import RecordError, record
+
+    cases = _cases(args)
+    if not cases:
+        print("no cases found", file=sys.stderr)
+        return 2
+    try:
+        record(cases, device=args.device, check=args.check, write=not args.dry_run)
+    except RecordError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .report import format_markdown, format_text
+    from .runner import run_conformance
+
+    cases = _cases(args)
+    if not cases:
+        print("no cases found", file=sys.stderr)
+        return 2
+    levels = ["e2e", "step-state"] if args.mode == "both" else [args.mode]
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()] if args.backends else None
+    log = (lambda s: print(s, file=sys.stderr, flush=True)) if not args.quiet else (lambda s: None)
+    report = run_conformance(cases, backends=backends, levels=levels, device=args.device, tie_margin=args.tie_margin,
+                             max_resync=args.max_resync, plugins=args.plugin, require_all=args.require_all, log=log)
+    print(format_text(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=1) + "\n")
+    if args.report:
+        Path(args.report).write_text(format_markdown(report))
+    return report.exit_code
+
+
+def cmd_list(args) -> int:
+    from .runner import backend_info, plugin_manager
+
+    pm = plugin_manager(args.plugin)
+    print("backends:")
+    for n, _ in sorted(pm.list_name_plugin()):
+        i = backend_info(pm, n)
+        print(f"  {n:<12} {i.get('version') or '-':<10} "
+              + ("available" if i["available"] else f"not available: {i['reason']}"))
+    print("cases:")
+    for c in _cases(args):
+        state = "recorded" if c.expected else "not recorded"
+        if c.missing_models():
+            state += ", models missing"
+        print(f"  {c.name:<28} {c.mode:<15} K={c.K} steps={c.steps} B={c.batch_size} {c.dtype}  ({state})")
+    return 0
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("conformance", help="cross-backend conformance suite: record expected results, run "
+                                                   "them on every backend",
+                              description="Same drafter, same drafts, in every backend: cases recorded by the "
+                                          "reference backend, compared step by step on each backend.")
+    sub = p.add_subparsers(dest="conformance_command", metavar="{record,run,list}")
+    r = sub.add_parser("record", help="record the expected results of the cases with the reference backend")
+    _add_case_args(r)
+    r.add_argument("--device", default=None, help="override the cases' device (default: each case's, cpu)")
+    r.add_argument("--check", action="store_true", help="record twice and fail unless identical (reproducibility)")
+    r.add_argument("--dry-run", action="store_true", help="record without writing anything")
+    r.set_defaults(func=cmd_record)
+
+    u = sub.add_parser("run", help="run the cases on backends and compare step by step")
+    _add_case_args(u)
+    u.add_argument("--backends", default=None,
+                   help="comma-separated backend names (default: every registered backend)")
+    u.add_argument("--device", choices=["cpu", "cuda"], default=None, help="override the cases' device")
+    u.add_argument("--mode", choices=["e2e", "step-state", "both"], default="e2e",
+                   help="e2e: whole engine per case; step-state: recorded step inputs into the drafting path")
+    u.add_argument("--json", metavar="OUT", help="write the full report as JSON")
+    u.add_argument("--report", metavar="REPORT.md", help="write a short markdown report")
+    u.add_argument("--tie-margin", type=float, default=None,
+                   help="near-tie margin for every case (default: the case's, else by dtype: fp32 1e-4, fp16 1e-2, "
+                        "bf16 0.1)")
+    u.add_argument("--max-resync", type=int, default=2,
+                   help="re-synchronisation rounds after a desynchronising mismatch (default 2; 0 = off)")
+    u.add_argument("--require-all", action="store_true",
+                   help="exit non-zero when a requested backend/case could not run")
+    u.add_argument("--plugin", action="append", metavar="NAME=module:attr",
+                   help="register an extra backend object or class (e.g. a backend under development)")
+    u.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    u.set_defaults(func=cmd_run)
+
+    ls = sub.add_parser("list", help="list the cases and the registered backends")
+    _add_case_args(ls)
+    ls.add_argument("--plugin", action="append", metavar="NAME=module:attr")
+    ls.set_defaults(func=cmd_list)
+
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pedagle")
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["conformance", *(sys.argv[1:] if argv is None else argv)])
+    return int(args.func(args) or 0)
+
+
+__all__ = ["add_parser", "main"]
