@@ -1,0 +1,38 @@
+"""Prompt sources of the trainer: JSONL, JSON and Parquet give the same records."""
+
+import json
+
+import pytest
+
+from pedagle_core.train.data import load_prompt_records
+
+RECORDS = [{"prompt": "def f(x):\n"}, {"prompt": "class A:\n    pass\n"}, {"text": "import os\n"}]
+
+
+def test_jsonl_json_and_parquet_give_the_same_records(tmp_path):
+    import pyarrow as pa  # the dev extra installs it
+    import pyarrow.parquet as pq
+
+    jsonl = tmp_path / "p.jsonl"
+    jsonl.write_text("\n".join(json.dumps(r) for r in RECORDS) + "\n\n")
+    js = tmp_path / "p.json"
+    js.write_text(json.dumps(RECORDS))
+    pqf = tmp_path / "p.parquet"
+    rows = [{"prompt": r.get("prompt"), "text": r.get("text")} for r in RECORDS]
+    pq.write_table(pa.Table.from_pylist(rows), pqf)
+
+    want = RECORDS
+    assert load_prompt_records(str(jsonl)) == want
+    assert load_prompt_records(str(js)) == want
+    got = [{k: v for k, v in r.items() if v is not None} for r in load_prompt_records(str(pqf))]
+    assert got == want
+    assert load_prompt_records(str(pqf), limit=2)[1]["prompt"] == "class A:\n    pass\n"
+
+
+def test_missing_file_and_bad_line_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--data .*nope.jsonl: no such file"):
+        load_prompt_records(str(tmp_path / "nope.jsonl"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a"}\n{not json}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:2: not a JSON object"):
+        load_prompt_records(str(bad))
