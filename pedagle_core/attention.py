@@ -47,6 +47,27 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
     return out.transpose(1, 2)
 
 
+def _sdpa_scaled(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float | None,
+                 sinks: Tensor | None) -> Tensor:
+    """`_sdpa` with a softmax ``scale`` (None: 1/sqrt(D)) and optional attention ``sinks`` [Hq] (GPT-OSS:
+    one learned logit per head that joins the softmax denominator and is then dropped)."""
+    rep = q.shape[2] // k.shape[2]
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)           # [B, H, *, D]
+    if sinks is None:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], scale=scale,
+                                             enable_gqa=rep > 1)
+        return out.transpose(1, 2)
+    if rep > 1:
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    logits = torch.matmul(q, k.transpose(-1, -2)) * scale                        # [B, H, Q, S]
+    logits = logits.masked_fill(~mask[:, None], float("-inf"))
+    sink = sinks.to(logits.dtype).view(1, -1, 1, 1).expand(*logits.shape[:-1], 1)
+    full = torch.cat([logits, sink], dim=-1)
+    probs = torch.softmax(full - full.amax(-1, keepdim=True), dim=-1)[..., :-1]
+    return torch.matmul(probs.to(v.dtype), v).transpose(1, 2)
+
+
 ATTENTION_IMPLS = ("auto", "torch", "triton")
 
 
@@ -158,7 +179,8 @@ class CacheAttention:
     """Paged-attention call over a `ContiguousKVCache`: the torch reference (SDPA, boolean mask, over a
     padded [B, Qmax] layout of the query rows) or the Triton decode kernels (``impl``, default the
     cache's). The torch layout (``q_max``, ``row_b``, ``causal``, ... ) is built on first use, so a
-    subclass may use it whatever the impl.
+    subclass may use it whatever the impl. Calls may add a softmax ``scale`` and attention ``sinks``
+    (target modules, see ``__call__``).
 
     max_query_len / max_context: static hints (see `ContiguousKVCache.for_requests`)."""
 
@@ -227,9 +249,15 @@ class CacheAttention:
         c.k_store[layer_idx].index_copy_(0, slots, k.to(c.k.dtype))
         c.v_store[layer_idx].index_copy_(0, slots, v.to(c.v.dtype))
 
-    def __call__(self, layer_idx: int, q: Tensor, k: Tensor, v: Tensor, window: int | None) -> Tensor:
+    def __call__(self, layer_idx: int, q: Tensor, k: Tensor, v: Tensor, window: int | None,
+                 scale: float | None = None, sinks: Tensor | None = None) -> Tensor:
+        """q: [T, Hq, D], k/v: [T, Hkv, D] -> [T, Hq, D]. For target modules (the reference engine's
+        transformers target): ``scale``, the softmax scale (None = 1/sqrt(D)), and ``sinks`` [Hq], GPT-OSS
+        attention sinks (one logit per head in the softmax denominator); a scale other than 1/sqrt(D) or
+        sinks take the torch path whatever the impl."""
         c = self.cache
-        if self.impl == "triton":
+        plain = sinks is None and (scale is None or abs(scale * q.shape[-1] ** 0.5 - 1.0) < 1e-6)
+        if self.impl == "triton" and plain:
             from .kernels.decode_attention import decode_attention, write_kv
 
             kc, vc = c.k[layer_idx], c.v[layer_idx]                       # [N, Hkv, D], contiguous
@@ -247,7 +275,10 @@ class CacheAttention:
         qp[self.row_b, self.row_col] = q[self.order]
         # Padding query rows (q_pos = -1) see no key; give them key 0 so SDPA stays finite.
         mask = mask | (self.q_pos[:, :, None] < 0) & (self.key_pos[None, None, :] == 0)
-        out = _sdpa(qp, kc.to(q.dtype), vc.to(q.dtype), mask)
+        if plain:
+            out = _sdpa(qp, kc.to(q.dtype), vc.to(q.dtype), mask)
+        else:
+            out = _sdpa_scaled(qp, kc.to(q.dtype), vc.to(q.dtype), mask, scale, sinks)
         res = torch.empty_like(q)
         res[self.order] = out[self.row_b, self.row_col]
         return res

@@ -77,20 +77,24 @@ def test_lossless_greedy_with_acceptance(oracle_pair, mode, K):
     assert res.metrics.mean_acceptance_length > 1.5
 
 
+@pytest.mark.parametrize("policy", ["vllm", "truncate"])
 @pytest.mark.parametrize("mode", ["parallel", "autoregressive", "none"])
-def test_static_decode_step_equals_general_path(oracle_pair, mode):
+def test_static_decode_step_equals_general_path(oracle_pair, mode, policy):
     """The fixed-shape decode step (`graphs.StaticDecodeStep`, CUDA graphs on GPU) and the general
-    per-request path produce the same trace: outputs, drafts, acceptances."""
+    per-request path produce the same trace: outputs, drafts, acceptances (max_model_len 30 is reached:
+    with policy 'vllm' some static steps skip their draft part)."""
     model, d, ref = oracle_pair
     traces = []
     for static in (True, False):
-        eng = SpecEngine(model, d, mode=mode, K=4, max_batch=3, max_model_len=30, static_decode=static)
+        eng = SpecEngine(model, d, mode=mode, K=4, max_batch=3, max_model_len=30, static_decode=static,
+                         max_len_policy=policy)
         res = eng.generate(PROMPTS, N_NEW, eos_token_ids=(), record=True)
         assert [o == r[: len(o)] for o, r in zip(res.output_ids, ref)] == [True] * 4
         traces.append([r.to_dict() for r in res.trace])
         if static:
             assert len(eng._static_steps) >= 1
     assert traces[0] == traces[1]
+    assert any(r["drafter_skipped"] for r in traces[0]) == (policy == "vllm" and mode != "none")
 
 
 def test_parallel_k1_equals_autoregressive_k1(oracle_pair):
@@ -127,10 +131,11 @@ def test_stale_kv_never_leaks(oracle_pair):
 
 
 # --------------------------------------------------------------------------------------- stops
-def test_max_model_len_truncates_drafts(oracle_pair):
+@pytest.mark.parametrize("policy", ["vllm", "truncate"])
+def test_max_model_len_truncates_drafts(oracle_pair, policy):
     model, d, ref = oracle_pair
     for mode in ("parallel", "autoregressive"):
-        res = SpecEngine(model, d, mode=mode, K=6, max_batch=4, max_model_len=16).generate(
+        res = SpecEngine(model, d, mode=mode, K=6, max_batch=4, max_model_len=16, max_len_policy=policy).generate(
             PROMPTS[:3], max_new_tokens=100, eos_token_ids=(), record=True)
         assert [len(p) + len(o) for p, o in zip(PROMPTS, res.output_ids)] == [16, 16, 16]
         assert res.output_ids == [r[: 16 - len(p)] for p, r in zip(PROMPTS[:3], ref)]
@@ -139,6 +144,51 @@ def test_max_model_len_truncates_drafts(oracle_pair):
             for i, k in zip(rec.requests, rec.num_draft_tokens):
                 assert k <= 6
         check_accounting(res, 3, truncated=False)
+
+
+@pytest.mark.parametrize("static", [True, False])
+@pytest.mark.parametrize("mode", ["parallel", "autoregressive"])
+def test_max_len_policy_vllm_skips_drafter(oracle_pair, mode, static):
+    """vLLM 0.32's rule (gpu_model_runner._input_fits_in_drafter): after a step whose longest sequence,
+    verified drafts included, + K exceeds max_model_len, the drafter does not run for the whole batch;
+    each remaining request verifies K token-0 drafts (truncated at max_model_len) next, and they count
+    in the metrics. Greedy output is unchanged; 'truncate' drafts in every step."""
+    model, d, ref = oracle_pair
+    K, mml = 4, 24
+    runs = {}
+    for policy in ("vllm", "truncate"):
+        runs[policy] = SpecEngine(model, d, mode=mode, K=K, max_batch=4, max_model_len=mml, static_decode=static,
+                                  max_len_policy=policy).generate(PROMPTS, 100, eos_token_ids=(), record=True)
+    res = runs["vllm"]
+    assert res.output_ids == runs["truncate"].output_ids == [r[: mml - len(p)] for p, r in zip(PROMPTS, ref)]
+    assert not any(rec.drafter_skipped for rec in runs["truncate"].trace)
+    check_accounting(res, len(PROMPTS))
+    lens = [len(p) for p in PROMPTS]
+    zero_drafts = set()                        # requests whose next step verifies token-0 drafts
+    skipped = 0
+    for rec in res.trace:
+        longest = 0
+        for i, k, a, new in zip(rec.requests, rec.num_draft_tokens, rec.accepted, rec.emitted):
+            assert k == (0 if rec.step == 0 else min(K, mml - lens[i] - 1))
+            if i in zero_drafts:               # accepted = leading zeros of the target's continuation
+                cont = ref[i][lens[i] - len(PROMPTS[i]):][:k]
+                assert a == next((j for j, t in enumerate(cont) if t != 0), len(cont))
+            longest = max(longest, lens[i] + k)
+            lens[i] += len(new)
+        assert rec.drafter_skipped == (longest + K > mml and bool(rec.drafted_for or rec.drafter_skipped))
+        assert not (rec.drafter_skipped and rec.drafted_for)
+        zero_drafts = {i for i, new in zip(rec.requests, rec.emitted) if lens[i] < mml} if rec.drafter_skipped \
+            else set()
+        skipped += rec.drafter_skipped
+    assert skipped >= 2
+    m, t = res.metrics, runs["truncate"].metrics
+    assert m.num_accepted_tokens < t.num_accepted_tokens         # token-0 drafts are (here) always rejected
+
+
+def test_max_len_policy_is_checked(oracle_pair):
+    model, d, _ = oracle_pair
+    with pytest.raises(EngineError, match="max_len_policy"):
+        SpecEngine(model, d, K=2, max_len_policy="sglang")
 
 
 def test_eos_and_max_new_tokens(oracle_pair):

@@ -4,6 +4,7 @@ independent forward, round trips vLLM -> pedagle -> speculators -> vLLM, sharded
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import warnings
 from pathlib import Path
@@ -474,3 +475,37 @@ def test_prepare_and_load_checked_tensors(tmp_path):
     tensors = load_checked_tensors(read)
     assert set(tensors) == set(read.tensors) and tensors["mask_hidden"].shape == (1, 1, N_AUX * HT)
     assert torch.equal(tensors["layers.0.mlp.up_proj.weight"], w["midlayer.mlp.up_proj.weight"])
+
+
+def test_load_into_drafter(tmp_path):
+    """What serving backends use: a built Drafter filled from a prepared checkpoint without a target.
+    Shared weights may be absent (the backend shares the target's); anything else missing raises."""
+    from torch import nn
+
+    from pedagle_core.formats import CheckpointError, load_into_drafter, prepare
+
+    w, embed = published_weights()
+    write_checkpoint(tmp_path / "h", published_config(), w)
+    ref = load_drafter(tmp_path / "h", target={"embed_tokens.weight": embed})
+    read = prepare(tmp_path / "h", mode="parallel")
+    d = Drafter(read.config)
+    d.attn = nn.Linear(2, 2)                      # an engine's attention layers: no drafter weights
+    with pytest.raises(CheckpointError, match=r"missing tensor\(s\) \['attn.bias', 'attn.weight'\]"):
+        load_into_drafter(d, read)
+    loaded = load_into_drafter(d, read, exclude_prefixes=("attn.",))
+    assert "embed_tokens.weight" not in loaded and "lm_head.weight" in loaded and "mask_hidden" in loaded
+    for name, t in ref.state_dict().items():
+        if name != "embed_tokens.weight":
+            assert torch.equal(d.state_dict()[name], t), name
+
+    plain = prepare(tmp_path / "h", mode="autoregressive")       # a full P-EAGLE head used autoregressively
+    assert "mask_hidden" in load_into_drafter(Drafter(plain.config), plain)
+    w2 = {k: v for k, v in w.items() if k not in ("mask_hidden", "d2t", "lm_head.weight")}
+    conf = {k: v for k, v in published_config(draft_vocab_size=VOCAB).items() if k != "ptd_token_id"}
+    write_checkpoint(tmp_path / "e", conf, w2)
+    eagle3 = prepare(tmp_path / "e", mode="autoregressive")
+    d3 = Drafter(eagle3.config)
+    assert load_into_drafter(d3, eagle3) == set(eagle3.tensors)
+    assert torch.isnan(d3.mask_hidden).all() and not d3.d2t.any()        # plain EAGLE-3: no mask, identity d2t
+    with pytest.raises(CheckpointError, match="no weights of a pedagle Drafter"):
+        load_into_drafter(Drafter(dataclasses.replace(eagle3.config, num_hidden_layers=1)), eagle3)

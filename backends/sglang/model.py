@@ -26,8 +26,7 @@ import torch
 from torch import nn
 
 from pedagle_core.config import DrafterConfig
-from pedagle_core.formats import CheckpointError
-from pedagle_core.formats import load as _formats_load
+from pedagle_core.formats import CheckpointError, load_into_drafter, prepare, read_config
 from pedagle_core.model import Drafter
 
 from .attention import SglangAttention
@@ -36,7 +35,6 @@ from .drafting import forward_plan
 logger = logging.getLogger("pedagle.sglang")
 
 ARCHITECTURE = "PedagleSglangDrafter"
-SHARED = ("embed_tokens.weight", "lm_head.weight")
 
 
 def checkpoint_dir(config: Any) -> Path:
@@ -77,9 +75,9 @@ class PedagleSglangDrafter(nn.Module):
                                   "(--speculative-draft-model-quantization must be unset)")
         self.config = config
         ckpt = Path(checkpoint) if checkpoint is not None else checkpoint_dir(config)
-        read = _formats_load.read_checkpoint(ckpt)
-        read = _formats_load._resolve_mode(read, resolve_mode(read.config))
-        _formats_load._structural(read, strict=True)
+        # pedagle_core.formats' strict reading without a target (the worker shares embed_tokens / lm_head):
+        # config + tensor directory now, the tensor data in load_weights
+        read = prepare(ckpt, resolve_mode(read_config(ckpt)[0]))
         self._pedagle_read = read
         cfg: DrafterConfig = read.config
         self.pedagle_config = cfg
@@ -133,25 +131,7 @@ class PedagleSglangDrafter(nn.Module):
         if close is not None:
             close()
         read = self._pedagle_read
-        tensors = _formats_load._load_canonical(read, strict=True)
-        state = self.drafter.state_dict()
-        optional = set(SHARED) | {"d2t"} | ({"mask_hidden"} if self.pedagle_config.mask_token_id is None else set())
-        missing = sorted(set(state) - set(tensors) - optional)
-        if missing:
-            raise CheckpointError(f"{read.path}: missing tensor(s) {missing}; expected every drafter weight")
-        unexpected = sorted(set(tensors) - set(state))
-        if unexpected:
-            raise CheckpointError(f"{read.path}: tensor(s) {unexpected} are no weights of a pedagle Drafter")
-        with torch.no_grad():
-            for name, t in tensors.items():
-                dst = state[name]
-                if dst.numel() != t.numel():
-                    raise CheckpointError(f"{read.origin(name)} has shape {list(t.shape)}; expected {list(dst.shape)}")
-                dst.copy_(t.reshape(dst.shape))
-            if "d2t" not in tensors:
-                state["d2t"].zero_()
-            if "mask_hidden" not in tensors:
-                state["mask_hidden"].fill_(float("nan"))       # K = 1 only: never read
+        tensors = load_into_drafter(self.drafter, read)
         self.has_own_embed_tokens = "embed_tokens.weight" in tensors
         self.has_own_lm_head = "lm_head.weight" in tensors
         logger.info("pedagle: loaded drafter %s (%s format, %d tensors)", read.path, read.format, len(tensors))

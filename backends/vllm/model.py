@@ -39,8 +39,7 @@ from vllm.model_executor.models.llama_eagle3 import Eagle3LlamaForCausalLM
 from vllm.model_executor.models.qwen3_eagle3 import Eagle3Qwen3ForCausalLM
 
 from pedagle_core.config import DrafterConfig
-from pedagle_core.formats import CheckpointError
-from pedagle_core.formats import load as _formats_load
+from pedagle_core.formats import CheckpointError, load_into_drafter, prepare
 from pedagle_core.model import Drafter
 
 logger = logging.getLogger("pedagle.vllm")
@@ -155,22 +154,6 @@ def _vllm_mask_token(hf_config: Any) -> int | None:
     return None
 
 
-# pedagle_core.formats' strict reading, split in two: the config and tensor directory (checked against each
-# other, no data) when vLLM builds the model, the tensor data (value checks) when vLLM loads weights.
-# load_drafter() does both at once and wants a target for shared weights, which vLLM shares itself.
-def read_head(path: Path, mode: str):
-    """Config + tensor directory of a drafter checkpoint, structurally validated for ``mode``."""
-    read = _formats_load.read_checkpoint(path)
-    read = _formats_load._resolve_mode(read, mode)
-    _formats_load._structural(read, strict=True)
-    return read
-
-
-def head_tensors(read) -> dict[str, torch.Tensor]:
-    """The checkpoint's tensors under the `Drafter`'s names, value-checked (finite, d2t range, ...)."""
-    return _formats_load._load_canonical(read, strict=True)
-
-
 def unsupported_reason(vllm_config: VllmConfig) -> str | None:
     """Why pedagle cannot serve this head (then vLLM's stock class does), or None."""
     hf = vllm_config.speculative_config.draft_model_config.hf_config
@@ -208,7 +191,9 @@ class _PedagleEagle3Mixin:
 
         # The checkpoint as pedagle reads it (config + tensor directory, no data yet).
         ckpt = checkpoint_dir(vllm_config)
-        read = read_head(ckpt, "parallel" if self.use_parallel_drafting else "autoregressive")
+        # pedagle_core.formats' strict reading without a target (vLLM shares embed_tokens / lm_head itself),
+        # in two steps: config + tensor directory now, the tensor data in load_weights
+        read = prepare(ckpt, "parallel" if self.use_parallel_drafting else "autoregressive")
         self._pedagle_read = read
         cfg: DrafterConfig = read.config
         self._check_config(cfg, vllm_config, ckpt)
@@ -291,27 +276,8 @@ class _PedagleEagle3Mixin:
         if close is not None:
             close()
         read = self._pedagle_read
-        tensors = head_tensors(read)
-        state = {k: v for k, v in self.model.state_dict().items() if not k.startswith("attn.")}
+        tensors = load_into_drafter(self.model, read, exclude_prefixes=("attn.",))   # attn.: vLLM's layers
         cfg = self.pedagle_config
-        optional = set(SHARED) | {"d2t"} | (set() if self.use_parallel_drafting else {"mask_hidden"})
-        missing = sorted(set(state) - set(tensors) - optional)
-        if missing:
-            raise CheckpointError(f"{read.path}: missing tensor(s) {missing}; expected every drafter weight")
-        unexpected = sorted(set(tensors) - set(state))
-        if unexpected:
-            raise CheckpointError(f"{read.path}: tensor(s) {unexpected} are no weights of a pedagle Drafter")
-        with torch.no_grad():
-            for name, t in tensors.items():
-                dst = state[name]
-                if dst.numel() != t.numel():
-                    raise CheckpointError(f"{read.origin(name)} has shape {list(t.shape)}; expected "
-                                          f"{list(dst.shape)}")
-                dst.copy_(t.reshape(dst.shape))
-            if "d2t" not in tensors:
-                state["d2t"].zero_()
-            if "mask_hidden" not in tensors:            # autoregressive use only: never read
-                state["mask_hidden"].fill_(float("nan"))
         self.has_own_embed_tokens = "embed_tokens.weight" in tensors
         self.has_own_lm_head = "lm_head.weight" in tensors
         if not self.has_own_embed_tokens and cfg.has_embed_tokens:

@@ -18,17 +18,33 @@ positions >= the request's committed length; the next step's rows start exactly 
 they attend, so it is overwritten before any query can see it (``poison_stale=True`` fills those slots
 with large junk after every step to prove it in tests).
 
-Stops: ``max_new_tokens``, an EOS id (included in the output), ``max_model_len`` (prompt + output). Drafts
-that would carry a request past max_model_len are truncated before verification (vLLM's rule), so a
-step never writes past the cache. Requests run in waves of at most ``max_batch`` (static batching).
+Stops: ``max_new_tokens``, an EOS id (included in the output), ``max_model_len`` (prompt + output).
+Near max_model_len (``max_len_policy``):
+
+  * always: a request verifies at most ``max_model_len - n - 1`` of its drafts (n = its tokens so far),
+    so a step never writes past the cache (vLLM's scheduler does the same);
+  * 'vllm' (default; the engine is the conformance oracle for vLLM 0.32): after a target step whose
+    longest sequence (all requests of the step, rows of verified drafts included) + K exceeds
+    max_model_len, the drafter does not run for the whole batch and every remaining request gets K
+    drafts of token id 0 instead, which the next step verifies (truncated as above) and counts in the
+    acceptance metrics like any other drafts (vLLM's ``gpu_model_runner._input_fits_in_drafter`` and
+    ``sample_tokens``). The drafter's KV for that step's rows is then never written, as in vLLM.
+    Without an explicit max_model_len the limit of this rule is vLLM's default, the target's
+    max_position_embeddings (the cache, sized to the prompts + max_new_tokens, is no limit of vLLM's);
+  * 'truncate': the drafter always runs and only the truncation above applies (drafts closer to the
+    target's, so slightly more acceptance near the limit; pedagle's behaviour before vLLM parity).
+
+Greedy output is the same under both policies. Requests run in waves of at most ``max_batch`` (static
+batching).
 
 Randomness: request i (its index in the prompt list) samples with ``torch.Generator().manual_seed(seed + i)``;
 sampled drafting (``draft_temperature > 0``) uses one generator seeded with ``seed``.
 
 Speed: greedy decode steps in which every request verifies exactly K drafts run as one fixed-shape,
 host-sync-free step (`graphs.StaticDecodeStep`: vectorised acceptance, drafter input built on device),
-captured as CUDA graphs on CUDA; prefill, sampling and steps with truncated drafts take the general
-per-request path above. Both paths give identical traces (tested).
+captured as CUDA graphs on CUDA (the draft part is left out when the vLLM rule above skips the
+drafter); prefill, sampling and steps with truncated drafts take the general per-request path above.
+Both paths give identical traces (tested).
 """
 
 from __future__ import annotations
@@ -50,6 +66,7 @@ from .target import EngineError, TargetModel
 from .verify import SamplingParams, Verdict, verify_greedy, verify_sampling
 
 MODES = ("parallel", "autoregressive", "none")
+MAX_LEN_POLICIES = ("vllm", "truncate")   # what happens near max_model_len (module docstring)
 POISON = 1.0e4          # what `poison_stale` writes into uncommitted cache slots
 
 
@@ -108,6 +125,7 @@ class StepRecord:
     drafted_for: list[int] = field(default_factory=list)    # requests the drafter ran for after this step
     drafts: list[list[int]] = field(default_factory=list)   # their K drafts (target ids, as proposed)
     margins: list[list[float]] = field(default_factory=list)
+    drafter_skipped: bool = False       # max_len_policy 'vllm': no drafter run, token-0 drafts scheduled
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -152,6 +170,10 @@ class SpecEngine:
     drafter: a `Drafter` (None only with mode 'none'). mode: 'parallel' | 'autoregressive' | 'none'.
     K: drafts per request per step. max_model_len: prompt + output limit per request (None: sized per
     ``generate`` call from the prompts and max_new_tokens, capped by the target's max_position_embeddings).
+    max_len_policy: 'vllm' (default) skips the drafter for the whole batch once the longest sequence + K
+    would pass max_model_len (None: the target's max_position_embeddings, vLLM's default) and verifies K
+    token-0 drafts per request instead, as vLLM 0.32 does; 'truncate' keeps drafting and only truncates
+    drafts at max_model_len (module docstring).
     static_decode: run greedy decode steps in which every request verifies K drafts as one fixed-shape,
     sync-free step (`graphs.StaticDecodeStep`); cuda_graphs: capture those steps as CUDA graphs
     (default: on when the target is on CUDA). Outputs are identical either way.
@@ -159,9 +181,12 @@ class SpecEngine:
 
     def __init__(self, target: TargetModel | nn.Module, drafter: Drafter | None = None, *, mode: str = "parallel",
                  K: int = 3, max_batch: int = 8, max_model_len: int | None = None, draft_temperature: float = 0.0,
-                 poison_stale: bool = False, static_decode: bool = True, cuda_graphs: bool | None = None) -> None:
+                 poison_stale: bool = False, static_decode: bool = True, cuda_graphs: bool | None = None,
+                 max_len_policy: str = "vllm") -> None:
         if mode not in MODES:
             raise EngineError(f"mode = {mode!r}; expected one of {MODES}")
+        if max_len_policy not in MAX_LEN_POLICIES:
+            raise EngineError(f"max_len_policy = {max_len_policy!r}; expected one of {MAX_LEN_POLICIES}")
         if mode != "none" and drafter is None:
             raise EngineError(f"mode {mode!r} needs a drafter (use mode 'none' for target-only decoding)")
         if not isinstance(K, int) or K < 1:
@@ -176,6 +201,8 @@ class SpecEngine:
         self.K = K if mode != "none" else 0
         self.drafter = drafter if mode != "none" else None
         self.max_batch = max_batch
+        self.max_len_policy = max_len_policy
+        self._drafter_limit = max_model_len            # set per generate() call
         self.fixed_max_model_len = max_model_len
         self.draft_temperature = float(draft_temperature)
         self.poison_stale = poison_stale
@@ -248,6 +275,8 @@ class SpecEngine:
         need = max((len(p) for p in prompts), default=1) + max_new_tokens + 1
         mml = self.fixed_max_model_len or min(need, self.target.max_position_embeddings or need)
         self._allocate(mml)
+        # max_len_policy 'vllm': the max_model_len vLLM would have (its default: the model's length)
+        self._drafter_limit = self.fixed_max_model_len or self.target.max_position_embeddings
         for i, p in enumerate(prompts):
             if len(p) >= mml:
                 raise EngineError(f"prompt {i} has {len(p)} tokens; expected fewer than max_model_len = {mml}")
@@ -293,8 +322,10 @@ class SpecEngine:
             if not active:
                 return
             drafted = None
+            # the drafter runs after this step unless the vLLM rule skips it (module docstring)
+            run_drafter = self.drafter is not None and self._drafter_fits(active)
             if self._static_ok(active, sampling):
-                verdicts, drafted = self._static_step(active, metrics)
+                verdicts, drafted = self._static_step(active, metrics, run_drafter)
                 ks, prefill, state = [self.K] * len(active), [False] * len(active), None
             else:
                 state, verdicts, prefill = self._verify_step(active, sampling, metrics)
@@ -318,7 +349,9 @@ class SpecEngine:
                 if bar is not None:
                     bar.update(len(new))
             keep = [b for b, r in enumerate(active) if r.finished is None]
-            if self.drafter is not None and keep:
+            if self.drafter is not None and keep and not run_drafter:
+                self._skip_drafter([active[b] for b in keep], rec)
+            elif self.drafter is not None and keep:
                 if drafted is not None:                      # the static step drafted for every request
                     sel = torch.tensor(keep)
                     self._set_drafts([active[b] for b in keep],
@@ -355,7 +388,7 @@ class SpecEngine:
         for b, r in enumerate(active):
             n, c = len(r.tokens), r.num_computed
             prefill.append(c == 0)
-            k = 0 if r.drafts is None else max(0, min(int(r.drafts.shape[0]), self.max_model_len - n - 1))
+            k = self._num_verified_drafts(r)
             drafts = r.drafts[:k].clamp(0, V - 1).tolist() if k else []
             base = len(ids)
             ids += r.tokens[c:] + drafts
@@ -386,6 +419,31 @@ class SpecEngine:
         state = VerifyState(t(ids), t(pos), t(qsl), t(ks), t([v.accepted for v in verdicts]),
                             t([v.tokens[-1] for v in verdicts]), aux, cache_rows)
         return state, verdicts, prefill
+
+    def _num_verified_drafts(self, r: _Request) -> int:
+        """How many of ``r``'s pending drafts the next step verifies: all, up to max_model_len - n - 1."""
+        if r.drafts is None:
+            return 0
+        return max(0, min(int(r.drafts.shape[0]), self.max_model_len - len(r.tokens) - 1))
+
+    def _drafter_fits(self, active: list[_Request]) -> bool:
+        """Whether the drafter runs after the step about to verify ``active``: always with policy
+        'truncate'; with 'vllm' only if the step's longest sequence (tokens so far + drafts it verifies)
+        + K stays within max_model_len (vLLM's ``_input_fits_in_drafter``: max_seq_len + K <=
+        max_model_len, max_seq_len counting the scheduled drafts; ``_drafter_limit``, see generate)."""
+        if self.max_len_policy == "truncate" or not self._drafter_limit:
+            return True
+        longest = max(len(r.tokens) + self._num_verified_drafts(r) for r in active)
+        return longest + self.K <= self._drafter_limit
+
+    def _skip_drafter(self, reqs: list[_Request], rec: StepRecord | None) -> None:
+        """vLLM's rule near max_model_len: no drafter run; K drafts of token id 0 for every request."""
+        for r in reqs:
+            r.drafts = torch.zeros(self.K, dtype=torch.long, device=self.device)
+            r.valid = torch.ones(self.K, dtype=torch.bool, device=self.device)
+            r.draft_probs = None                       # verified as deterministic (one-hot) drafts
+        if rec is not None:
+            rec.drafter_skipped = True
 
     # ------------------------------------------------------------------ drafter
     def drafter_cache(self, state: VerifyState):
@@ -436,7 +494,8 @@ class SpecEngine:
                 return False
         return True
 
-    def _static_step(self, active: list[_Request], metrics: SpecMetrics) -> tuple[list[Verdict], dict | None]:
+    def _static_step(self, active: list[_Request], metrics: SpecMetrics,
+                     run_drafter: bool = True) -> tuple[list[Verdict], dict | None]:
         B, K, V = len(active), self.K, self.target.vocab_size
         runner = self._static_steps.get(B)
         if runner is None:
@@ -449,12 +508,12 @@ class SpecEngine:
             tokens = torch.cat([tokens, drafts.clamp(0, V - 1)], 1)
         start = torch.tensor([len(r.tokens) - 1 for r in active], dtype=torch.long)
         rows = torch.tensor([r.row for r in active], dtype=torch.long)
-        out = runner(tokens, valid, start, rows)
+        out = runner(tokens, valid, start, rows, draft=run_drafter)
         metrics.target_time_s += out["target_s"]
         metrics.draft_time_s += out["draft_s"]
         pred, acc = out["pred"].tolist(), out["accepted"].tolist()
         verdicts = [Verdict(a, tokens[b, 1: a + 1].tolist() + [pred[b][a]]) for b, a in enumerate(acc)]
-        return verdicts, (out if self.drafter is not None else None)
+        return verdicts, (out if "drafts" in out else None)
 
     def _check_drafts(self, out: DraftOutput) -> tuple[Tensor, Tensor, Tensor | None]:
         """Flag drafts that can never be right (ids outside the target vocabulary, non-finite logits) and

@@ -1,13 +1,14 @@
 """Static-shape greedy decode steps, captured as CUDA graphs on CUDA.
 
 A decode step in which every request verifies exactly K drafts (the common case: greedy, no request
-near max_model_len) has fixed shapes for a given batch size B: B*(K+1) target rows, B*K drafts. For
+within K + 1 tokens of max_model_len) has fixed shapes for a given batch size B: B*(K+1) target rows, B*K drafts. For
 such steps `StaticDecodeStep` runs, with no host synchronisation and no per-request Python:
 
   verify (graph 1): target forward over [bonus, d_1..d_K] of every request, argmax, accepted count
       a = number of leading drafts equal to the target's argmax (and valid), new token = argmax[a],
       and the drafter's `StepInput` (num_rejected = K - a; all K+1 rows, rejected included);
-  draft (graph 2): `pedagle_core.draft.draft` (parallel: one forward; autoregressive: K forwards).
+  draft (graph 2): `pedagle_core.draft.draft` (parallel: one forward; autoregressive: K forwards);
+      not run in a step after which the engine skips the drafter (vLLM's rule near max_model_len).
 
 Inputs live in static buffers (tokens [B, K+1], valid [B, K], start position [B], cache rows [B]);
 outputs (argmax [B, K+1], accepted [B], drafts [B, K], margins [B, K]) are read back once per step.
@@ -97,9 +98,11 @@ class StaticDecodeStep:
             self.graphs[name] = g
         g.replay()
 
-    def __call__(self, tokens: Tensor, valid: Tensor, start: Tensor, rows: Tensor) -> dict[str, Tensor]:
+    def __call__(self, tokens: Tensor, valid: Tensor, start: Tensor, rows: Tensor,
+                 draft: bool = True) -> dict[str, Tensor]:
         """tokens [B, K+1], valid [B, K], start/rows [B] (host or device) -> host tensors pred [B, K+1],
-        accepted [B], and (modes with a drafter) drafts / margins [B, K]; also target/draft seconds."""
+        accepted [B], and (modes with a drafter, unless ``draft`` is False: the engine skips the drafter
+        near max_model_len) drafts / margins [B, K]; also target/draft seconds."""
         self.tokens.copy_(tokens)
         self.valid.copy_(valid)
         self.start.copy_(start)
@@ -108,11 +111,12 @@ class StaticDecodeStep:
         timer = _Timer(dev)
         self._run("verify", self._verify)
         timer.mark()
-        if self.engine.drafter is not None:
+        draft = draft and self.engine.drafter is not None
+        if draft:
             self._run("draft", self._draft)
         timer.mark()
         out = {"pred": self.pred, "accepted": self.accepted}
-        if self.engine.drafter is not None:
+        if draft:
             out.update(drafts=self.drafts, margins=self.margins)
         out = {k: v.to("cpu") for k, v in out.items()}
         out["target_s"], out["draft_s"] = timer.seconds()

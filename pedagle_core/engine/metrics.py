@@ -25,7 +25,9 @@ before stop truncation (EOS / max_new_tokens) and when every decode step verifie
     emitted tokens = num_requests + num_drafts * mean_acceptance_length
 i.e. for one request mean_acceptance_length == (num_output_tokens - 1) / (steps - 1).
 Steps with zero drafts (mode 'none', or drafts truncated away at max_model_len) add one token each and
-are counted in ``num_target_only_steps`` (request-steps), not in num_drafts.
+are counted in ``num_target_only_steps`` (request-steps), not in num_drafts. The token-0 drafts the
+engine schedules when vLLM's rule skips the drafter near max_model_len (``max_len_policy='vllm'``)
+count like any other drafts, as in vLLM.
 """
 
 from __future__ import annotations

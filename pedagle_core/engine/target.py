@@ -8,8 +8,8 @@ through ``ALL_ATTENTION_FUNCTIONS[config._attn_implementation]``, passing the mo
 ``s_aux`` (the attention sinks), plus every extra keyword given to the model's ``forward``. We register
 one function under the name ``"pedagle"`` (`ATTENTION_NAME`) and, only for the duration of our own
 forward (`TargetModel.forward`), switch the model's config to it. The per-forward metadata (a
-`TargetAttention`, which knows the cache, the slot of every row and each row's request) travels as the
-model keyword ``pedagle_attn``. Because ``"pedagle"`` has no entry in transformers' mask registry, the
+`CacheAttention`, which knows the cache, the slot of every row and each row's request, and takes the
+module's softmax scale and GPT-OSS sinks) travels as the model keyword ``pedagle_attn``. Because ``"pedagle"`` has no entry in transformers' mask registry, the
 model builds no mask at all: masking (causal, per request, sliding window) is ours. Outside our forward
 the model keeps its own implementation, so ``model.generate`` still works on the same object.
 
@@ -31,7 +31,6 @@ import os
 from typing import Any, Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attention import CacheAttention, ContiguousKVCache
@@ -44,56 +43,9 @@ class EngineError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------- attention
-class TargetAttention(CacheAttention):
-    """`CacheAttention` (same request-grouped layout over a `ContiguousKVCache`) with the extras target
-    modules need: an explicit softmax ``scale`` and GPT-OSS attention ``sinks`` (one learned logit per
-    head that joins the softmax denominator and is then dropped). Calls with the default scale and no
-    sinks go to `CacheAttention` itself (its Triton decode kernel on CUDA)."""
-
-    def attend(self, layer_idx: int, q: Tensor, k: Tensor, v: Tensor, window: int | None,
-               scale: float | None = None, sinks: Tensor | None = None) -> Tensor:
-        """q: [T, Hq, D], k/v: [T, Hkv, D] -> [T, Hq, D]."""
-        if sinks is None and (scale is None or abs(scale * q.shape[-1] ** 0.5 - 1.0) < 1e-6):
-            return self(layer_idx, q, k, v, window)
-        c = self.cache
-        self._write(layer_idx, k, v)
-        B = self.cache_rows.shape[0]
-        kc = c.k[layer_idx].view(c.max_batch, c.max_seq_len, *c.k.shape[2:])[self.cache_rows, : self.s_max]
-        vc = c.v[layer_idx].view(c.max_batch, c.max_seq_len, *c.v.shape[2:])[self.cache_rows, : self.s_max]
-        mask = self.causal
-        if window is not None:
-            mask = mask & (self.key_pos[None, None, :] > self.q_pos[:, :, None] - window)
-        mask = mask | (self.q_pos[:, :, None] < 0) & (self.key_pos[None, None, :] == 0)   # padding query rows
-        qp = q.new_zeros(B, self.q_max, *q.shape[1:])
-        qp[self.row_b, self.row_col] = q[self.order]
-        out = _attend(qp, kc.to(q.dtype), vc.to(q.dtype), mask, scale, sinks)
-        res = torch.empty_like(q)
-        res[self.order] = out[self.row_b, self.row_col]
-        return res
-
-
-def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float | None, sinks: Tensor | None) -> Tensor:
-    """q: [B, Q, Hq, D], k/v: [B, S, Hkv, D], mask: [B, Q, S] bool -> [B, Q, Hq, D]."""
-    rep = q.shape[2] // k.shape[2]
-    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)           # [B, H, *, D]
-    if sinks is None:
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], scale=scale,
-                                             enable_gqa=rep > 1)
-        return out.transpose(1, 2)
-    if rep > 1:
-        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    logits = torch.matmul(q, k.transpose(-1, -2)) * scale                        # [B, H, Q, S]
-    logits = logits.masked_fill(~mask[:, None], float("-inf"))
-    sink = sinks.to(logits.dtype).view(1, -1, 1, 1).expand(*logits.shape[:-1], 1)
-    full = torch.cat([logits, sink], dim=-1)
-    probs = torch.softmax(full - full.amax(-1, keepdim=True), dim=-1)[..., :-1]
-    return torch.matmul(probs.to(v.dtype), v).transpose(1, 2)
-
-
 def pedagle_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Any,
                       scaling: float | None = None, dropout: float = 0.0, sliding_window: int | None = None,
-                      s_aux: Tensor | None = None, pedagle_attn: TargetAttention | None = None,
+                      s_aux: Tensor | None = None, pedagle_attn: CacheAttention | None = None,
                       **kwargs: Any) -> tuple[Tensor, None]:
     """transformers attention function (``AttentionInterface`` signature). query: [1, Hq, T, D];
     key/value: [1, Hkv, T, D] -> ([1, T, Hq, D], None)."""
@@ -106,7 +58,7 @@ def pedagle_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tens
     if s_aux is None:
         s_aux = getattr(module, "sinks", None)
     q, k, v = query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1)
-    out = pedagle_attn.attend(module.layer_idx, q, k, v, window, scale=scaling, sinks=s_aux)
+    out = pedagle_attn(module.layer_idx, q, k, v, window, scale=scaling, sinks=s_aux)
     return out[None], None
 
 
@@ -264,7 +216,7 @@ class TargetModel:
         slots = rows[request_index.long()] * cache.max_seq_len + pos
         if write is not None:
             slots = torch.where(write, slots, -1)
-        attn = TargetAttention(cache, pos, slots, request_index.long(), rows, max_query_len=max_query_len,
+        attn = CacheAttention(cache, pos, slots, request_index.long(), rows, max_query_len=max_query_len,
                                max_context=cache.max_seq_len if static else None)
         keep = logits_rows if logits_rows is not None else torch.arange(pos.numel(), device=pos.device)
         captured: dict[int, Tensor | None] = dict.fromkeys(self.aux_layer_ids)

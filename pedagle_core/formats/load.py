@@ -175,6 +175,42 @@ def load_checked_tensors(r: ReadResult, strict: bool = True) -> dict[str, Tensor
     return _load_canonical(r, strict)
 
 
+def load_into_drafter(drafter: Drafter, read: ReadResult, strict: bool = True,
+                      exclude_prefixes: tuple[str, ...] = ()) -> set[str]:
+    """Copy a `prepare`d checkpoint's tensors into an already built `Drafter` (a serving backend's module,
+    built by its engine on the engine's device and dtype) - `load_drafter` without a target.
+
+    Strict like `load_drafter` (structure checked by `prepare`, values by `load_checked_tensors`), except
+    that the weights a head shares with its target may be absent: ``embed_tokens.weight`` /
+    ``lm_head.weight`` then keep the module's values (the backend installs the target's); an absent
+    ``d2t`` is the identity map (zeros) and an absent ``mask_hidden`` (plain EAGLE-3 head, K = 1 or
+    autoregressive use only) is filled with NaN. Any other module tensor the checkpoint lacks, a checkpoint
+    tensor the module lacks, or a size mismatch raises `CheckpointError` naming it.
+    ``exclude_prefixes``: module state entries that are no drafter weights (the engine's attention layers).
+    Returns the names of the loaded tensors (canonical): whether the head has its own shared weights.
+    """
+    tensors = load_checked_tensors(read, strict)
+    state = {k: v for k, v in drafter.state_dict().items() if not k.startswith(tuple(exclude_prefixes))}
+    optional = set(SHARED) | {"d2t"} | ({"mask_hidden"} if read.config.mask_token_id is None else set())
+    missing = sorted(set(state) - set(tensors) - optional)
+    if missing:
+        raise CheckpointError(f"{read.path}: missing tensor(s) {missing}; expected every drafter weight")
+    unexpected = sorted(set(tensors) - set(state))
+    if unexpected:
+        raise CheckpointError(f"{read.path}: tensor(s) {unexpected} are no weights of a pedagle Drafter")
+    with torch.no_grad():
+        for name, t in tensors.items():
+            dst = state[name]
+            if dst.numel() != t.numel():
+                raise CheckpointError(f"{read.origin(name)} has shape {list(t.shape)}; expected {list(dst.shape)}")
+            dst.copy_(t.reshape(dst.shape))
+        if "d2t" not in tensors and "d2t" in state:
+            state["d2t"].zero_()
+        if "mask_hidden" not in tensors and "mask_hidden" in state:
+            state["mask_hidden"].fill_(float("nan"))      # never read without a mask token
+    return set(tensors)
+
+
 # ---------------------------------------------------------------------------------------------- targets
 @dataclass
 class _Target:
@@ -472,4 +508,4 @@ def describe(path: PathLike) -> dict[str, Any]:
 
 
 __all__ = ["CheckpointError", "detect_format", "read_config", "read_checkpoint", "prepare", "load_checked_tensors",
-           "load_drafter", "save_drafter", "convert", "describe", "build_drafter", "drafter_tensors", "read_header"]
+           "load_into_drafter", "load_drafter", "save_drafter", "convert", "describe", "build_drafter", "drafter_tensors", "read_header"]

@@ -34,6 +34,7 @@ class Run:
     drafts: dict[int, list[tuple[int, list[int]]]] = field(default_factory=dict)   # request -> [(bonus_pos, K drafts)]
     records: list[dict[str, Any]] = field(default_factory=list)                     # vLLM's raw records
     margins: dict[int, list[list[float]]] = field(default_factory=dict)             # reference: per step, per draft
+    drafter_skips: int = 0          # reference: steps after which vLLM's max_model_len rule skipped the drafter
 
 
 def vllm_job(case: Case, fam: dict[str, str], prompts: list[list[int]], max_tokens: int,
@@ -111,39 +112,21 @@ def _run_reference(case, fam, prompts, max_tokens, target_model, SpecEngine, loa
     if case.drafter is not None:
         metrics = {"num_drafts": m.num_drafts, "num_draft_tokens": m.num_draft_tokens,
                    "num_accepted_tokens": m.num_accepted_tokens, "accepted_per_pos": list(m.accepted_per_position)}
-    return Run([list(map(int, o)) for o in res.output_ids], metrics, drafts, margins=margins)
+    return Run([list(map(int, o)) for o in res.output_ids], metrics, drafts, margins=margins,
+               drafter_skips=sum(rec.drafter_skipped for rec in res.trace or []))
 
 
-def compare_drafts(ref: Run, vllm: Run, K: int, max_model_len: int | None = None) -> int:
+def compare_drafts(ref: Run, vllm: Run, K: int) -> int:
     """Per request, vLLM's recorded drafts equal the reference's step by step (vLLM also drafts once more
-    for a request that has just finished).
-
-    With ``max_model_len``: vLLM skips its drafter for the whole batch after a step whose longest sequence
-    + K exceeds max_model_len (and schedules token-0 drafts), which the reference engine does not model.
-    Only the records up to the first one after which that can happen are compared: record j's requests
-    sit at bonus positions p, so the next verify step reaches p + 2 + K and the drafter would skip if
-    p + 2 + 2K > max_model_len. Returns the number of (request, step) drafts compared."""
+    for a request that has just finished). Near max_model_len both skip the drafter for the whole batch
+    in the same steps (vLLM's rule, which the reference engine follows by default), so neither records
+    drafts there. Returns the number of (request, step) drafts compared."""
     n = 0
     assert set(ref.drafts) <= set(vllm.drafts), f"requests drafted: reference {sorted(ref.drafts)}, vLLM {sorted(vllm.drafts)}"
-    keep: dict[int, int] | None = None
-    if max_model_len is not None:
-        cut = next((j + 1 for j, rec in enumerate(vllm.records)
-                    if max(rec["bonus_positions"]) + 2 + 2 * K > max_model_len), len(vllm.records))
-        base = min((int(r.split("-")[0]) for rec in vllm.records for r in rec["req_ids"]), default=0)
-        keep = {}
-        for rec in vllm.records[:cut]:
-            for rid in rec["req_ids"]:
-                i = int(rid.split("-")[0]) - base
-                keep[i] = keep.get(i, 0) + 1
     for req, ref_steps in ref.drafts.items():
         got = vllm.drafts[req]
-        if keep is not None:
-            got = got[:keep.get(req, 0)]
-            ref_steps = ref_steps[:len(got)]
-            assert len(ref_steps) == len(got), f"request {req}: reference drafted {len(ref_steps)} times, vLLM {len(got)}"
-        else:
-            assert len(got) - len(ref_steps) in (0, 1), (
-                f"request {req}: {len(ref_steps)} reference drafting steps, {len(got)} in vLLM")
+        assert len(got) - len(ref_steps) in (0, 1), (
+            f"request {req}: {len(ref_steps)} reference drafting steps, {len(got)} in vLLM")
         for step, (a, b) in enumerate(zip(ref_steps, got)):
             assert a == b, f"request {req}, drafting step {step}: reference (bonus position, drafts) {a}, vLLM {b}"
             n += 1
