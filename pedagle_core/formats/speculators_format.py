@@ -10,14 +10,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..config import DrafterConfig
 from .common import ReadResult, as_id_list, as_int, build_config, canonical_names
 from .errors import CheckpointError
 from .hf_config import _bool, _int, read_layer_config, write_layer_config
 from .safetensors_io import TensorRecord
-from .vllm_format import t2d_from_d2t
+from .vllm_format import tensor_dict  # noqa: F401  (both formats store mask_hidden as [1,1,n] plus t2d)
 
 FORMAT = "speculators"
 MODEL_TYPES = {"peagle": "PEagleSpeculator", "eagle3": "Eagle3Speculator"}
@@ -144,10 +142,3 @@ def config_dict(cfg: DrafterConfig, dtype_name: str | None, verifier_name_or_pat
     return d
 
 
-def tensor_dict(cfg: DrafterConfig, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = dict(tensors)
-    if "mask_hidden" in out:
-        out["mask_hidden"] = out["mask_hidden"].reshape(1, 1, -1)
-    if "d2t" in out:
-        out["t2d"] = t2d_from_d2t(out["d2t"], cfg.vocab_size)
-    return out
