@@ -31,7 +31,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ if "--dry-run" in sys.argv and not torch.cuda.is_available():
 
 from pedagle_core.attention import ContiguousKVCache  # noqa: E402
 from pedagle_core.config import DrafterConfig  # noqa: E402
+from pedagle_core.provenance import code_commit  # noqa: E402
 from pedagle_core.draft import StepInput, draft_autoregressive, draft_parallel  # noqa: E402
 from pedagle_core.model import Drafter  # noqa: E402
 
@@ -430,17 +430,6 @@ def attention_micro(bench: Bench, family: str, cfg: DrafterConfig, shapes: list[
 
 
 # --------------------------------------------------------------------------------------------- driver
-def _git_commit() -> str:
-    env = os.environ.get("PEDAGLE_COMMIT")
-    if env:
-        return env
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip() or "unknown"
-    except Exception:                                                           # noqa: BLE001
-        return "unknown"
-
-
 def source_digest() -> str:
     """sha256 over the core's Python sources (identifies the code when no git metadata travels)."""
     h = hashlib.sha256()
@@ -469,7 +458,7 @@ def metadata(device: torch.device) -> dict:
 
     return {"device": device_name(device), "device_tag": device_tag(device),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "commit": _git_commit(), "source_digest": source_digest(), "torch": torch.__version__,
+            "commit": code_commit() or "unknown", "source_digest": source_digest(), "torch": torch.__version__,
             "triton": triton.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
             "sm_count": torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else None}
 

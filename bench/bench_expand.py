@@ -77,13 +77,10 @@ def run_tests(log_path: str, dry_run: bool) -> dict:
 
 
 def git_commit(explicit: str | None) -> str:
-    if explicit:
-        return explicit
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    """The code's commit (see `pedagle_core.provenance.code_commit`)."""
+    from pedagle_core.provenance import code_commit
+
+    return code_commit(explicit) or "unknown"
 
 
 def main() -> int:

@@ -21,7 +21,6 @@ import datetime
 import json
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,14 +33,7 @@ from pedagle_core import Drafter, DrafterConfig  # noqa: E402
 from pedagle_core.train.cod import sample_cod  # noqa: E402
 from pedagle_core.train.module import TrainableDrafter  # noqa: E402
 from pedagle_core.train.partition import PackedRows, plan_segments, run_pack  # noqa: E402
-
-
-def _commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).resolve().parents[1]).stdout.strip()
-    except Exception:  # noqa: BLE001 - a copy without .git
-        return None
+from pedagle_core.provenance import code_commit  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -159,7 +151,7 @@ def main(argv=None) -> int:
         "benchmark": "sequence partitioning (pedagle_core/train/partition.py)",
         "device": torch.cuda.get_device_name() if dev.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": _commit(), "torch": torch.__version__, "dry_run": a.dry_run,
+        "commit": code_commit(), "torch": torch.__version__, "dry_run": a.dry_run,
         "config": {k: v for k, v in vars(a).items() if k not in ("out",)},
         "elements": len(el), "elements_per_depth": el.counts_per_depth(a.depth).tolist(), "supervised": n_sup,
         "trainable_params": sum(q.numel() for q in params),

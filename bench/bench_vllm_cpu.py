@@ -29,7 +29,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -38,14 +37,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _git_commit() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "backends/vllm", "pedagle_core"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    """The code's commit (see `pedagle_core.provenance.code_commit`)."""
+    from pedagle_core.provenance import code_commit
+
+    return code_commit() or "unknown"
 
 
 def _cpu_model() -> str:

@@ -29,7 +29,6 @@ import argparse
 import datetime
 import json
 import shutil
-import subprocess
 import sys
 import tarfile
 import time
@@ -40,11 +39,10 @@ sys.path.insert(0, str(ROOT))
 
 
 def _commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=ROOT).stdout.strip()
-    except Exception:  # noqa: BLE001
-        return None
+    """The code's commit (see `pedagle_core.provenance.code_commit`)."""
+    from pedagle_core.provenance import code_commit
+
+    return code_commit()
 
 
 def make_toy_target(path: Path, seed: int = 0) -> Path:

@@ -16,12 +16,13 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import sys
 import warnings
 from typing import Any
 
 import torch
+
+from ..provenance import code_commit
 
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16", "float64")
 
@@ -368,30 +369,13 @@ def _device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def _git_commit() -> str | None:
-    if os.environ.get("PEDAGLE_COMMIT"):          # set where the tree travels without .git (GPU runs)
-        return os.environ["PEDAGLE_COMMIT"]
-    try:                                          # the checkout's commit, '+dirty' if tracked files changed
-        here = os.path.dirname(os.path.abspath(__file__))
-        out = subprocess.run(["git", "rev-parse", "--verify", "HEAD"], cwd=here, capture_output=True, text=True,
-                             timeout=5)
-        sha = out.stdout.strip()
-        if out.returncode or len(sha) != 40:      # e.g. a copied tree whose .git has no objects
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
-    except Exception:  # noqa: BLE001 - no git
-        return None
-
-
 def _meta(args: argparse.Namespace, device: torch.device, n_prompts: int) -> dict[str, Any]:
     import transformers
 
     from .. import __version__
 
     return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "device": _device_name(device), "commit": _git_commit(), "pedagle": __version__,
+            "device": _device_name(device), "commit": code_commit(), "pedagle": __version__,
             "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
             "target": args.target, "drafter": args.drafter, "ar_drafter": args.ar_drafter or args.drafter,
             "prompts": args.prompts, "num_prompts": n_prompts, "max_new_tokens": args.max_new_tokens,
