@@ -2,6 +2,7 @@
 
 import os
 
+import pytest
 import torch
 
 # [triton] Without CUDA, run Triton kernels through the interpreter (test_expand.py, other kernel tests).
@@ -9,3 +10,13 @@ import torch
 # before any test module imports triton. An explicit TRITON_INTERPRET in the environment wins.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+# [threads] Tiny models run fastest on one intra-op thread, and CI's two cores are shared with other work.
+# Modules opt in with `pytestmark = pytest.mark.usefixtures("one_thread")`.
+@pytest.fixture(scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -9,13 +9,7 @@ from pedagle_core.train.cod import sample_cod
 from pedagle_core.train.mask import Meta, TrainAttention, dense_mask
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and the CI machine's cores are shared."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _elements(doc_lens=(7, 1, 12, 5), K=4, seed=0):

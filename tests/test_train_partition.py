@@ -9,13 +9,7 @@ from pedagle_core.train.module import TrainableDrafter
 from pedagle_core.train.partition import PackedRows, plan_segments, run_pack
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and the CI machine's cores are shared."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 K = 5
 
