@@ -63,6 +63,45 @@ def make_toy_target(path: Path, seed: int = 0) -> Path:
     return path
 
 
+def extra_prompts(target: Path, train_prompts: str, n: int, seed: int, out: Path) -> str:
+    """``train_prompts`` plus ``n`` new prompts drawn (seeded) from the same training files of the stdlib
+    recorded in ``target/data_split.json``; written to ``out``, whose path is returned. The stdlib must be
+    the one the target was built from (same Python version), so that held-out files stay held out."""
+    import platform
+
+    from tokenizers import Tokenizer
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from build_tiny_target import load_corpus, make_train_prompts
+
+    if out.exists():                          # deterministic in (prompts, n, seed): runs sharing WORK reuse it
+        return str(out)
+    split_file = target / "data_split.json"
+    if not split_file.exists():
+        raise SystemExit(f"{split_file}: missing; --extra-prompts needs the target's by-file data split")
+    split = json.loads(split_file.read_text())
+    if platform.python_version() != split["python_version"] or not Path(split["stdlib_root"]).is_dir():
+        raise SystemExit(f"{split_file}: field 'python_version' = {split['python_version']} at "
+                         f"{split['stdlib_root']}; this machine has Python {platform.python_version()}: "
+                         "--extra-prompts must run where the target's stdlib is")
+    docs, _ = load_corpus(split["stdlib_root"])
+    docs = dict(docs)
+    files = [f for f in split["train"] if f in docs]
+    if len(files) != len(split["train"]):
+        raise SystemExit(f"{split_file}: {len(split['train']) - len(files)} training files of the split are "
+                         f"missing under {split['stdlib_root']}")
+    old = [json.loads(line) for line in Path(train_prompts).read_text().splitlines() if line.strip()]
+    seen = {r["prompt"] for r in old}
+    tok = Tokenizer.from_file(str(target / "tokenizer.json"))
+    new = [r for r in make_train_prompts(tok, docs, files, n + len(seen), seed, 64, 192) if r["prompt"] not in seen][:n]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w") as f:
+        for r in old + new:
+            f.write(json.dumps(r) + "\n")
+    print(f"[train_tiny_drafters] {len(old)} + {len(new)} training prompts -> {out}", file=sys.stderr)
+    return str(out)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", help="tiny target directory (default models/tiny-code/target; --tiny: a toy)")
@@ -79,6 +118,12 @@ def main(argv=None) -> int:
     p.add_argument("--mask-token-id", type=int, default=1, help="<|mask|> of the tiny tokenizer")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--max-prompts", type=int, help="cap the training prompts")
+    p.add_argument("--extra-prompts", type=int, default=0,
+                   help="add this many new prompts from the target's training files (needs its stdlib)")
+    p.add_argument("--extra-seed", type=int, default=1000, help="seed of the extra prompts")
+    p.add_argument("--regen", choices=("greedy", "sample"), default="greedy", help="how the target regenerates")
+    p.add_argument("--peagle-name", default="peagle", help="output directory name of the P-EAGLE drafter")
+    p.add_argument("--peagle-intermediate", type=int, help="P-EAGLE MLP width (default: the target's)")
     p.add_argument("--max-eval-prompts", type=int, default=128)
     p.add_argument("--seq-len", type=int, default=2048)
     p.add_argument("--peagle-steps", type=int, default=3000)
@@ -86,7 +131,12 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--segments", type=int, default=1)
     p.add_argument("--regen-batch", type=int, default=512)
+    p.add_argument("--save-every", type=int, default=0, help="also checkpoint every N steps (under WORK/<name>)")
     p.add_argument("--only", choices=("peagle", "eagle3"), help="train one of the two")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="only regenerate the data and write the feature cache (for runs that share WORK)")
+    p.add_argument("--summary", help="summary JSON (default OUT/drafters_summary.json); drafters already in it "
+                                     "are kept, so runs of --only can share one")
     p.add_argument("--tar", help="also pack OUT/peagle, OUT/eagle3 and the summary into this .tar.gz")
     p.add_argument("--tiny", action="store_true", help="toy sizes on the CPU (checks the script)")
     a = p.parse_args(argv)
@@ -114,6 +164,9 @@ def main(argv=None) -> int:
         return str(target / name) if (target / name).exists() else str(target.parent / name)
 
     train_prompts = a.train_prompts or beside("train_prompts.jsonl")
+    if a.extra_prompts:
+        train_prompts = extra_prompts(target, train_prompts, a.extra_prompts, a.extra_seed,
+                                      work / f"train_prompts_plus{a.extra_prompts}_s{a.extra_seed}.jsonl")
     heldout = a.heldout_prompts or beside("heldout_prompts.jsonl")
     if not Path(heldout).exists():
         heldout = None
@@ -121,17 +174,25 @@ def main(argv=None) -> int:
     cache = work / "cache"
     common = dict(target=str(target), data=train_prompts, eval_data=heldout, cache_dir=str(cache), seed=a.seed,
                   device=dev, draft_vocab=a.draft_vocab, max_new_tokens=a.max_new_tokens, max_prompts=a.max_prompts,
-                  max_eval_prompts=a.max_eval_prompts, seq_len=a.seq_len, regen="greedy", regen_batch=a.regen_batch,
+                  max_eval_prompts=a.max_eval_prompts, seq_len=a.seq_len, regen=a.regen, regen_batch=a.regen_batch,
                   feature_batch=32, lr=a.lr, dtype="bf16" if dev.startswith("cuda") else "fp32", save_dtype="bf16",
                   hidden_size=None, head_dim=None, log_every=10, progress=sys.stderr.isatty(), weight_decay=0.0,
-                  min_lr_ratio=0.05)
+                  min_lr_ratio=0.05, save_every=a.save_every)
     runs = {
-        "peagle": dict(mode="parallel", depth=a.depth, layers=a.peagle_layers, steps=a.peagle_steps,
-                       mask_token_id=a.mask_token_id, segments=a.segments),
+        a.peagle_name: dict(mode="parallel", depth=a.depth, layers=a.peagle_layers, steps=a.peagle_steps,
+                            mask_token_id=a.mask_token_id, segments=a.segments,
+                            intermediate_size=a.peagle_intermediate),
         "eagle3": dict(mode="autoregressive", ttt_steps=a.ttt_steps, layers=1, steps=a.eagle3_steps),
     }
     if a.only:
-        runs = {a.only: runs[a.only]}
+        runs = {k: v for k, v in runs.items() if (k == "eagle3") == (a.only == "eagle3")}
+    if a.prepare_only:
+        t0 = time.perf_counter()
+        train(TrainConfig(out=str(work / "prepare"), work_dir=str(work / "prepare"), prepare_only=True, **common,
+                          **next(iter(runs.values()))))
+        print(json.dumps({"prepare_seconds": round(time.perf_counter() - t0, 1)}), flush=True)
+        return 0
+    summary_file = Path(a.summary) if a.summary else out / "drafters_summary.json"
     summary = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "commit": _commit(), "seed": a.seed, "target": str(target), "device":
                torch.cuda.get_device_name() if dev.startswith("cuda") else "cpu", "torch": torch.__version__,
@@ -158,14 +219,18 @@ def main(argv=None) -> int:
                                      "layers": kw["layers"], "depth": cfg.depth, "mode": cfg.mode, "final": final}
         print(json.dumps({name: summary["drafters"][name]}), flush=True)
     summary["seconds_total"] = round(time.perf_counter() - t_all, 1)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "drafters_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary["train_prompts"] = train_prompts
+    if summary_file.exists():                  # keep the drafters another --only run put there
+        old = json.loads(summary_file.read_text()).get("drafters", {})
+        summary["drafters"] = {**{k: v for k, v in old.items() if k not in summary["drafters"]}, **summary["drafters"]}
+    summary_file.parent.mkdir(parents=True, exist_ok=True)
+    summary_file.write_text(json.dumps(summary, indent=2) + "\n")
     if a.tar:
         Path(a.tar).parent.mkdir(parents=True, exist_ok=True)
         with tarfile.open(a.tar, "w:gz") as tf:
             for name in runs:
                 tf.add(out / name, arcname=name)
-            tf.add(out / "drafters_summary.json", arcname="drafters_summary.json")
+            tf.add(summary_file, arcname=summary_file.name)
     print(json.dumps(summary, indent=2))
     return 0
 

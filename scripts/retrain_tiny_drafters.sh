@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Retrain the bundled tiny-code drafters in ONE device call (under 10 minutes on an H100):
+#   1. 4096 + EXTRA training prompts (the extra ones drawn, seeded, from the target's own training files),
+#      regenerated greedily by the target, feature cache written once;
+#   2. three trainings at once on the one GPU (they are host-bound): P-EAGLE 4 layers, P-EAGLE 6 layers
+#      with a 4x-wide MLP, EAGLE-3 1 layer with 4 TTT steps, all on the same data;
+#   3. `pedagle bench` (greedy, held-out prompts, batch 1) of every drafter that finished, while time is left.
+#
+#   bash scripts/retrain_tiny_drafters.sh RESULTS_DIR          (on the device machine: RESULTS_DIR=$OUT)
+#
+# Writes RESULTS_DIR/drafters.tgz (out/<name>/ checkpoints, summaries, logs) and RESULTS_DIR/bench_*.json.
+# Each training has a wall-clock cap (save_every checkpoints are kept) so the call cannot overrun.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+R="${1:?results dir}"; mkdir -p "$R"
+EXTRA="${EXTRA:-12288}"; W="${WORK:-/tmp/pedagle_retrain}"; T=models/tiny-code/target
+BUDGET="${BUDGET:-540}"                                     # seconds for steps 1-3 together
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+start=$(date +%s); left() { echo $(( BUDGET - ($(date +%s) - start) )); }
+common=(--target "$T" --out "$W/out" --work-dir "$W/w" --extra-prompts "$EXTRA" --regen-batch 2048 --save-every 500
+        ${EXTRA_ARGS:-})
+python scripts/train_tiny_drafters.py "${common[@]}" --prepare-only > "$W.prep.log" 2>&1 || { tail -30 "$W.prep.log"; exit 1; }
+echo "prepare: $(( $(date +%s) - start )) s"
+cap=$(( $(left) - ${BENCH_SECONDS:-90} ))
+run() { local name=$1; shift; timeout "$cap" python scripts/train_tiny_drafters.py "${common[@]}" --summary "$W/summary_$name.json" "$@" \
+          > "$W/train_$name.log" 2>&1; echo "$name rc=$? after $(( $(date +%s) - start )) s"; }
+run peagle --only peagle --peagle-steps "${P4_STEPS:-3000}" &
+run peagle6 --only peagle --peagle-name peagle6 --peagle-layers 6 --peagle-intermediate 1024 --peagle-steps "${P6_STEPS:-2000}" &
+run eagle3 --only eagle3 --eagle3-steps "${E3_STEPS:-2000}" &
+wait
+for d in peagle peagle6; do
+  [ -f "$W/out/$d/model.safetensors" ] || continue
+  [ "$(left)" -gt 25 ] || break
+  timeout "$(( $(left) - 5 ))" python -m pedagle_core.cli bench --target "$T" --drafter "$W/out/$d" --ar-drafter "$W/out/eagle3" \
+    --prompts "$T/heldout_prompts.jsonl" --num-prompts 32 --max-new-tokens 128 --batch-size 1 -k 3,7 \
+    --modes "parallel$([ $d = peagle ] && echo ,autoregressive)" --out "$R/bench_$d.json" > "$W/bench_$d.log" 2>&1
+  echo "bench $d rc=$? after $(( $(date +%s) - start )) s"
+done
+cp "$W".prep.log "$W/prep.log"
+for d in peagle peagle6 eagle3; do                          # a capped run: keep its last checkpoint's drafter
+  ck=$(ls -d "$W"/w/$d/checkpoints/step-* 2>/dev/null | tail -1)
+  if [ ! -f "$W/out/$d/model.safetensors" ] && [ -n "$ck" ]; then
+    mkdir -p "$W/out/$d.partial" && cp "$ck"/*.json "$ck"/*.safetensors "$W/out/$d.partial/" && echo "$d: kept $ck"
+  fi
+done
+tar czf "$R/drafters.tgz" -C "$W" out prep.log $(cd "$W" && ls summary_*.json train_*.log bench_*.log 2>/dev/null)
+for f in "$W"/summary_*.json; do python - "$f" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+for k, v in d["drafters"].items():
+    f = v["final"]; print(k, v["seconds"], "s", "eval_acc", f["eval_acc"], "al_proxy", f["eval_al_proxy"])
+PY
+done
+for f in $(ls "$R"/bench_*.json 2>/dev/null); do python - "$f" <<'PY'
+import json, sys
+for r in json.load(open(sys.argv[1]))["runs"]:
+    print(sys.argv[1].split("/")[-1], r["mode"], r["K"], round(r["mean_acceptance_length"], 3),
+          [round(x, 2) for x in r["acceptance_rate_per_position"]])
+PY
+done
