@@ -69,11 +69,11 @@ class DraftOutput:
 def readout(drafter: Drafter, out: Tensor, temperature: float = 0.0,
             generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
     """out: [N, H] sample rows -> (target ids [N], margins [N], probs [N, Vd] or None, draft ids [N])."""
-    logits = drafter.compute_logits(out).float()                                  # [N, Vd]
-    top2 = logits.topk(min(2, logits.shape[-1]), dim=-1).values
+    logits = drafter.compute_logits(out)                                          # [N, Vd], model dtype
+    top2 = logits.topk(min(2, logits.shape[-1]), dim=-1).values.float()          # exact: upcasts keep order
     margins = top2[:, 0] - top2[:, -1]
     if temperature > 0:
-        probs = torch.softmax(logits / temperature, dim=-1)
+        probs = torch.softmax(logits.float() / temperature, dim=-1)
         draft_ids = torch.multinomial(probs, 1, generator=generator).view(-1)
     else:
         probs, draft_ids = None, logits.argmax(dim=-1)

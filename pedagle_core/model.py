@@ -16,6 +16,7 @@ also the canonical on-disk naming (see ``formats``).
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,57 @@ from .attention import AttentionProvider
 from .config import DrafterConfig
 
 
+def rms_norm_reference(x: Tensor, weight: Tensor, eps: float, residual: Tensor | None = None
+                       ) -> Tensor | tuple[Tensor, Tensor]:
+    """norm(x), or with a residual: (norm(x + residual), x + residual). The plain-PyTorch semantics."""
+    dtype = x.dtype
+    xf = x.float()
+    if residual is not None:                          # add in float32, as vLLM's fused add-norm does
+        xf = xf + residual.float()
+        residual = xf.to(dtype)
+    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    y = weight * y.to(dtype)
+    return y if residual is None else (y, residual)
+
+
+class ElementwiseOps(Protocol):
+    """Implementations of the drafter's elementwise math (RMSNorm with residual add, RoPE on q and k)."""
+
+    def rms_norm(self, x: Tensor, weight: Tensor, eps: float, residual: Tensor | None = None
+                 ) -> Tensor | tuple[Tensor, Tensor]: ...
+
+    def rope(self, q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]: ...
+
+
+class TorchOps:
+    """This file's plain-PyTorch math (the reference)."""
+
+    def rms_norm(self, x: Tensor, weight: Tensor, eps: float, residual: Tensor | None = None
+                 ) -> Tensor | tuple[Tensor, Tensor]:
+        return rms_norm_reference(x, weight, eps, residual)
+
+    def rope(self, q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+
+
+TORCH_OPS = TorchOps()
+
+
+def auto_ops(x: Tensor, weight: Tensor | None = None) -> ElementwiseOps:
+    """The Triton kernels (`kernels/norm_rope.py`) for CUDA inference, else the PyTorch reference:
+    the kernels have no backward, so anything autograd tracks stays on the reference."""
+    if not x.is_cuda or (torch.is_grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad))):
+        return TORCH_OPS
+    try:
+        from .kernels import norm_rope
+    except ImportError:                                # no triton
+        return TORCH_OPS
+    return norm_rope.TRITON_OPS if norm_rope.can_run(x.device) else TORCH_OPS
+
+
 class RMSNorm(nn.Module):
+    ops: ElementwiseOps | None = None                 # set by `Drafter.use_ops`; None: `auto_ops`
+
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
@@ -33,14 +84,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
         """norm(x), or with a residual: (norm(x + residual), x + residual)."""
-        dtype = x.dtype
-        xf = x.float()
-        if residual is not None:                      # add in float32, as vLLM's fused add-norm does
-            xf = xf + residual.float()
-            residual = xf.to(dtype)
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        y = self.weight * y.to(dtype)
-        return y if residual is None else (y, residual)
+        ops = self.ops or auto_ops(x, self.weight)
+        return ops.rms_norm(x, self.weight, self.eps, residual)
 
 
 # ---------------------------------------------------------------------------------------- RoPE
@@ -95,6 +140,8 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 # ---------------------------------------------------------------------------------------- layers
 class Attention(nn.Module):
+    ops: ElementwiseOps | None = None                 # set by `Drafter.use_ops`; None: `auto_ops`
+
     def __init__(self, cfg: DrafterConfig, layer_idx: int, in_features: int) -> None:
         super().__init__()
         self.layer_idx = layer_idx
@@ -116,7 +163,7 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(T, self.n_kv, self.head_dim)
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k = (self.ops or auto_ops(q, self.q_proj.weight)).rope(q, k, cos, sin)
         o = attn(self.layer_idx, q, k, v, self.window)                      # [T, n_heads, head_dim]
         return self.o_proj(o.reshape(T, -1))
 
@@ -205,12 +252,35 @@ class Drafter(nn.Module):
         return self.fc(aux)
 
     def mask_hidden_projected(self) -> Tensor:
-        """fc(mask_hidden): the hidden input of every MASK slot, [H]."""
-        return self.project_hidden(self.mask_hidden.view(1, -1)).view(-1)
+        """fc(mask_hidden): the hidden input of every MASK slot, [H]. Outside autograd it is cached until a
+        weight it reads changes: it depends on weights only, and recomputing it reads all of ``fc`` (a
+        weight-sized GEMV, n_aux*Ht x H) every step. Weight changes are seen through the tensors' version
+        counters (in-place ops under ``torch.no_grad()``, ``load_state_dict``, optimiser steps, ``.to``);
+        writes through ``param.data`` bypass them."""
+        if torch.is_grad_enabled() and self.mask_hidden.requires_grad:
+            return self.project_hidden(self.mask_hidden.view(1, -1)).view(-1)
+        params = [self.mask_hidden, self.fc.weight] + [p for n, p in self.named_parameters()
+                                                        if n.startswith(("input_norm.", "fc_norm."))]
+        try:
+            key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+        except RuntimeError:                     # inference tensors keep no version counter: do not cache
+            return self.project_hidden(self.mask_hidden.view(1, -1)).view(-1)
+        cached = self.__dict__.get("_mask_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, self.project_hidden(self.mask_hidden.view(1, -1)).view(-1).detach())
+            self.__dict__["_mask_cache"] = cached
+        return cached[1]
 
     def rope(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         freqs = positions.float()[:, None] * self.inv_freq[None, :]               # [T, D/2]
         return freqs.cos() * self.rope_scale, freqs.sin() * self.rope_scale
+
+    def use_ops(self, ops: ElementwiseOps | None) -> None:
+        """Run every RMSNorm and RoPE through ``ops`` (a backend's fused ops, or ``TORCH_OPS`` to force the
+        reference); None restores the automatic choice (`auto_ops`: Triton for CUDA inference)."""
+        for m in self.modules():
+            if isinstance(m, (RMSNorm, Attention)):
+                m.ops = ops
 
     # ------------------------------------------------------------------ forward
     def forward(self, input_ids: Tensor, positions: Tensor, hidden: Tensor, attn: AttentionProvider,
