@@ -49,7 +49,7 @@ from pedagle_core.attention import ContiguousKVCache  # noqa: E402
 from pedagle_core.config import DrafterConfig  # noqa: E402
 from pedagle_core.provenance import code_commit  # noqa: E402
 from pedagle_core.draft import StepInput, draft_autoregressive, draft_parallel  # noqa: E402
-from pedagle_core.model import Drafter  # noqa: E402
+from pedagle_core.model import TORCH_OPS, Drafter  # noqa: E402
 
 # --------------------------------------------------------------------------------------------- shapes
 # Published head shapes. intermediate_size: 4 x hidden (the brief's default; the published heads' MLP
@@ -255,7 +255,8 @@ class Bench:
         return self.device.type == "cuda"
 
     def run_config(self, drafter: Drafter, cache: ContiguousKVCache, mode: str, B: int, K: int, ctx: int,
-                   verify: bool = True, impl: str | None = None, profile: bool = False) -> dict:
+                   verify: bool = True, impl: str | None = None, profile: bool = False, ops=None) -> dict:
+        """One config; ``impl`` overrides the attention implementation, ``ops`` the elementwise ops."""
         cfg = drafter.config
         bufs = StepBuffers(B, K, ctx, cfg, self.device, self.dtype)
         bufs.fill(self.gen)
@@ -268,7 +269,10 @@ class Bench:
         saved_impl = cache.impl
         if impl is not None:
             cache.impl = impl
-        rec: dict = {"mode": mode, "B": B, "K": K, "ctx": ctx, "impl": cache.impl}
+        if ops is not None:
+            drafter.use_ops(ops)
+        rec: dict = {"mode": mode, "B": B, "K": K, "ctx": ctx, "impl": cache.impl,
+                     "elementwise": type(ops).__name__ if ops is not None else "auto"}
 
         def run():
             return fn(drafter, bufs.step, K, view)
@@ -332,6 +336,7 @@ class Bench:
         finally:
             hook.remove()
             cache.impl = saved_impl
+            drafter.use_ops(None)
             sink.clear()
 
 
@@ -583,15 +588,18 @@ def run_sweep(plan: Plan, device: torch.device, dtype: torch.dtype, dry: bool, b
             if time.perf_counter() - t_start > budget_s:
                 res["skipped"].append(dict(family=fam, B=B, ctx=ctx, K=K, mode="parallel", why="baseline: time budget"))
                 continue
-            try:
-                rec = bench.run_config(models[fam]["parallel"], models[fam]["caches"]["parallel"], "parallel", B, K, ctx,
-                                       verify=False, impl="torch")
-                rec["family"] = fam
-                res["baselines"].append(rec)
-                log(f"[baseline torch attention] {fam} parallel B={B} ctx={ctx} K={K}: {rec['median_ms']:.3f} ms")
-            except Exception as e:                                              # noqa: BLE001
-                res["baselines"].append(dict(family=fam, B=B, ctx=ctx, K=K, error=repr(e)[:500]))
-                log(f"[baseline torch attention] ERROR {e!r}"[:300])
+            for what, kw in (("torch attention", dict(impl="torch")), ("torch elementwise", dict(ops=TORCH_OPS))):
+                try:
+                    rec = bench.run_config(models[fam]["parallel"], models[fam]["caches"]["parallel"], "parallel", B, K,
+                                           ctx, verify=False, **kw)
+                    rec["family"], rec["baseline"] = fam, what
+                    res["baselines"].append(rec)
+                    now = _get(res, fam, "parallel", B, ctx, K)
+                    log(f"[baseline {what}] {fam} parallel B={B} ctx={ctx} K={K}: {rec['median_ms']:.3f} ms"
+                        + (f" (default path {now['median_ms']:.3f} ms, x{rec['median_ms'] / now['median_ms']:.2f})" if now else ""))
+                except Exception as e:                                          # noqa: BLE001
+                    res["baselines"].append(dict(family=fam, B=B, ctx=ctx, K=K, baseline=what, error=repr(e)[:500]))
+                    log(f"[baseline {what}] ERROR {e!r}"[:300])
     del models
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Decode-attention tests + drafter step benchmark + speedup model in ONE device call (about 5-6 minutes
-# on an H100; the benchmarks stop starting new configs after their time budgets).
+# Every GPU number of the README in ONE device call (about 9 minutes on an H100; the benchmarks stop
+# starting new configs after their time budgets): GPU tests of the kernels and the engine, the drafter step
+# benchmark, `pedagle bench` on the bundled tiny-code family at batch 1 and 8, and the speedup model.
 #
 #   bash bench/run_gpu_perf.sh RESULTS_DIR [--dry-run]
 #
-# On the device machine, RESULTS_DIR is $OUT (what is written there comes back). Writes 7 files:
-#   tests_<gpu>.log               (pytest: tests/test_decode_attention.py + tests/test_attention.py, on the GPU)
+# On the device machine, RESULTS_DIR is $OUT (what is written there comes back). Writes:
+#   tests_<gpu>.log               (pytest on the GPU: decode attention, attention, norm/rope kernels, engine)
 #   drafter_<gpu>.json/.png/.log  (bench/bench_drafter.py)   speedup_<gpu>.json/.log  (bench/speedup_model.py)
+#   tiny_code_bench_<gpu>_b{1,8}.json/.png, tiny_code_al_<gpu>.json   (pedagle bench, bench/al_from_bench.py)
 #   env_<gpu>.txt                 (nvidia-smi state at start)
-# SKIP_TESTS=1 skips the pytest step.
+# PACK=1 also packs them all into RESULTS_DIR/perf_<gpu>.tgz (the device tool returns at most 8 files).
+# SKIP_TESTS=1 skips the pytest step; SKIP_TINY=1 the tiny-code benchmark.
 # The JSONs carry the commit: set PEDAGLE_COMMIT=<sha> when the tree travels without .git.
 # AL_JSON=<path> adds the bundled model family's acceptance lengths to the speedup model.
 # The last lines printed are the drafter table + goals and the speedup table.
@@ -35,7 +38,7 @@ else:
 rc0=0
 if [ -z "${SKIP_TESTS:-}" ]; then
   timeout 240 $PY -m pytest -q -p no:cacheprovider tests/test_decode_attention.py tests/test_attention.py \
-    > "$OUT_DIR/tests_$TAG.log" 2>&1
+    tests/test_norm_rope.py tests/test_engine_gpu.py > "$OUT_DIR/tests_$TAG.log" 2>&1
   rc0=$?
 fi
 t0=$(date +%s)
@@ -43,6 +46,19 @@ $PY bench/bench_drafter.py $DRY --out "$OUT_DIR/drafter_$TAG.json" --plot "$OUT_
   > "$OUT_DIR/drafter_$TAG.log" 2>&1
 rc1=$?
 t1=$(date +%s)
+rc3=0
+if [ -z "${SKIP_TINY:-}" ] && [ -z "$DRY" ]; then
+  M=models/tiny-code
+  for b in 1 8; do
+    timeout 200 $PY -m pedagle_core.cli bench --target $M/target --drafter $M/peagle --ar-drafter $M/eagle3 \
+      --prompts $M/target/heldout_prompts.jsonl --num-prompts 32 --max-new-tokens 128 --batch-size $b \
+      --out "$OUT_DIR/tiny_code_bench_${TAG}_b$b.json" --plot "$OUT_DIR/tiny_code_bench_${TAG}_b$b.png" \
+      > "$OUT_DIR/tiny_code_bench_${TAG}_b$b.log" 2>&1 || rc3=$?
+  done
+  $PY bench/al_from_bench.py "$OUT_DIR/tiny_code_bench_${TAG}_b1.json" "$OUT_DIR/tiny_code_al_$TAG.json" || rc3=$?
+  AL_JSON="${AL_JSON:-$OUT_DIR/tiny_code_al_$TAG.json}"
+fi
+t2a=$(date +%s)
 $PY bench/speedup_model.py $DRY --drafter-json "$OUT_DIR/drafter_$TAG.json" --out "$OUT_DIR/speedup_$TAG.json" \
   ${AL_JSON:+--al-json "$AL_JSON"} > "$OUT_DIR/speedup_$TAG.log" 2>&1
 rc2=$?
@@ -54,11 +70,16 @@ echo "== tests rc=$rc0: $(tail -n 1 "$OUT_DIR/tests_$TAG.log" 2>/dev/null)"
 echo "== bench_drafter rc=$rc1 ($((t1 - t0)) s); errors / verification failures:"
 grep -E "ERROR|VERIFY-FAIL|Traceback|Error" "$OUT_DIR/drafter_$TAG.log" | head -20
 [ $rc1 -ne 0 ] && tail -30 "$OUT_DIR/drafter_$TAG.log"
-echo "== speedup_model rc=$rc2 ($((t2 - t1)) s)"
+echo "== tiny-code pedagle bench rc=$rc3 ($((t2a - t1)) s)"
+for b in 1 8; do tail -n 14 "$OUT_DIR/tiny_code_bench_${TAG}_b$b.log" 2>/dev/null; done
+echo "== speedup_model rc=$rc2 ($((t2 - t2a)) s)"
 grep -E "VERIFY-FAIL|Traceback|Error" "$OUT_DIR/speedup_$TAG.log" | head -10
 [ $rc2 -ne 0 ] && tail -30 "$OUT_DIR/speedup_$TAG.log"
 echo "== drafter: attention micro, goals, table"
 awk '/^attention, one layer/{p=1} p' "$OUT_DIR/drafter_$TAG.log" | tail -n 70
 echo "== speedup model"
 sed -n '/^\[speedup\] [0-9]* target steps/,$p' "$OUT_DIR/speedup_$TAG.log"
-exit $(( rc0 != 0 || rc1 != 0 || rc2 != 0 ))
+if [ -n "${PACK:-}" ]; then
+  (cd "$OUT_DIR" && tar czf "perf_$TAG.tgz" --exclude "perf_$TAG.tgz" $(ls | grep -v '\.tgz$'))
+fi
+exit $(( rc0 != 0 || rc1 != 0 || rc2 != 0 || rc3 != 0 ))
