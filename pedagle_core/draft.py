@@ -66,17 +66,35 @@ class DraftOutput:
     draft_ids: Tensor | None = None  # [B, K] draft-vocabulary ids
 
 
+def top2_reference(logits: Tensor) -> tuple[Tensor, Tensor]:
+    """logits [N, V] -> (argmax [N], the two largest values [N, 2] in float32, as ``topk(2)``)."""
+    top = logits.topk(min(2, logits.shape[-1]), dim=-1).values.float()           # exact: upcasts keep order
+    return logits.argmax(dim=-1), top
+
+
+def top2(logits: Tensor) -> tuple[Tensor, Tensor]:
+    """`top2_reference`, through one pass of a Triton kernel on CUDA (``kernels/top2.py``)."""
+    if logits.is_cuda and logits.dim() == 2 and logits.shape[-1] >= 2:
+        try:
+            from .kernels import top2 as kernel
+        except ImportError:                                                       # no triton
+            kernel = None
+        if kernel is not None and kernel.can_run(logits.device):
+            return kernel.top2_triton(logits)
+    return top2_reference(logits)
+
+
 def readout(drafter: Drafter, out: Tensor, temperature: float = 0.0,
             generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
     """out: [N, H] sample rows -> (target ids [N], margins [N], probs [N, Vd] or None, draft ids [N])."""
     logits = drafter.compute_logits(out)                                          # [N, Vd], model dtype
-    top2 = logits.topk(min(2, logits.shape[-1]), dim=-1).values.float()          # exact: upcasts keep order
-    margins = top2[:, 0] - top2[:, -1]
+    argmax, top = top2(logits)
+    margins = top[:, 0] - top[:, -1]
     if temperature > 0:
         probs = torch.softmax(logits.float() / temperature, dim=-1)
         draft_ids = torch.multinomial(probs, 1, generator=generator).view(-1)
     else:
-        probs, draft_ids = None, logits.argmax(dim=-1)
+        probs, draft_ids = None, argmax
     return drafter.to_target_ids(draft_ids), margins, probs, draft_ids
 
 
