@@ -48,6 +48,7 @@ if "--dry-run" in sys.argv and not torch.cuda.is_available():
 from pedagle_core.attention import ContiguousKVCache  # noqa: E402
 from pedagle_core.config import DrafterConfig  # noqa: E402
 from pedagle_core.provenance import code_commit  # noqa: E402
+from pedagle_core import draft as draft_mod  # noqa: E402
 from pedagle_core.draft import StepInput, draft_autoregressive, draft_parallel  # noqa: E402
 from pedagle_core.model import TORCH_OPS, Drafter  # noqa: E402
 
@@ -588,7 +589,11 @@ def run_sweep(plan: Plan, device: torch.device, dtype: torch.dtype, dry: bool, b
             if time.perf_counter() - t_start > budget_s:
                 res["skipped"].append(dict(family=fam, B=B, ctx=ctx, K=K, mode="parallel", why="baseline: time budget"))
                 continue
-            for what, kw in (("torch attention", dict(impl="torch")), ("torch elementwise", dict(ops=TORCH_OPS))):
+            for what, kw in (("torch attention", dict(impl="torch")), ("torch elementwise", dict(ops=TORCH_OPS)),
+                             ("torch elementwise+readout", dict(ops=TORCH_OPS))):
+                saved_top2 = draft_mod.top2
+                if what.endswith("readout"):                       # the reference argmax + topk readout
+                    draft_mod.top2 = draft_mod.top2_reference
                 try:
                     rec = bench.run_config(models[fam]["parallel"], models[fam]["caches"]["parallel"], "parallel", B, K,
                                            ctx, verify=False, **kw)
@@ -600,6 +605,8 @@ def run_sweep(plan: Plan, device: torch.device, dtype: torch.dtype, dry: bool, b
                 except Exception as e:                                          # noqa: BLE001
                     res["baselines"].append(dict(family=fam, B=B, ctx=ctx, K=K, baseline=what, error=repr(e)[:500]))
                     log(f"[baseline {what}] ERROR {e!r}"[:300])
+                finally:
+                    draft_mod.top2 = saved_top2
     del models
     if device.type == "cuda":
         torch.cuda.empty_cache()

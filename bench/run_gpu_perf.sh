@@ -38,7 +38,7 @@ else:
 rc0=0
 if [ -z "${SKIP_TESTS:-}" ]; then
   timeout 240 $PY -m pytest -q -p no:cacheprovider tests/test_decode_attention.py tests/test_attention.py \
-    tests/test_norm_rope.py tests/test_engine_gpu.py > "$OUT_DIR/tests_$TAG.log" 2>&1
+    tests/test_norm_rope.py tests/test_top2.py tests/test_engine_gpu.py > "$OUT_DIR/tests_$TAG.log" 2>&1
   rc0=$?
 fi
 t0=$(date +%s)
