@@ -36,3 +36,17 @@ def test_missing_file_and_bad_line_are_named(tmp_path):
     bad.write_text('{"prompt": "a"}\n{not json}\n')
     with pytest.raises(ValueError, match="bad.jsonl:2: not a JSON object"):
         load_prompt_records(str(bad))
+
+
+def test_hf_datasets_source_reads_a_local_dataset_directory(tmp_path, monkeypatch):
+    """``hf:NAME[:SPLIT]`` goes through ``datasets.load_dataset`` (here a local data directory, offline)."""
+    pytest.importorskip("datasets")                   # the dev extra installs it
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    d = tmp_path / "ds"
+    d.mkdir()
+    (d / "train.jsonl").write_text("\n".join(json.dumps(r) for r in RECORDS[:2]) + "\n")
+    (d / "test.jsonl").write_text(json.dumps({"prompt": "held out\n"}) + "\n")
+    got = load_prompt_records(f"hf:{d}")
+    assert [r["prompt"] for r in got] == [RECORDS[0]["prompt"], RECORDS[1]["prompt"]]
+    assert load_prompt_records(f"hf:{d}:test") == [{"prompt": "held out\n"}]
+    assert len(load_prompt_records(f"hf:{d}", limit=1)) == 1
