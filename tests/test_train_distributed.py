@@ -1,5 +1,7 @@
-"""Two CPU processes (gloo, launched by torchrun): DDP and FSDP2 runs equal a single-process run with
-``--grad-accum 2`` on the same data (float64: every parameter within 1e-10), and the metrics too."""
+"""Two processes launched by torchrun: DDP and FSDP2 runs equal a single-process run with ``--grad-accum 2``
+on the same data (float64: every parameter within 1e-10), and the metrics too. On CPU with gloo (CI); on
+a machine with two or more GPUs also on CUDA with NCCL (the dense-mask attention: FlexAttention has no
+float64)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from test_train_trainer import make_toy_target, toy_config  # noqa: E402
 from pedagle_core.train.trainer import train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.device_count() >= 2 else [])
 
 
 def _free_port() -> int:
@@ -49,26 +52,29 @@ def prepared(tmp_path_factory):
     cache = root / "cache"
     train(toy_config(target, root / "prep", cache_dir=str(cache), prepare_only=True))
     refs = {}
-    for kind, kw in (("peagle", dict(segments=2)), ("ttt", dict(mode="autoregressive", ttt_steps=3))):
-        single = root / f"single-{kind}"
-        train(toy_config(target, single, cache_dir=str(cache), steps=3, dtype="fp64", grad_accum=2, **kw))
-        refs[kind] = (_state(single), single)
+    for device in DEVICES:
+        for kind, kw in (("peagle", dict(segments=2)), ("ttt", dict(mode="autoregressive", ttt_steps=3))):
+            single = root / f"single-{kind}-{device}"
+            train(toy_config(target, single, cache_dir=str(cache), steps=3, dtype="fp64", grad_accum=2,
+                             device=device, attention="sdpa", **kw))
+            refs[kind, device] = (_state(single), single)
     yield target, cache, root, refs
     torch.set_num_threads(old)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode,kind", [("ddp", "peagle"), ("fsdp", "peagle"), ("fsdp", "ttt")])
-def test_two_process_equals_grad_accum(prepared, mode, kind):
+def test_two_process_equals_grad_accum(prepared, mode, kind, device):
     """P-EAGLE with 2 segments (DDP, FSDP2) and EAGLE-3 with 3 test-time-training steps (FSDP2)."""
     target, cache, root, refs = prepared
-    ref, single = refs[kind]
-    out = root / f"{mode}-{kind}"
+    ref, single = refs[kind, device]
+    out = root / f"{mode}-{kind}-{device}"
     extra = (["--depth", "4", "--segments", "2"] if kind == "peagle"
              else ["--mode", "autoregressive", "--ttt-steps", "3"])
     _torchrun(["--target", str(target), "--out", str(out), "--cache-dir", str(cache), *extra,
                "--layers", "1", "--steps", "3", "--lr", "3e-3", "--seq-len", "64", "--dtype", "fp64",
-               "--device", "cpu", "--aux-layers", "1,2,3", "--draft-vocab", "48", "--no-progress",
-               "--warmup-steps", "0", "--distributed", mode])
+               "--device", device, "--attention", "sdpa", "--aux-layers", "1,2,3", "--draft-vocab", "48",
+               "--no-progress", "--warmup-steps", "0", "--distributed", mode])
     got = _state(out)
     assert set(got) == set(ref)
     for k in ref:
