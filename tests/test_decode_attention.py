@@ -11,19 +11,9 @@ import pytest
 import torch
 
 from pedagle_core.attention import ContiguousKVCache, resolve_attention_impl
+from helpers_kernels import DEVICE, kernel_module
 
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _import_kernels():
-    try:
-        from pedagle_core.kernels import decode_attention
-    except ImportError:
-        return None
-    return decode_attention if decode_attention.can_run(DEVICE) else None
-
-
-DA = _import_kernels()
+DA = kernel_module("decode_attention")
 needs_triton = pytest.mark.skipif(DA is None, reason="Triton decode attention cannot run here")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

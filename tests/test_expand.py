@@ -19,21 +19,9 @@ from hypothesis import strategies as st
 from pedagle_core import expand as E
 from pedagle_core.expand import (PADDING_SLOT_ID, ExpandedBatch, compute_slot_mapping, expand_metadata,
                                  expand_metadata_reference, place_hidden, place_hidden_reference)
+from helpers_kernels import DEVICE, kernel_module
 
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _import_kernels():
-    """The Triton kernel module if it can run on DEVICE (on CPU: interpreted, TRITON_INTERPRET=1 set by
-    tests/conftest.py before triton was imported), else None; the reference is tested either way."""
-    try:
-        from pedagle_core.kernels import expand_triton
-    except ImportError:
-        return None
-    return expand_triton if expand_triton.can_run(DEVICE) else None
-
-
-KT = _import_kernels()
+KT = kernel_module("expand_triton")
 needs_triton = pytest.mark.skipif(KT is None, reason="triton not importable")
 FIELDS = list(ExpandedBatch.__dataclass_fields__)
 

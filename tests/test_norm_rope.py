@@ -9,19 +9,9 @@ import torch
 
 from pedagle_core import Drafter, DrafterConfig
 from pedagle_core.model import TORCH_OPS, apply_rope, auto_ops, rms_norm_reference
+from helpers_kernels import DEVICE, kernel_module
 
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _kernels():
-    try:
-        from pedagle_core.kernels import norm_rope
-    except ImportError:
-        return None
-    return norm_rope if norm_rope.can_run(DEVICE) else None
-
-
-NR = _kernels()
+NR = kernel_module("norm_rope")
 needs_triton = pytest.mark.skipif(NR is None, reason="Triton norm/rope kernels cannot run here")
 
 

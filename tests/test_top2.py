@@ -7,19 +7,9 @@ import pytest
 import torch
 
 from pedagle_core.draft import top2_reference
+from helpers_kernels import DEVICE, kernel_module
 
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _kernel():
-    try:
-        from pedagle_core.kernels import top2
-    except ImportError:
-        return None
-    return top2 if top2.can_run(DEVICE) else None
-
-
-T2 = _kernel()
+T2 = kernel_module("top2")
 pytestmark = pytest.mark.skipif(T2 is None, reason="Triton top-2 kernel cannot run here")
 
 
