@@ -48,6 +48,21 @@ def test_rms_norm_matches_reference(H, dtype, wdtype, with_residual):
 
 
 @needs_triton
+def test_rms_norm_with_a_float32_residual_under_bf16_activations():
+    """Autocast (training, evaluation) keeps the residual stream in float32 while x comes out of a bf16
+    matmul: the kernel follows the reference (the sum is stored back in x's dtype)."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(9, 256, generator=g).bfloat16().to(DEVICE)
+    r = torch.randn(9, 256, generator=g).to(DEVICE)
+    w = (torch.rand(256, generator=g) + 0.5).to(DEVICE)
+    (y, res), (ry, rres) = NR.rms_norm_triton(x, w, 1e-6, r), rms_norm_reference(x, w, 1e-6, r)
+    assert y.dtype == ry.dtype == torch.float32 and res.dtype == rres.dtype == torch.bfloat16
+    assert torch.equal(res, rres)
+    torch.testing.assert_close(y, ry, rtol=1e-2, atol=1e-2)
+    assert (y == ry).float().mean() > 0.97
+
+
+@needs_triton
 def test_rms_norm_strided_rows_and_empty():
     x = torch.randn(6, 64, device=DEVICE)[:, :32]           # row stride 64
     w = torch.rand(32, device=DEVICE)

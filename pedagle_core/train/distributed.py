@@ -72,9 +72,13 @@ def wrap_model(model: nn.Module, info: DistInfo) -> nn.Module:
         return DDP(model, device_ids=ids, **kw)
     if info.mode == "fsdp" and dist.is_initialized():
         from torch.distributed.fsdp import fully_shard
+        from torch.distributed.device_mesh import init_device_mesh
+        # the mesh on this run's device type: fully_shard's default mesh is CUDA whenever CUDA exists,
+        # which would move a --device cpu run's parameters to the GPU
+        mesh = init_device_mesh(info.device.type, (dist.get_world_size(),))
         for layer in model.drafter.layers:
-            fully_shard(layer)
-        fully_shard(model)
+            fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
         return model
     return model
 
