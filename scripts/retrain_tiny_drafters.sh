@@ -5,7 +5,8 @@
 #   2. the trainings of RUNS at once on the one GPU (they are host-bound), all on the same data:
 #        peagle   P-EAGLE 4 layers (P4_STEPS)           peagle6  P-EAGLE 6 layers, MLP 1024 (P6_STEPS)
 #        peagle4k P-EAGLE 4 layers, 4096-token packs (P4K_STEPS)      eagle3  EAGLE-3 1 layer, 4 TTT steps
-#   3. `pedagle bench` (greedy, held-out prompts, batch 1, K=3,7) of every P-EAGLE drafter that finished.
+#   3. `pedagle bench` (greedy, held-out prompts; BENCH_BATCHES, default 1; K=3,7, or with BENCH_FULL=1
+#      K=1,3,5,7 in every mode) of every P-EAGLE drafter that finished.
 #
 #   bash scripts/retrain_tiny_drafters.sh RESULTS_DIR          (on the device machine: RESULTS_DIR=$OUT)
 #
@@ -41,11 +42,14 @@ wait
 AR=$([ -f "$W/out/eagle3/model.safetensors" ] && echo "$W/out/eagle3" || echo models/tiny-code/eagle3)
 for d in peagle peagle6 peagle4k; do
   [ -f "$W/out/$d/model.safetensors" ] || continue
-  [ "$(left)" -gt 25 ] || break
-  timeout "$(( $(left) - 5 ))" python -m pedagle_core.cli bench --target "$T" --drafter "$W/out/$d" --ar-drafter "$AR" \
-    --prompts "$T/heldout_prompts.jsonl" --num-prompts 32 --max-new-tokens 128 --batch-size 1 -k 3,7 \
-    --modes "parallel$([ "$AR" = "$W/out/eagle3" ] && [ $d = peagle ] && echo ,autoregressive)" --out "$R/bench_$d.json" > "$W/bench_$d.log" 2>&1
-  echo "bench $d rc=$? after $(( $(date +%s) - start )) s"
+  for b in ${BENCH_BATCHES:-1}; do             # BENCH_FULL=1: K=1,3,5,7 and every mode (the README's table)
+    [ "$(left)" -gt 25 ] || break
+    timeout "$(( $(left) - 5 ))" python -m pedagle_core.cli bench --target "$T" --drafter "$W/out/$d" --ar-drafter "$AR" \
+      --prompts "$T/heldout_prompts.jsonl" --num-prompts 32 --max-new-tokens 128 --batch-size "$b" \
+      $([ -n "${BENCH_FULL:-}" ] && echo "-k 1,3,5,7 --modes parallel,autoregressive,none" || echo "-k 3,7 --modes parallel$([ "$AR" = "$W/out/eagle3" ] && [ $d = peagle ] && echo ,autoregressive)") \
+      --out "$R/bench_${d}_b$b.json" --plot "$R/bench_${d}_b$b.png" > "$W/bench_${d}_b$b.log" 2>&1
+    echo "bench $d batch $b rc=$? after $(( $(date +%s) - start )) s"
+  done
 done
 cp "$W".prep.log "$W/prep.log"
 for d in peagle peagle6 peagle4k eagle3; do                 # a capped run: keep its last checkpoint's drafter
