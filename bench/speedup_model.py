@@ -298,7 +298,33 @@ def predict(t_target: dict, t_draft: dict, al_tables: dict, ctx: int) -> dict:
     return res
 
 
+def _parse_key(key: str) -> dict:
+    """'eagle3|ctx=512|K=3' -> {'m': 'eagle3', 'ctx': 512, 'K': 3} (the results' flat keys)."""
+    out = {}
+    for part in key.split("|"):
+        k, eq, v = part.partition("=")
+        out.update({k: int(v)} if eq else {"m": part})
+    return out
+
+
+def reuse_timings(path: str) -> tuple[dict, dict, dict]:
+    """(results skeleton, t_targets, t_draft) from an earlier results JSON of this script: the timings are
+    kept, only the acceptance-length tables and the predictions are redone (no GPU needed)."""
+    old = json.loads(Path(path).read_text())
+    res = {k: old[k] for k in ("meta", "dry_run", "dtype", "formula", "K_eval", "drafter_source", "ceilings",
+                                "t_draft_ms", "targets", "t_target_ms") if k in old}
+    res["timings_from"] = path
+    t_draft = {(d["m"], d["ctx"], d["K"]): v for key, v in old["t_draft_ms"].items() for d in [_parse_key(key)]}
+    t_targets = {name: {(d["ctx"], d["n"]): v for key, v in tt.items() for d in [_parse_key(key)]}
+                 for name, tt in old["t_target_ms"].items()}
+    return res, t_targets, t_draft
+
+
 def run(args: argparse.Namespace, log=print) -> dict:
+    if getattr(args, "reuse_timings", None):
+        t0 = time.perf_counter()
+        res, t_targets, t_draft = reuse_timings(args.reuse_timings)
+        return _predictions(res, args, t_targets, t_draft, t0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dry = args.dry_run
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -348,7 +374,12 @@ def run(args: argparse.Namespace, log=print) -> dict:
     res["t_target_ms"] = {name: {f"ctx={c}|n={n}": t for (c, n), t in sorted(tt.items())} for name, tt in t_targets.items()}
     res["targets"]["moe-routing"] = {"derived_from": "dense-mxfp4-bytes", "extra_ms": {
         str(n): moe_extra_ms(n, spec, bw) for n in ns}, "assumption": "uniform top-k routing, independent tokens"}
+    return _predictions(res, args, t_targets, t_draft, t0)
 
+
+def _predictions(res: dict, args: argparse.Namespace, t_targets: dict, t_draft: dict, t0: float) -> dict:
+    """The AL tables (the paper's, plus ``--al-json``) and every prediction, into ``res``."""
+    ctxs = sorted({c for (_, c, _) in t_draft})
     # AL tables.
     al_sets = {"paper (GPT-OSS-20B)": AL_PAPER}
     paper_ratio = {"paper (GPT-OSS-20B)": PAPER_RATIO}
@@ -402,12 +433,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--drafter-json", default=None, help="bench_drafter JSON (else the drafter is measured here)")
     ap.add_argument("--al-json", default=None, help="acceptance lengths of the bundled model family (load_al_json)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--reuse-timings", default=None, metavar="JSON",
+                    help="take every timing from an earlier results JSON and only redo the predictions (CPU is fine)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--budget-s", type=float, default=120.0,
                     help="after this many seconds, measure only the verify lengths that K = 3, 5, 7 need")
     args = ap.parse_args(argv)
-    if not torch.cuda.is_available() and not args.dry_run:
-        ap.error("no CUDA device: use --dry-run")
+    if not torch.cuda.is_available() and not args.dry_run and not args.reuse_timings:
+        ap.error("no CUDA device: use --dry-run or --reuse-timings")
     res = run(args)
     tag = res["meta"]["device_tag"] + ("_dry" if args.dry_run else "")
     out = args.out or str(ROOT / "bench" / "results" / f"speedup_{tag}.json")
