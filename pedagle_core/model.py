@@ -16,7 +16,8 @@ also the canonical on-disk naming (see ``formats``).
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from functools import partial
+from typing import Callable, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -139,6 +140,15 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------- layers
+Linear = Callable[[Tensor], Tensor]
+"""A linear layer as a function of its input (see `Drafter.fuse_projections`)."""
+
+
+def torch_linear(weight: Tensor, bias: Tensor | None) -> Linear:
+    """x -> x @ weight.T + bias with ``torch.nn.functional.linear`` (the default of `Drafter.fuse_projections`)."""
+    return partial(F.linear, weight=weight, bias=bias)
+
+
 class Attention(nn.Module):
     ops: ElementwiseOps | None = None                 # set by `Drafter.use_ops`; None: `auto_ops`
 
@@ -155,12 +165,18 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
         self.window = cfg.layer_window(layer_idx)
+        self.qkv_proj: Linear | None = None           # q, k and v in one product: `Drafter.fuse_projections`
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, attn: AttentionProvider) -> Tensor:
         T = x.shape[0]                                                     # x: [T, in_features]
-        q = self.q_proj(x).view(T, self.n_heads, self.head_dim)
-        k = self.k_proj(x).view(T, self.n_kv, self.head_dim)
-        v = self.v_proj(x).view(T, self.n_kv, self.head_dim)
+        if self.qkv_proj is None:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        else:
+            q, k, v = self.qkv_proj(x).split([self.n_heads * self.head_dim, self.n_kv * self.head_dim,
+                                              self.n_kv * self.head_dim], dim=-1)
+        q = q.view(T, self.n_heads, self.head_dim)
+        k = k.view(T, self.n_kv, self.head_dim)
+        v = v.view(T, self.n_kv, self.head_dim)
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = (self.ops or auto_ops(q, self.q_proj.weight)).rope(q, k, cos, sin)
@@ -174,9 +190,14 @@ class MLP(nn.Module):
         H, I, b = cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias
         self.gate_proj, self.up_proj = nn.Linear(H, I, bias=b), nn.Linear(H, I, bias=b)
         self.down_proj = nn.Linear(I, H, bias=b)
+        self.gate_up_proj: Linear | None = None       # gate and up in one product: `Drafter.fuse_projections`
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up_proj is None:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        else:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):
@@ -274,6 +295,26 @@ class Drafter(nn.Module):
     def rope(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         freqs = positions.float()[:, None] * self.inv_freq[None, :]               # [T, D/2]
         return freqs.cos() * self.rope_scale, freqs.sin() * self.rope_scale
+
+    @torch.no_grad()
+    def fuse_projections(self, linear: Callable[[Tensor, Tensor | None], Linear] = torch_linear) -> None:
+        """For inference: compute every layer's q/k/v, and its MLP's gate/up, with one product each over
+        weights concatenated now: the same dot products, in fewer GEMM calls. ``linear(weight, bias)`` builds
+        each product (e.g. a backend's GEMM) as a function, not an ``nn.Module`` (the fused weights stay out
+        of the state dict). They are copies that do not follow the parameters: call this once the weights
+        are loaded and placed, and not before training."""
+        def fused(*layers: nn.Linear) -> Linear:
+            w = torch.cat([m.weight for m in layers])
+            b = torch.cat([m.bias for m in layers]) if layers[0].bias is not None else None
+            fn = linear(w, b)
+            if isinstance(fn, nn.Module):
+                raise TypeError("fuse_projections: linear() returned an nn.Module; expected a function")
+            return fn
+
+        for layer in self.layers:
+            a, m = layer.self_attn, layer.mlp
+            a.qkv_proj = fused(a.q_proj, a.k_proj, a.v_proj)
+            m.gate_up_proj = fused(m.gate_proj, m.up_proj)
 
     def use_ops(self, ops: ElementwiseOps | None) -> None:
         """Run every RMSNorm and RoPE through ``ops`` (a backend's fused ops, or ``TORCH_OPS`` to force the

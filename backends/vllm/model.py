@@ -12,6 +12,8 @@ interface flags; none of their layers is built. Instead:
   layers are, so vLLM allocates their KV cache in the target's cache group, builds their metadata and
   runs its paged-attention backend; under tensor parallelism each rank attends with its own heads and
   the outputs are all-gathered (the drafter's projections are replicated on every rank);
+* on vLLM's CPU build, once the weights are loaded, its linear layers run on vLLM's CPU GEMM with q/k/v
+  and gate/up fused, as vLLM's own drafters do (``cpu.py``);
 * weights are read and validated by `pedagle_core.formats` (either format, strict: a missing, misshapen
   or non-finite tensor raises `CheckpointError`); only ``embed_tokens`` / ``lm_head`` may be absent, and
   then vLLM's proposer shares the target's (``has_own_embed_tokens`` / ``has_own_lm_head``).
@@ -210,6 +212,7 @@ class _PedagleEagle3Mixin:
         self.logits_processor = LogitsProcessor(int(cfg.draft_vocab_size), scale=self.logit_scale)
         self.has_own_embed_tokens = cfg.has_embed_tokens
         self.has_own_lm_head = cfg.has_lm_head
+        self._target_ids: torch.Tensor | None = None     # compute_logits' draft -> target id map (from d2t)
 
     def _check_config(self, cfg: DrafterConfig, vllm_config: VllmConfig, ckpt: Path) -> None:
         where = ckpt / "config.json"
@@ -265,7 +268,10 @@ class _PedagleEagle3Mixin:
         cfg = self.pedagle_config
         if cfg.draft_vocab_size == cfg.vocab_size:
             return logits
-        targets = self.model.to_target_ids(torch.arange(cfg.draft_vocab_size, device=logits.device))
+        targets = self._target_ids
+        if targets is None or targets.device != logits.device:     # d2t is fixed once loaded
+            targets = self.model.to_target_ids(torch.arange(cfg.draft_vocab_size, device=logits.device))
+            self._target_ids = targets
         full = logits.new_full((logits.shape[0], cfg.vocab_size), float("-inf"))
         full[:, targets] = logits
         return full
@@ -277,6 +283,7 @@ class _PedagleEagle3Mixin:
             close()
         read = self._pedagle_read
         tensors = load_into_drafter(self.model, read, exclude_prefixes=("attn.",))   # attn.: vLLM's layers
+        self._target_ids = None
         cfg = self.pedagle_config
         self.has_own_embed_tokens = "embed_tokens.weight" in tensors
         self.has_own_lm_head = "lm_head.weight" in tensors
@@ -286,6 +293,14 @@ class _PedagleEagle3Mixin:
             # vLLM's proposer replaces self.lm_head (and self.model.embed_tokens) with the target's; drop the
             # drafter's own copy now so that it is freed then.
             self.model.lm_head = _SharedWithTarget("lm_head")
+        if _on_cpu():
+            # vLLM's CPU GEMM for every linear layer, q/k/v and gate/up fused, as in vLLM's own drafters
+            # (cpu.py)
+            from .cpu import use_vllm_cpu_kernels
+
+            use_vllm_cpu_kernels(self.model)
+            if self.has_own_lm_head:
+                self.lm_head = self.model.lm_head
         logger.info("pedagle: loaded drafter %s (%s format, %d tensors%s)", read.path, read.format, len(tensors),
                     "" if self.has_own_embed_tokens and self.has_own_lm_head else
                     "; sharing " + ", ".join(n for n, own in zip(SHARED, (self.has_own_embed_tokens,
@@ -305,6 +320,12 @@ class PedagleEagle3Qwen3ForCausalLM(_PedagleEagle3Mixin, Eagle3Qwen3ForCausalLM)
 
     pedagle_architecture = "qwen3"
     _vllm_base = Eagle3Qwen3ForCausalLM
+
+
+def _on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
 
 
 def is_pedagle_drafter(model: Any) -> bool:
