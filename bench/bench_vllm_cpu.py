@@ -18,7 +18,11 @@ Run it inside the vLLM environment (``.ci/setup_vllm_env.sh``):
 
 Each configuration runs ``--warmup`` untimed generate() calls then ``--repeat`` timed ones (tokens/s is
 the median). The runs of one process kind (plugin on / off) share a child process, run one after another,
-never concurrently. Writes ``bench/results/vllm_cpu_<family>.json`` with device, date and commit.
+never concurrently. ``--rounds N`` runs the two children N times, native first in odd rounds and the plugin
+first in even ones (the speed of a shared 2-core machine drifts by 10-30% over minutes, so one native
+child followed by one plugin child compares two different machines); tokens/s is then the median over all
+rounds' timed runs, and ``plugin_vs_native`` gives each round's plugin/native ratio. Writes
+``bench/results/vllm_cpu_<family>.json`` with device, date and commit.
 """
 
 from __future__ import annotations
@@ -84,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompt-len", type=int, default=128, help="prompts are cut to this many tokens")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=1, help="native/plugin child pairs, order alternating (default 1)")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--configs", nargs="+", default=["none", "native-peagle", "native-eagle3", "pedagle-peagle",
                                                         "pedagle-eagle3"])
@@ -91,7 +96,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))
-    from pedagle_backends.vllm.runner import run_jobs
 
     tmp = Path(tempfile.mkdtemp(prefix="pedagle-bench-vllm-"))
     if args.synthetic:
@@ -128,40 +132,25 @@ def main(argv: list[str] | None = None) -> int:
     if load_before[0] > 0.5 * (os.cpu_count() or 1):
         print(f"warning: load average {load_before[0]:.1f} on {os.cpu_count()} cores: other processes will skew "
               "the timings", flush=True)
-    rows = []
-    for plugin in (False, True):
-        todo = [(c, b) for c in args.configs for b in args.batches if specs[c][0] == plugin]
-        if not todo:
-            continue
-        jobs = []
-        for c, b in todo:
-            _, head, K, par = specs[c]
-            jobs.append({"target": str(fam["target"]), "drafter": str(fam[head]) if head else None, "K": K,
-                         "parallel": par, "prompts": prompt_pool[:b], "max_tokens": args.max_tokens,
-                         "max_model_len": mml, "dtype": dtype, "max_num_seqs": max(args.batches),
-                         "repeat": args.warmup + args.repeat, "kv_cache_memory_bytes": 512 << 20})
-        log = tmp / f"{'plugin' if plugin else 'native'}.log"
-        print(f"running {len(jobs)} jobs with the pedagle plugin {'on' if plugin else 'off'} (log {log})", flush=True)
-        results = run_jobs(jobs, plugin=plugin, log=log, timeout=3600)
-        for (c, b), r in zip(todo, results):
-            if "error" in r:
-                rows.append({"config": c, "batch": b, "error": r["error"]})
-                print(f"  {c:15s} batch {b}: ERROR {r['error']}", flush=True)
-                continue
-            timed = r["gen_s_all"][args.warmup:]
-            tps = [r["num_output_tokens"] / t for t in timed]
-            m = r.get("metrics") or {}
-            mal = 1 + m["num_accepted_tokens"] / m["num_drafts"] if m.get("num_drafts") else None
-            row = {"config": c, "batch": b, "K": specs[c][2], "tokens_per_s": statistics.median(tps),
-                   "tokens_per_s_all": tps, "gen_s_all": timed, "num_output_tokens": r["num_output_tokens"],
-                   "mean_acceptance_length": mal, "spec_metrics": m or None, "init_s": r["init_s"]}
-            rows.append(row)
-            print(f"  {c:15s} batch {b}: {row['tokens_per_s']:8.1f} tok/s"
-                  + (f"  acceptance length {mal:.2f}" if mal else ""), flush=True)
+    rounds = []                                       # per round: {(config, batch): row}
+    for rnd in range(args.rounds):
+        rounds.append(_run_round(args, specs, fam, prompt_pool, mml, dtype, tmp, rnd))
+    rows = _merge_rounds(rounds, args.configs, args.batches)
     base = {r["batch"]: r["tokens_per_s"] for r in rows if r["config"] == "none" and "tokens_per_s" in r}
     for r in rows:
         if "tokens_per_s" in r and r["batch"] in base:
             r["speedup_vs_none"] = r["tokens_per_s"] / base[r["batch"]]
+    vs = []
+    for head in ("peagle", "eagle3"):
+        for b in args.batches:
+            per_round = [rd[(f"pedagle-{head}", b)]["tokens_per_s"] / rd[(f"native-{head}", b)]["tokens_per_s"]
+                         for rd in rounds if "tokens_per_s" in rd.get((f"pedagle-{head}", b), {})
+                         and "tokens_per_s" in rd.get((f"native-{head}", b), {})]
+            if per_round:
+                vs.append({"head": head, "batch": b, "ratio_median": statistics.median(per_round),
+                           "ratio_per_round": per_round})
+                print(f"plugin / native, {head:6s} batch {b}: {statistics.median(per_round):.3f} "
+                      f"(rounds: {', '.join(f'{x:.3f}' for x in per_round)})", flush=True)
 
     import torch
 
@@ -174,13 +163,76 @@ def main(argv: list[str] | None = None) -> int:
                  "vllm": vllm_version(), "torch": torch.__version__, "python": platform.python_version()},
         "family": family_name if args.synthetic else str(args.family), "dtype": dtype,
         "max_tokens": args.max_tokens, "prompt_len": args.prompt_len, "max_model_len": mml,
-        "warmup": args.warmup, "repeat": args.repeat, "enforce_eager": True, "results": rows,
+        "warmup": args.warmup, "repeat": args.repeat, "rounds": args.rounds, "enforce_eager": True,
+        "results": rows, "plugin_vs_native": vs,
     }
     out = args.out or ROOT / "bench" / "results" / f"vllm_cpu_{family_name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
     print(f"wrote {out}")
     return 0
+
+
+def _run_round(args, specs, fam, prompt_pool, mml, dtype, tmp: Path, rnd: int) -> dict:
+    """One native child and one plugin child (native first in even-indexed rounds); {(config, batch): row}."""
+    from pedagle_backends.vllm.runner import run_jobs
+
+    rows = {}
+    for plugin in ((False, True) if rnd % 2 == 0 else (True, False)):
+        todo = [(c, b) for c in args.configs for b in args.batches if specs[c][0] == plugin]
+        if not todo:
+            continue
+        jobs = []
+        for c, b in todo:
+            _, head, K, par = specs[c]
+            jobs.append({"target": str(fam["target"]), "drafter": str(fam[head]) if head else None, "K": K,
+                         "parallel": par, "prompts": prompt_pool[:b], "max_tokens": args.max_tokens,
+                         "max_model_len": mml, "dtype": dtype, "max_num_seqs": max(args.batches),
+                         "repeat": args.warmup + args.repeat, "kv_cache_memory_bytes": 512 << 20})
+        log = tmp / f"{'plugin' if plugin else 'native'}{rnd}.log"
+        print(f"round {rnd + 1}/{args.rounds}: running {len(jobs)} jobs with the pedagle plugin "
+              f"{'on' if plugin else 'off'} (log {log})", flush=True)
+        results = run_jobs(jobs, plugin=plugin, log=log, timeout=3600)
+        for (c, b), r in zip(todo, results):
+            if "error" in r:
+                rows[(c, b)] = {"config": c, "batch": b, "error": r["error"]}
+                print(f"  {c:15s} batch {b}: ERROR {r['error']}", flush=True)
+                continue
+            timed = r["gen_s_all"][args.warmup:]
+            tps = [r["num_output_tokens"] / t for t in timed]
+            m = r.get("metrics") or {}
+            mal = 1 + m["num_accepted_tokens"] / m["num_drafts"] if m.get("num_drafts") else None
+            row = {"config": c, "batch": b, "K": specs[c][2], "tokens_per_s": statistics.median(tps),
+                   "tokens_per_s_all": tps, "gen_s_all": timed, "num_output_tokens": r["num_output_tokens"],
+                   "mean_acceptance_length": mal, "spec_metrics": m or None, "init_s": r["init_s"]}
+            rows[(c, b)] = row
+            print(f"  {c:15s} batch {b}: {row['tokens_per_s']:8.1f} tok/s"
+                  + (f"  acceptance length {mal:.2f}" if mal else ""), flush=True)
+    return rows
+
+
+def _merge_rounds(rounds: list[dict], configs: list[str], batches: list[int]) -> list[dict]:
+    """One row per (config, batch): the first round's row with tokens/s the median over every round's timed
+    runs (one round: unchanged), plus each round's own median."""
+    out = []
+    for c in configs:
+        for b in batches:
+            got = [rd[(c, b)] for rd in rounds if (c, b) in rd]
+            ok = [r for r in got if "tokens_per_s" in r]
+            if not ok:
+                if got:
+                    out.append(got[0])
+                continue
+            row = dict(ok[0])
+            if len(rounds) > 1:
+                row["tokens_per_s_all"] = [x for r in ok for x in r["tokens_per_s_all"]]
+                row["gen_s_all"] = [x for r in ok for x in r["gen_s_all"]]
+                row["tokens_per_s"] = statistics.median(row["tokens_per_s_all"])
+                row["tokens_per_s_rounds"] = [r["tokens_per_s"] for r in ok]
+                row["init_s"] = [r["init_s"] for r in ok]
+                row["errors"] = [r["error"] for r in got if "error" in r] or None
+            out.append(row)
+    return out
 
 
 if __name__ == "__main__":
