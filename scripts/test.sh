@@ -11,7 +11,8 @@ python3 -c "import pedagle_core, pytest, hypothesis" 2>/dev/null || {
   python3 -m pip install -q torch==2.13.0 && python3 -m pip install -q -e ".[dev]"; }
 
 echo "== core suite"
-python3 -m pytest -q -p no:cacheprovider tests --ignore=tests/vllm --ignore=tests/sglang "$@"
+python3 -m pytest -q -p no:cacheprovider tests --ignore=tests/vllm --ignore=tests/sglang \
+  --ignore=tests/test_conformance_sglang.py "$@"              # that one runs in the SGLang step below
 [ -n "${PEDAGLE_SKIP_BACKENDS:-}" ] && exit 0
 
 VENVS="${PEDAGLE_VENVS:-$HOME/.cache/pedagle/venvs}"
