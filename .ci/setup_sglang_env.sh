@@ -29,8 +29,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 check() {
     [ -x "$VENV/bin/python" ] || return 1
-    SGLANG_VERSION="$SGLANG_VERSION" TORCH_VERSION="$TORCH_VERSION" TRANSFORMERS_VERSION="$TRANSFORMERS_VERSION" \
-    REPO="$REPO" "$VENV/bin/python" - <<'EOF' >/dev/null 2>&1
+    (cd / && SGLANG_VERSION="$SGLANG_VERSION" TORCH_VERSION="$TORCH_VERSION" \
+      TRANSFORMERS_VERSION="$TRANSFORMERS_VERSION" REPO="$REPO" "$VENV/bin/python" - <<'EOF'
 import os, importlib.metadata as md, pathlib
 assert md.version("sglang") == os.environ["SGLANG_VERSION"], "sglang version"
 assert md.version("torch").split("+")[0] == os.environ["TORCH_VERSION"], "torch version"
@@ -46,7 +46,9 @@ import pedagle_core
 assert pathlib.Path(pedagle_core.__file__).resolve().is_relative_to(pathlib.Path(os.environ["REPO"]).resolve())
 eps = md.entry_points(group="sglang.srt.plugins")
 assert any(ep.name == "pedagle" for ep in eps), "pedagle SGLang plugin entry point"
+import pedagle_conformance, pedagle_backends.sglang  # noqa: F401  (the package-dir mapping of this checkout)
 EOF
+) >/dev/null 2>&1
 }
 
 if check; then

