@@ -3,19 +3,17 @@ from its stored timings, identically, and a new acceptance-length table changes 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
+
+from helpers_scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "speedup_h100.json"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("speedup_model", ROOT / "bench" / "speedup_model.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("bench/speedup_model.py")
 
 
 def test_reuse_timings_reproduces_the_committed_predictions(tmp_path):

@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers_scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "build_tiny_target.py"
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("build_tiny_target", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses need the module registered
-    spec.loader.exec_module(mod)
-    return mod
-
-
-btt = _load_script()
+btt = load_script("scripts/build_tiny_target.py")
 
 CODE_SAMPLES = [
     "def f(x):\n    return x + 1\n",

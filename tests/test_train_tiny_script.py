@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import platform
 from pathlib import Path
 
 import pytest
+from helpers_scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = ROOT / "models" / "tiny-code" / "target"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("train_tiny_drafters", ROOT / "scripts" / "train_tiny_drafters.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("scripts/train_tiny_drafters.py")
 
 
 def _fake_target(tmp_path: Path, version: str) -> tuple[Path, Path]:
