@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from pedagle_core.draft import StepInput
-from pedagle_core.hooks import hookimpl
+from pedagle_core.hooks import CaseRunner, hookimpl
 
 
 @contextlib.contextmanager
@@ -46,7 +46,7 @@ def patched_engine_draft(transform: Callable[[StepInput], StepInput]) -> Iterato
             m.draft = fn
 
 
-class _BrokenReference:
+class _BrokenReference(CaseRunner):
     """Common plumbing: a named backend running the reference with a defect."""
 
     name = "broken"
@@ -62,10 +62,7 @@ class _BrokenReference:
                                                                        "conformance"],
                 "available": True, "reason": "", "defect": self.defect}
 
-    @hookimpl
-    def pedagle_run_case(self, backend: str, case: dict[str, Any]) -> dict[str, Any] | None:
-        if backend != self.name:
-            return None
+    def run_case(self, **case: Any) -> dict[str, Any]:
         from pedagle_core.engine.backend import ReferenceBackend
 
         with self.engine_context(case):

@@ -121,6 +121,22 @@ def get_plugin_manager(load_entry_points: bool = True) -> pluggy.PluginManager:
     return pm
 
 
+class CaseRunner:
+    """Base of a backend that runs conformance cases: ``pedagle_run_case`` routed by ``name`` to the
+    backend's own ``run_case(**case)``."""
+
+    name: str
+
+    @hookimpl
+    def pedagle_run_case(self, backend: str, case: dict[str, Any]) -> dict[str, Any] | None:
+        if backend != self.name:
+            return None
+        return self.run_case(**case)
+
+    def run_case(self, **case: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+
 class UnavailableBackend:
     """Stands in for a backend whose entry point failed to load: it only reports why."""
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from pedagle_core.hooks import hookimpl
+from pedagle_core.hooks import CaseRunner, hookimpl
 
 from . import ALGORITHM, SUPPORTED_SGLANG
 
@@ -62,7 +62,7 @@ def sglang_status() -> tuple[str, bool, str]:
     return version, True, ""
 
 
-class SglangBackend:
+class SglangBackend(CaseRunner):
     name = "sglang"
     CAPABILITIES = ["parallel", "greedy", "batch", "conformance"]
 
@@ -99,12 +99,6 @@ class SglangBackend:
     @hookimpl
     def pedagle_attention_provider(self, engine_state: Any, drafter: Any):
         return None
-
-    @hookimpl
-    def pedagle_run_case(self, backend: str, case: dict[str, Any]) -> dict[str, Any] | None:
-        if backend != self.name:
-            return None
-        return self.run_case(**case)
 
     def run_case(self, target: Any, drafter: Any, prompt_ids: Any, K: int, mode: str = "parallel", steps: int = 8,
                  dtype: Any = "float32", device: str = "cuda", temperature: float = 0.0, seed: int = 0,

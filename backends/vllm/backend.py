@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from pedagle_core.hooks import hookimpl
+from pedagle_core.hooks import CaseRunner, hookimpl
 
 from . import SUPPORTED_VLLM
 
@@ -36,7 +36,7 @@ def _availability() -> tuple[bool, str, str]:
     return True, version, ""
 
 
-class VllmBackend:
+class VllmBackend(CaseRunner):
     """Hooks of `pedagle_core.hooks.BackendSpec` for vLLM."""
 
     name = "vllm"
@@ -62,12 +62,6 @@ class VllmBackend:
 
         register()
         return True
-
-    @hookimpl
-    def pedagle_run_case(self, backend: str, case: dict[str, Any]) -> dict[str, Any] | None:
-        if backend != self.name:
-            return None
-        return self.run_case(**case)
 
     # ------------------------------------------------------------------ conformance
     def run_case(self, target: Any, drafter: Any, prompt_ids: Sequence[Sequence[int]], K: int,

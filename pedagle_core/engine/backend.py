@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import torch
 
 from .. import __version__
-from ..hooks import hookimpl
+from ..hooks import CaseRunner, hookimpl
 from .engine import SpecEngine, VerifyState, make_step_input
 from .target import EngineError, TargetModel, load_hf_target, register_attention, resolve_dtype
 
@@ -34,7 +34,7 @@ def load_drafter_for(path: Any, target: Any, mode: str, dtype: torch.dtype | Non
                         mode="parallel" if mode == "parallel" else "autoregressive")
 
 
-class ReferenceBackend:
+class ReferenceBackend(CaseRunner):
     """pedagle's reference engine as a backend (hooks of `pedagle_core.hooks.BackendSpec`)."""
 
     name = "reference"
@@ -71,12 +71,6 @@ class ReferenceBackend:
         if not isinstance(engine_state, ReferenceState):
             return None
         return engine_state.engine.drafter_cache(engine_state.verify)
-
-    @hookimpl
-    def pedagle_run_case(self, backend: str, case: dict[str, Any]) -> dict[str, Any] | None:
-        if backend != self.name:
-            return None
-        return self.run_case(**case)
 
     # ------------------------------------------------------------------ conformance
     def run_case(self, target: Any, drafter: Any, prompt_ids: Sequence[Sequence[int]], K: int,
