@@ -280,8 +280,11 @@ class Drafter(nn.Module):
         writes through ``param.data`` bypass them."""
         if torch.is_grad_enabled() and self.mask_hidden.requires_grad:
             return self.project_hidden(self.mask_hidden.view(1, -1)).view(-1)
-        params = [self.mask_hidden, self.fc.weight] + [p for n, p in self.named_parameters()
-                                                        if n.startswith(("input_norm.", "fc_norm."))]
+        params = [self.mask_hidden, self.fc.weight]                   # what project_hidden reads
+        if self.config.norm_before_fc:
+            params.append(self.input_norm.weight)
+        elif self.config.fc_norm:
+            params += [n.weight for n in self.fc_norm]
         try:
             key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
         except RuntimeError:                     # inference tensors keep no version counter: do not cache
