@@ -145,12 +145,43 @@ Linear = Callable[[Tensor], Tensor]
 
 
 def torch_linear(weight: Tensor, bias: Tensor | None) -> Linear:
-    """x -> x @ weight.T + bias with ``torch.nn.functional.linear`` (the default of `Drafter.fuse_projections`)."""
+    """x -> x @ weight.T + bias with ``torch.nn.functional.linear``."""
     return partial(F.linear, weight=weight, bias=bias)
+
+
+LinearFn = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
+"""A product ``(x, weight, bias) -> x @ weight.T + bias`` (see `Drafter.use_linear`)."""
+
+
+def auto_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """x @ weight.T + bias: for CUDA inference the weight-streaming kernels (`kernels/skinny_gemm.py`) at
+    the row counts and shapes where they were measured faster than cuBLAS on this device, else
+    ``F.linear`` (always under autograd: the kernels have no backward)."""
+    if not x.is_cuda or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
+        return F.linear(x, weight, bias)
+    try:
+        from .kernels import skinny_gemm
+    except ImportError:                                # no triton
+        return F.linear(x, weight, bias)
+    return skinny_gemm.linear(x, weight, bias) if skinny_gemm.can_run(x.device) else F.linear(x, weight, bias)
+
+
+def dispatch_linear(weight: Tensor, bias: Tensor | None) -> Linear:
+    """x -> `auto_linear` (x, weight, bias): the default of `Drafter.fuse_projections`."""
+    return partial(auto_linear, weight=weight, bias=bias)
+
+
+def apply_linear(fn: LinearFn | None, m: nn.Module, x: Tensor) -> Tensor:
+    """``m(x)`` for a plain ``nn.Linear`` through ``fn`` (None: `auto_linear`); a backend's own linear
+    module (another type) runs its own forward."""
+    if type(m) is not nn.Linear:
+        return m(x)
+    return (fn or auto_linear)(x, m.weight, m.bias)
 
 
 class Attention(nn.Module):
     ops: ElementwiseOps | None = None                 # set by `Drafter.use_ops`; None: `auto_ops`
+    linear: LinearFn | None = None                    # set by `Drafter.use_linear`; None: `auto_linear`
 
     def __init__(self, cfg: DrafterConfig, layer_idx: int, in_features: int) -> None:
         super().__init__()
@@ -170,7 +201,7 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, attn: AttentionProvider) -> Tensor:
         T = x.shape[0]                                                     # x: [T, in_features]
         if self.qkv_proj is None:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+            q, k, v = (apply_linear(self.linear, m, x) for m in (self.q_proj, self.k_proj, self.v_proj))
         else:
             q, k, v = self.qkv_proj(x).split([self.n_heads * self.head_dim, self.n_kv * self.head_dim,
                                               self.n_kv * self.head_dim], dim=-1)
@@ -181,10 +212,12 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = (self.ops or auto_ops(q, self.q_proj.weight)).rope(q, k, cos, sin)
         o = attn(self.layer_idx, q, k, v, self.window)                      # [T, n_heads, head_dim]
-        return self.o_proj(o.reshape(T, -1))
+        return apply_linear(self.linear, self.o_proj, o.reshape(T, -1))
 
 
 class MLP(nn.Module):
+    linear: LinearFn | None = None                    # set by `Drafter.use_linear`; None: `auto_linear`
+
     def __init__(self, cfg: DrafterConfig) -> None:
         super().__init__()
         H, I, b = cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias
@@ -194,10 +227,10 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.gate_up_proj is None:
-            gate, up = self.gate_proj(x), self.up_proj(x)
+            gate, up = apply_linear(self.linear, self.gate_proj, x), apply_linear(self.linear, self.up_proj, x)
         else:
             gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return apply_linear(self.linear, self.down_proj, F.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):
@@ -238,6 +271,8 @@ class DecoderLayer(nn.Module):
 class Drafter(nn.Module):
     """An EAGLE-3 drafter with the P-EAGLE extras (``mask_hidden``, ``mask_token_id``)."""
 
+    linear: LinearFn | None = None                    # set by `use_linear`; None: `auto_linear` (fc, lm_head)
+
     def __init__(self, cfg: DrafterConfig) -> None:
         super().__init__()
         self.config = cfg
@@ -270,7 +305,7 @@ class Drafter(nn.Module):
         elif self.config.fc_norm:
             chunks = aux.chunk(self.config.n_aux, dim=-1)
             aux = torch.cat([n(c) for n, c in zip(self.fc_norm, chunks)], dim=-1)
-        return self.fc(aux)
+        return apply_linear(self.linear, self.fc, aux)
 
     def mask_hidden_projected(self) -> Tensor:
         """fc(mask_hidden): the hidden input of every MASK slot, [H]. Outside autograd it is cached until a
@@ -300,11 +335,12 @@ class Drafter(nn.Module):
         return freqs.cos() * self.rope_scale, freqs.sin() * self.rope_scale
 
     @torch.no_grad()
-    def fuse_projections(self, linear: Callable[[Tensor, Tensor | None], Linear] = torch_linear) -> None:
+    def fuse_projections(self, linear: Callable[[Tensor, Tensor | None], Linear] = dispatch_linear) -> None:
         """For inference: compute every layer's q/k/v, and its MLP's gate/up, with one product each over
         weights concatenated now: the same dot products, in fewer GEMM calls. ``linear(weight, bias)`` builds
         each product (e.g. a backend's GEMM) as a function, not an ``nn.Module`` (the fused weights stay out
-        of the state dict). They are copies that do not follow the parameters: call this once the weights
+        of the state dict; the default, `dispatch_linear`, is `auto_linear`: the skinny-GEMM kernels where
+        they win on CUDA). They are copies that do not follow the parameters: call this once the weights
         are loaded and placed, and not before training."""
         def fused(*layers: nn.Linear) -> Linear:
             w = torch.cat([m.weight for m in layers])
@@ -318,6 +354,20 @@ class Drafter(nn.Module):
             a, m = layer.self_attn, layer.mlp
             a.qkv_proj = fused(a.q_proj, a.k_proj, a.v_proj)
             m.gate_up_proj = fused(m.gate_proj, m.up_proj)
+
+    def use_linear(self, linear: LinearFn | None) -> None:
+        """Run every unfused ``nn.Linear`` product (q/k/v, o, gate/up, down, fc, lm_head) through ``linear``
+        (e.g. ``F.linear`` to force cuBLAS); None restores `auto_linear`. Products fused by
+        `fuse_projections` keep the function they were built with."""
+        for m in self.modules():
+            if isinstance(m, (Attention, MLP, Drafter)):
+                m.linear = linear
+
+    def unfuse_projections(self) -> None:
+        """Undo `fuse_projections`: q/k/v and gate/up from their own weights again."""
+        for layer in self.layers:
+            layer.self_attn.qkv_proj = None
+            layer.mlp.gate_up_proj = None
 
     def use_ops(self, ops: ElementwiseOps | None) -> None:
         """Run every RMSNorm and RoPE through ``ops`` (a backend's fused ops, or ``TORCH_OPS`` to force the
@@ -342,7 +392,7 @@ class Drafter(nn.Module):
     # ------------------------------------------------------------------ readout
     def compute_logits(self, out: Tensor) -> Tensor:
         """[N, H] -> [N, draft_vocab] logits (draft-vocabulary order)."""
-        return self.lm_head(out)
+        return apply_linear(self.linear, self.lm_head, out)
 
     def to_target_ids(self, draft_ids: Tensor) -> Tensor:
         """Draft-vocabulary ids -> target-vocabulary ids (``d2t`` holds offsets)."""

@@ -1,0 +1,101 @@
+"""Pick, per launch shape, the fastest of a few implementations by timing them once on the device.
+
+Used by `skinny_gemm` (Triton split-K GEMM variants vs cuBLAS) and `decode_attention` (split-count /
+tile variants). The first call with a new key times every candidate on the real inputs (CUDA events,
+median of a few runs; L2 flushed before each run, so weights that fit in L2 are timed as they are met
+in a step: streamed from HBM) and remembers the winner; later calls reuse it. Nothing is timed while a
+CUDA graph is being captured or torch.compile traces: those calls take the caller's ``fallback``
+(a choice that is always valid, e.g. cuBLAS). Every decision is kept in `decisions()` for reports.
+
+Candidates must be pure functions of their inputs (they run several times).
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Callable, Hashable, Sequence
+
+import torch
+
+_TABLE: dict[tuple, int] = {}
+_DECISIONS: list[dict] = []
+_FLUSH: dict[int, torch.Tensor] = {}
+FLUSH_BYTES = 256 << 20          # > L2 of any current GPU (H100/H200: 50/60 MB)
+MARGIN = 0.02                    # a non-fallback candidate must beat the fallback by this fraction
+
+
+def compiling() -> bool:
+    """True while torch.compile traces (dispatch through Python-side tables must stay out of the trace)."""
+    try:
+        return bool(torch.compiler.is_compiling())
+    except AttributeError:                                     # older torch
+        return False
+
+
+def tracing() -> bool:
+    """True while a CUDA graph is captured or torch.compile traces (no timing, no host syncs)."""
+    return compiling() or (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
+
+
+def _flush_buffer(device: torch.device) -> torch.Tensor:
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _FLUSH:
+        _FLUSH[idx] = torch.empty(FLUSH_BYTES, dtype=torch.uint8, device=device)
+    return _FLUSH[idx]
+
+
+def time_candidates(fns: Sequence[Callable[[], object]], device: torch.device, reps: int = 7,
+                    flush: bool = True) -> list[float]:
+    """Median ms of each function (CUDA events around each call; L2 flushed before each call)."""
+    buf = _flush_buffer(device) if flush else None
+    out = []
+    for fn in fns:
+        fn()                                                  # compile / warm
+        fn()
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+        for s, e in zip(starts, ends):
+            if buf is not None:
+                buf.zero_()
+            s.record()
+            fn()
+            e.record()
+        torch.cuda.synchronize()
+        out.append(statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends)))
+    return out
+
+
+def choose(kind: str, key: Hashable, names: Sequence[str], fns: Sequence[Callable[[], object]],
+           device: torch.device, fallback: int = 0) -> int:
+    """Index of the fastest candidate for ``(kind, key)`` (timed on first use, then cached).
+    ``fallback`` is returned, untimed, while tracing; it also wins ties within `MARGIN`."""
+    full = (kind, device.index, key)
+    hit = _TABLE.get(full)
+    if hit is not None:
+        return hit
+    if tracing() or device.type != "cuda":
+        return fallback
+    times = time_candidates(fns, device)
+    best = min(range(len(times)), key=times.__getitem__)
+    if best != fallback and times[best] > (1 - MARGIN) * times[fallback]:
+        best = fallback
+    _TABLE[full] = best
+    _DECISIONS.append({"kind": kind, "key": repr(key), "chosen": names[best],
+                       "times_ms": {n: round(t, 5) for n, t in zip(names, times)}})
+    return best
+
+
+def decisions(kind: str | None = None) -> list[dict]:
+    """Every decision made so far (optionally of one kind): key, chosen candidate, each candidate's time."""
+    return [d for d in _DECISIONS if kind is None or d["kind"] == kind]
+
+
+def reset() -> None:
+    """Forget every decision (tests, benchmarks that compare fresh runs)."""
+    _TABLE.clear()
+    _DECISIONS.clear()
+
+
+def force(kind: str, key: Hashable, device: torch.device, index: int) -> None:
+    """Pin the choice for ``(kind, key)`` (tests; a caller that measured elsewhere)."""
+    _TABLE[(kind, device.index, key)] = index

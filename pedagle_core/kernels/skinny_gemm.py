@@ -1,0 +1,258 @@
+"""Weight-streaming GEMM for few rows (Triton): ``y = x @ w.T + bias`` with x [M, K], w [N, K], M <= 256.
+
+A drafter step multiplies a handful of rows (2K per request) by weights of tens of megabytes: the time
+is the weight read, and cuBLAS' skinny kernels stream it well below copy bandwidth. Here every weight
+element is read exactly once per call, by one program, and multiplies ALL rows of x:
+
+* grid (N tiles, K splits). A program owns BLOCK_N output features and one contiguous slice of K; it
+  streams its [BLOCK_N, BLOCK_K] weight tiles (16-byte loads, software-pipelined ``num_stages`` deep)
+  and multiplies each by every row: ``acc[BLOCK_N, BLOCK_M] += w_tile @ x_tile.T`` (the weight side in
+  the MMA's M slot, the rows in its N slot: "swap AB", so 16 rows fill an instruction).
+* split-K (``SPLIT``): when the N tiles alone do not fill the GPU, the K range is cut into slices. Each
+  program stores its float32 partial ``[BLOCK_N, BLOCK_M]`` to a workspace, then takes a ticket from a
+  per-tile counter (acq_rel atomic after a CTA barrier); the program holding the last ticket sums the
+  slices in slice order (deterministic), adds the bias, writes y and resets the counter to 0. One
+  launch, no memset, replayable in a CUDA graph (the counters are zero between launches).
+
+`linear` is the dispatch: on CUDA it times the Triton variants against cuBLAS (``F.linear``) once per
+(rows, N, K, dtype) through `measured_choice` and keeps the winner, so a shape where the kernel loses
+stays on cuBLAS. `skinny_linear_reference` is the plain-PyTorch semantics the tests compare against.
+TRITON_INTERPRET=1 must be set before import to run the kernel on CPU tensors.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from . import measured_choice
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+MAX_ROWS = 256                   # above this, cuBLAS' large tiles win: `linear` does not try the kernel
+_N_COUNTERS = 1 << 16
+
+
+def can_run(device: torch.device | str) -> bool:
+    """Whether the kernel (as defined at import) can run on tensors of `device`."""
+    device = torch.device(device)
+    return device.type == "cpu" if INTERPRETED else device.type == "cuda"
+
+
+# ---------------------------------------------------------------------------------------------- kernel
+@triton.jit
+def _store_out(acc, b_ptr, y_ptr, offs_n, offs_m, n_ok, m_ok, stride_ym, HAS_BIAS: tl.constexpr):
+    """acc [BLOCK_N, BLOCK_M] (float32) + bias -> y[m, n] in y's dtype."""
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[:, None]
+    tl.store(y_ptr + offs_m[None, :].to(tl.int64) * stride_ym + offs_n[:, None],
+             acc.to(y_ptr.dtype.element_ty), mask=n_ok[:, None] & m_ok[None, :])
+
+
+@triton.jit(do_not_specialize=["M", "k_split"])
+def _skinny_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, k_split,
+                   stride_xm, stride_wn, stride_ym,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                   SPLIT: tl.constexpr, EVEN_K: tl.constexpr, HAS_BIAS: tl.constexpr,
+                   IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    n_splits = tl.num_programs(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    n_ok = offs_n < N
+    m_ok = offs_m < M
+    k_lo = pid_k * k_split
+    k_hi = tl.minimum(k_lo + k_split, K)
+    w_rows = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn
+    x_rows = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm
+    acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        if EVEN_K:                          # every slice a whole number of tiles: masks along rows only
+            w = tl.load(w_rows + offs_k[None, :], mask=n_ok[:, None], other=0.0)
+            x = tl.load(x_rows + offs_k[None, :], mask=m_ok[:, None], other=0.0)
+        else:
+            k_ok = offs_k < k_hi
+            w = tl.load(w_rows + offs_k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+            x = tl.load(x_rows + offs_k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        if UPCAST:                          # the interpreter's 16-bit tl.dot is wrong: multiply in fp32
+            w = w.to(tl.float32)
+            x = x.to(tl.float32)
+        else:
+            x = x.to(w.dtype)
+        if IEEE:
+            acc += tl.dot(w, tl.trans(x), input_precision="ieee")
+        else:
+            acc += tl.dot(w, tl.trans(x))
+    if SPLIT:
+        # partial -> ws[split, n, m]; the last of the tile's programs to finish reduces them all
+        ws_tile = ws_ptr + offs_n[:, None].to(tl.int64) * BLOCK_M + offs_m[None, :]
+        plane = N.to(tl.int64) * BLOCK_M
+        tl.store(ws_tile + pid_k.to(tl.int64) * plane, acc, mask=n_ok[:, None])
+        tl.debug_barrier()                  # every thread's partial stored before the ticket is taken
+        ticket = tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
+        if ticket == n_splits - 1:
+            total = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+            for s in range(0, n_splits):     # slice order: the same sum whichever program finishes last
+                total += tl.load(ws_tile + s * plane, mask=n_ok[:, None], other=0.0, cache_modifier=".cg")
+            _store_out(total, b_ptr, y_ptr, offs_n, offs_m, n_ok, m_ok, stride_ym, HAS_BIAS)
+            tl.atomic_xchg(cnt_ptr + pid_n, 0, sem="relaxed", scope="gpu")   # zero for the next launch
+    else:
+        _store_out(acc, b_ptr, y_ptr, offs_n, offs_m, n_ok, m_ok, stride_ym, HAS_BIAS)
+
+
+# ---------------------------------------------------------------------------------------------- host side
+_COUNTERS: dict[tuple, Tensor] = {}
+_SM_COUNT: dict[int, int] = {}
+
+
+def _counters(device: torch.device) -> Tensor:
+    """Per-device tile counters, zero between launches (each split launch zeroes what it used)."""
+    key = (device.type, device.index)
+    if key not in _COUNTERS:
+        _COUNTERS[key] = torch.zeros(_N_COUNTERS, dtype=torch.int32, device=device)
+    return _COUNTERS[key]
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 8
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _SM_COUNT:
+        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _SM_COUNT[idx]
+
+
+def block_m(M: int) -> int:
+    return max(16, triton.next_power_of_2(M))
+
+
+def launch_config(M: int, N: int, K: int, device: torch.device, block_n: int = 64, block_k: int | None = None,
+                  split_k: int | None = None, num_warps: int = 4, num_stages: int | None = None) -> dict:
+    """Static launch parameters. Default split: the fewest K slices that give about two programs per SM
+    (N tiles x slices), each slice at least 4 weight tiles long."""
+    bm = block_m(M)
+    if block_k is None:
+        block_k = 128 if (K % 128 == 0 and bm <= 64) else 64
+    n_tiles = triton.cdiv(N, block_n)
+    k_tiles = triton.cdiv(K, block_k)
+    if split_k is None:
+        want = triton.cdiv(2 * _sm_count(device), n_tiles)
+        split_k = max(1, min(want, k_tiles // 4))
+    split_k = max(1, min(int(split_k), k_tiles))
+    k_split = triton.cdiv(k_tiles, split_k) * block_k
+    split_k = triton.cdiv(K, k_split)                      # no empty slices
+    if num_stages is None:
+        num_stages = 4 if bm <= 32 else 3
+    return dict(BLOCK_M=bm, BLOCK_N=block_n, BLOCK_K=block_k, split_k=split_k, k_split=k_split,
+                n_tiles=n_tiles, num_warps=num_warps, num_stages=num_stages)
+
+
+def skinny_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, out: Tensor | None = None,
+                  **overrides) -> Tensor:
+    """x [M, K] (M <= MAX_ROWS) @ weight [N, K].T + bias [N] -> [M, N] in x's dtype, through the kernel.
+    overrides: block_n, block_k, split_k, num_warps, num_stages (see `launch_config`)."""
+    if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
+        raise ValueError(f"skinny_linear: x {tuple(x.shape)}, weight {tuple(weight.shape)}; expected [M, K] and [N, K]")
+    M, K = x.shape
+    N = weight.shape[0]
+    if M > MAX_ROWS:
+        raise ValueError(f"skinny_linear: {M} rows; the kernel takes at most {MAX_ROWS}")
+    if bias is not None and bias.shape != (N,):
+        raise ValueError(f"skinny_linear: bias {tuple(bias.shape)}; expected ({N},)")
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    if weight.stride(1) != 1:
+        weight = weight.contiguous()
+    y = torch.empty(M, N, dtype=x.dtype, device=x.device) if out is None else out
+    if M == 0 or N == 0:
+        return y
+    if K == 0:
+        return y.copy_(bias.expand(M, N) if bias is not None else torch.zeros_like(y))
+    cfg = launch_config(M, N, K, x.device, **overrides)
+    split = cfg["split_k"] > 1
+    if split and cfg["n_tiles"] > _N_COUNTERS:
+        cfg = launch_config(M, N, K, x.device, **dict(overrides, split_k=1))
+        split = False
+    ws = torch.empty(cfg["split_k"], N, cfg["BLOCK_M"], dtype=torch.float32, device=x.device) if split else y
+    cnt = _counters(x.device) if split else y
+    even = K % cfg["BLOCK_K"] == 0 and cfg["k_split"] % cfg["BLOCK_K"] == 0
+    _skinny_kernel[(cfg["n_tiles"], cfg["split_k"])](
+        x, weight, bias if bias is not None else y, y, ws, cnt, M, N, K, cfg["k_split"],
+        x.stride(0), weight.stride(0), y.stride(0),
+        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], SPLIT=split, EVEN_K=even,
+        HAS_BIAS=bias is not None, IEEE=x.dtype == torch.float32 or INTERPRETED,
+        UPCAST=INTERPRETED and x.dtype != torch.float32,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    return y
+
+
+def skinny_linear_reference(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """The plain-PyTorch semantics: float32 products and sums, rounded once to x's dtype."""
+    y = x.float() @ weight.float().T
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------- dispatch
+def candidates(M: int, N: int, K: int, device: torch.device) -> list[dict]:
+    """The kernel variants timed against cuBLAS for one shape (a few tile widths and split counts)."""
+    base = launch_config(M, N, K, device)
+    out, seen = [], set()
+    widths = (64, 128) if block_m(M) <= 64 else (64,)
+    for bn in widths:
+        c = launch_config(M, N, K, device, block_n=bn)
+        for s in {c["split_k"], max(1, c["split_k"] // 2), 2 * c["split_k"]}:
+            c2 = launch_config(M, N, K, device, block_n=bn, split_k=s)
+            key = (bn, c2["split_k"], c2["BLOCK_K"])
+            if key not in seen and len(out) < 5:
+                seen.add(key)
+                out.append(dict(block_n=bn, split_k=c2["split_k"]))
+    return out or [dict(block_n=base["BLOCK_N"], split_k=base["split_k"])]
+
+
+def _name(ov: dict) -> str:
+    return "triton:" + ",".join(f"{k}={v}" for k, v in ov.items())
+
+
+_CHOSEN: dict[tuple, dict | None] = {}          # shape key -> the winning kernel variant (None: cuBLAS)
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``F.linear(x, weight, bias)`` for x [..., K]: on CUDA with <= MAX_ROWS rows, the fastest of the
+    kernel's variants and cuBLAS, as measured on this device for this shape (`measured_choice`);
+    otherwise (and while a graph is captured before the shape was measured) cuBLAS."""
+    x2 = x.reshape(-1, x.shape[-1])
+    M = x2.shape[0]
+    if (not x.is_cuda or INTERPRETED or M == 0 or M > MAX_ROWS or x.dtype != weight.dtype
+            or x.dtype not in (torch.bfloat16, torch.float16) or measured_choice.compiling()):
+        return F.linear(x, weight, bias)
+    N, K = weight.shape
+    key = (x.device.index, M, N, K, x.dtype, bias is not None)
+    if key not in _CHOSEN:
+        cands = candidates(M, N, K, x.device)
+        names = ["cublas"] + [_name(c) for c in cands]
+        fns = [lambda: F.linear(x2, weight, bias)]
+        fns += [lambda c=c: skinny_linear(x2, weight, bias, **c) for c in cands]
+        if measured_choice.tracing():                    # a graph under capture: no timing now
+            return F.linear(x, weight, bias)
+        i = measured_choice.choose("skinny_gemm", key[1:], names, fns, x.device, fallback=0)
+        _CHOSEN[key] = None if i == 0 else cands[i - 1]
+    ov = _CHOSEN[key]
+    if ov is None:
+        return F.linear(x, weight, bias)
+    return skinny_linear(x2, weight, bias, **ov).view(*x.shape[:-1], N)
+
+
+def auto_linear(weight: Tensor, bias: Tensor | None) -> Callable[[Tensor], Tensor]:
+    """A `pedagle_core.model.Linear` over `linear` (for `Drafter.fuse_projections`)."""
+    def fn(x: Tensor) -> Tensor:
+        return linear(x, weight, bias)
+    return fn

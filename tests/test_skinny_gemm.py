@@ -1,0 +1,144 @@
+"""The weight-streaming GEMM (pedagle_core/kernels/skinny_gemm.py) against its plain-PyTorch reference; on CPU
+interpreted (tests/conftest.py sets TRITON_INTERPRET=1), on CUDA compiled. Also the drafter's dispatch
+seam (`Drafter.use_linear`) and the measured choice between variants."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers_kernels import DEVICE, kernel_module
+
+SG = kernel_module("skinny_gemm")
+pytestmark = pytest.mark.skipif(SG is None, reason="Triton skinny GEMM kernel cannot run here")
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def _case(M, N, K, dtype, bias, seed, **ov):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(M, K, generator=g).to(dtype).to(DEVICE)
+    w = (torch.randn(N, K, generator=g) * 0.05).to(dtype).to(DEVICE)
+    b = torch.randn(N, generator=g).to(dtype).to(DEVICE) if bias else None
+    y = torch.full((M, N), float("nan"), dtype=dtype, device=DEVICE)        # poisoned: every element written
+    SG.skinny_linear(x, w, b, out=y, **ov)
+    ref64 = x.double() @ w.double().T + (b.double() if bias else 0)
+    assert torch.isfinite(y).all()
+    tol = 1e-6 if dtype == torch.float32 else 8e-3                          # bf16: one output rounding
+    assert _rel(y, ref64) < tol
+    ref = SG.skinny_linear_reference(x, w, b)                                # same rounding point
+    assert _rel(y, ref) < (1e-6 if dtype == torch.float32 else 8e-3)   # interpreter: casts truncate
+    return y
+
+
+# (M, N, K, overrides): single slice, split-K with even and ragged K, N not a multiple of the tile,
+# the largest row block, and wide tiles.
+CASES = [
+    (1, 64, 64, {}),
+    (3, 40, 96, {}),
+    (14, 70, 320, dict(split_k=3)),
+    (20, 33, 100, dict(split_k=2, block_k=64)),
+    (7, 130, 512, dict(block_n=128, split_k=4)),
+    (33, 48, 192, dict(split_k=3)),
+]
+
+
+@pytest.mark.parametrize("M,N,K,ov", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_matches_reference(M, N, K, ov, dtype):
+    _case(M, N, K, dtype, bias=(M % 2 == 1), seed=M * 1000 + N, **ov)
+
+
+def test_split_k_is_deterministic_and_leaves_counters_zero():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 384, generator=g).to(DEVICE)
+    w = torch.randn(72, 384, generator=g).to(DEVICE)
+    a = SG.skinny_linear(x, w, split_k=3)
+    b = SG.skinny_linear(x, w, split_k=3)
+    assert torch.equal(a, b)
+    assert int(SG._counters(x.device).abs().sum()) == 0                    # the next launch starts from zero
+    assert SG.launch_config(6, 72, 384, x.device, split_k=3)["split_k"] == 3
+
+
+def test_strided_input_and_errors():
+    x = torch.randn(5, 200, device=DEVICE)[:, :128]
+    w = torch.randn(32, 128, device=DEVICE)
+    assert _rel(SG.skinny_linear(x, w), x @ w.T) < 1e-6
+    with pytest.raises(ValueError, match=r"expected \[M, K\] and \[N, K\]"):
+        SG.skinny_linear(x, torch.randn(32, 100, device=DEVICE))
+    with pytest.raises(ValueError, match="at most"):
+        SG.skinny_linear(torch.randn(SG.MAX_ROWS + 1, 16, device=DEVICE), torch.randn(8, 16, device=DEVICE))
+    with pytest.raises(ValueError, match=r"bias \(7,\); expected \(32,\)"):
+        SG.skinny_linear(x, w, torch.randn(7, device=DEVICE))
+    assert SG.skinny_linear(torch.empty(0, 128, device=DEVICE), w).shape == (0, 32)
+
+
+def test_launch_config_split_covers_k_exactly():
+    for M, N, K in ((14, 2880, 11520), (14, 5120, 2880), (160, 2880, 4096), (7, 201088, 2880)):
+        c = SG.launch_config(M, N, K, DEVICE)
+        assert c["split_k"] >= 1 and c["k_split"] % c["BLOCK_K"] == 0
+        assert (c["split_k"] - 1) * c["k_split"] < K <= c["split_k"] * c["k_split"]        # no empty slice
+        for ov in SG.candidates(M, N, K, DEVICE):
+            assert SG.launch_config(M, N, K, DEVICE, **ov)["split_k"] == ov["split_k"]
+
+
+def test_linear_dispatch_equals_f_linear_where_it_cannot_time():
+    """Off CUDA (and for float32) the dispatch is F.linear itself; on CUDA it is whichever variant was
+    measured fastest, which must agree with the reference."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 4, 96, generator=g).to(DEVICE)
+    w = torch.randn(80, 96, generator=g).to(DEVICE)
+    b = torch.randn(80, generator=g).to(DEVICE)
+    assert torch.equal(SG.linear(x, w, b), F.linear(x, w, b))
+    if DEVICE.type == "cuda":
+        xb, wb, bb = x.bfloat16(), w.bfloat16(), b.bfloat16()
+        assert _rel(SG.linear(xb, wb, bb), SG.skinny_linear_reference(xb.view(-1, 96), wb, bb).view(2, 4, 80)) < 4e-3
+
+
+def test_drafter_use_linear_routes_every_linear():
+    """`Drafter.use_linear(fn)`: q/k/v, o, gate/up, down, fc and lm_head all go through fn, fused or not;
+    with the kernel as fn the step equals the F.linear step."""
+    from pedagle_core import Drafter, DrafterConfig
+
+    cfg = DrafterConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                        intermediate_size=48, vocab_size=40, target_hidden_size=16, attention_bias=True)
+    torch.manual_seed(0)
+    d = Drafter(cfg).to(DEVICE).eval()
+    with torch.no_grad():
+        for p in d.parameters():
+            p.copy_(torch.randn_like(p) * 0.3)
+    calls: list[tuple[int, ...]] = []
+
+    def spy(x, w, b=None):
+        calls.append(tuple(w.shape))
+        return SG.skinny_linear(x.reshape(-1, x.shape[-1]), w, b).view(*x.shape[:-1], w.shape[0])
+
+    T = 5
+    ids = torch.randint(0, cfg.vocab_size, (T,), device=DEVICE)
+    pos = torch.arange(T, device=DEVICE)
+    hid = torch.randn(T, cfg.fc_input_size, device=DEVICE)
+
+    def attn(layer, q, k, v, window):
+        return F.scaled_dot_product_attention(q.transpose(0, 1), k.repeat_interleave(q.shape[1] // k.shape[1], 1)
+                                              .transpose(0, 1), v.repeat_interleave(q.shape[1] // k.shape[1], 1)
+                                              .transpose(0, 1), is_causal=True).transpose(0, 1)
+
+    with torch.no_grad():
+        ref_out, _ = d(ids, pos, d.project_hidden(hid), attn)
+        ref_logits = d.compute_logits(ref_out)
+        d.use_linear(spy)
+        out, _ = d(ids, pos, d.project_hidden(hid), attn)
+        logits = d.compute_logits(out)
+        n_plain = len(calls)
+        d.fuse_projections(lambda w, b: (lambda x: spy(x, w, b)))
+        calls.clear()
+        out2, _ = d(ids, pos, d.project_hidden(hid), attn)
+        d.use_linear(None)
+    L = cfg.num_hidden_layers
+    assert n_plain == 1 + L * 7 + 1                                   # fc, q k v o gate up down, lm_head
+    assert len(calls) == 1 + L * 4                                    # fused: fc, qkv o gate_up down
+    assert _rel(out, ref_out) < 1e-5 and _rel(logits, ref_logits) < 1e-5 and _rel(out2, ref_out) < 1e-5
