@@ -1,6 +1,6 @@
 """``pedagle conformance run``: every case on every requested backend, compared step by step.
 
-Backends are found through the pluggy plugin manager (`pedagle_core.hooks.get_plugin_manager`: the
+Backends are found through the pluggy plugin manager (`pedagle_core.registry.get_plugin_manager`: the
 ``pedagle.backends`` entry points, plus ``--plugin NAME=module:attr`` extras). Two levels:
 
 * ``e2e``: the backend runs the whole case through its engine (``pedagle_run_case``; the ``vllm``
@@ -107,7 +107,7 @@ class Report:
 # ---------------------------------------------------------------------------------------------- backends
 def plugin_manager(extra: list[str] | None = None):
     """The pedagle plugin manager, plus ``NAME=module:attr`` extras (a class is instantiated)."""
-    from pedagle_core.hooks import get_plugin_manager
+    from pedagle_core.registry import get_plugin_manager
 
     pm = get_plugin_manager()
     for spec in extra or []:

@@ -10,7 +10,7 @@ the engine. The core (`pedagle_core`) never imports a backend; backends are foun
     reference = "pedagle_core.engine.backend:ReferenceBackend"
 
 An entry point may name a class (instantiated without arguments), an instance or a module; it is
-registered under the entry point's name. ``get_plugin_manager()`` loads them all (and registers the
+registered under the entry point's name. ``pedagle_core.registry.get_plugin_manager()`` loads them all (and registers the
 built-in reference backend even when pedagle runs from a source checkout without entry points).
 A backend implements any subset of the hooks below with ``@hookimpl``; a backend whose engine is not
 installed must still import cleanly and report ``available: False`` with a reason.
@@ -22,7 +22,7 @@ Calling conventions:
 * The per-engine hooks (``pedagle_make_step_input``, ``pedagle_attention_provider``) are
   ``firstresult``: every backend returns None for an engine state that is not its own, so the owner
   answers. ``pedagle_run_case`` is routed by name the same way (``backend="reference"``).
-* ``get_backend(pm, name)`` returns one backend object, to call its hooks (or extra methods) directly.
+* ``registry.get_backend(pm, name)`` returns one backend object, to call its hooks (or extra methods) directly.
 
 Conformance results (``pedagle_run_case``), one dict::
 
@@ -104,23 +104,6 @@ class BackendSpec:
         own adapters (reference, SGLang) and reports other backends as end-to-end only."""
 
 
-def get_plugin_manager(load_entry_points: bool = True) -> pluggy.PluginManager:
-    """A plugin manager with the pedagle hook specs and every installed backend registered.
-
-    Backends come from the ``pedagle.backends`` entry points; the built-in reference backend is
-    registered too when no entry point provided it (source checkouts).
-    """
-    pm = pluggy.PluginManager(PROJECT)
-    pm.add_hookspecs(BackendSpec)
-    if load_entry_points:
-        _load_entry_points(pm)
-    if pm.get_plugin("reference") is None:
-        from .engine.backend import ReferenceBackend
-
-        pm.register(ReferenceBackend(), name="reference")
-    return pm
-
-
 class CaseRunner:
     """Base of a backend that runs conformance cases: ``pedagle_run_case`` routed by ``name`` to the
     backend's own ``run_case(**case)``."""
@@ -137,51 +120,4 @@ class CaseRunner:
         raise NotImplementedError
 
 
-class UnavailableBackend:
-    """Stands in for a backend whose entry point failed to load: it only reports why."""
-
-    def __init__(self, name: str, reason: str) -> None:
-        self.name, self.reason = name, reason
-
-    @hookimpl
-    def pedagle_backend_info(self) -> dict[str, Any]:
-        return {"name": self.name, "version": "", "capabilities": [], "available": False, "reason": self.reason}
-
-
-def _load_entry_points(pm: pluggy.PluginManager) -> None:
-    """pm.load_setuptools_entrypoints, except that a class is instantiated before registration and a
-    backend that fails to load is registered as an `UnavailableBackend` carrying the error."""
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
-            continue
-        try:
-            obj = ep.load()
-            plugin = obj() if isinstance(obj, type) else obj
-        except Exception as e:  # noqa: BLE001 - one broken backend must not hide the others
-            plugin = UnavailableBackend(ep.name, f"entry point {ep.value!r} failed to load: "
-                                                 f"{type(e).__name__}: {e}")
-        pm.register(plugin, name=ep.name)
-
-
-def get_backend(pm: pluggy.PluginManager, name: str) -> Any:
-    """The registered backend called ``name`` (raises KeyError listing the known ones)."""
-    plugin = pm.get_plugin(name)
-    if plugin is None:
-        known = sorted(n for n, _ in pm.list_name_plugin())
-        raise KeyError(f"backend {name!r} is not registered; known backends: {known}")
-    return plugin
-
-
-def backend_infos(pm: pluggy.PluginManager | None = None) -> list[dict[str, Any]]:
-    """``pedagle_backend_info()`` of every backend (each dict gets its registration name as ``name``
-    when the backend gave none)."""
-    pm = pm or get_plugin_manager()
-    out = []
-    for name, plugin in pm.list_name_plugin():
-        fn = getattr(plugin, "pedagle_backend_info", None)
-        info = dict(fn()) if fn is not None else {}
-        info.setdefault("name", name)
-        out.append(info)
-    return out
+__all__ = ["PROJECT", "ENTRY_POINT_GROUP", "hookspec", "hookimpl", "BackendSpec", "CaseRunner"]

@@ -306,10 +306,10 @@ def test_tie_margins_follow_the_dtype():
 
 
 def test_replay_hook_is_in_the_backend_contract():
-    from pedagle_core import hooks
+    from pedagle_core import hooks, registry
 
     assert hasattr(hooks.BackendSpec, "pedagle_replay_steps")
-    pm = hooks.get_plugin_manager(load_entry_points=False)
+    pm = registry.get_plugin_manager(load_entry_points=False)
     assert pm.hook.pedagle_replay_steps(backend="reference", case={}, steps=[], max_model_len=8) is None
 
 

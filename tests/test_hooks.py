@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from helpers_models import fast_cpu, tiny_drafter, tiny_target  # noqa: F401
-from pedagle_core import hooks
+from pedagle_core import hooks, registry
 from pedagle_core.draft import StepInput
 from pedagle_core.engine.backend import ReferenceBackend, ReferenceState
 from pedagle_core.engine.engine import SpecEngine, VerifyState
@@ -13,10 +13,10 @@ pytestmark = pytest.mark.usefixtures("fast_cpu")
 
 
 def test_reference_backend_is_discovered():
-    pm = hooks.get_plugin_manager()
-    ref = hooks.get_backend(pm, "reference")
+    pm = registry.get_plugin_manager()
+    ref = registry.get_backend(pm, "reference")
     assert isinstance(ref, ReferenceBackend)
-    infos = {i["name"]: i for i in hooks.backend_infos(pm)}
+    infos = {i["name"]: i for i in registry.backend_infos(pm)}
     info = infos["reference"]
     assert info["available"] is True and info["reason"] == ""
     assert {"parallel", "autoregressive", "greedy", "sampling", "conformance"} <= set(info["capabilities"])
@@ -25,7 +25,7 @@ def test_reference_backend_is_discovered():
         assert i["available"] or i["reason"]
     assert all(r is True or r is None for r in pm.hook.pedagle_install(options={}))
     with pytest.raises(KeyError, match="known backends"):
-        hooks.get_backend(pm, "no-such-backend")
+        registry.get_backend(pm, "no-such-backend")
 
 
 def test_broken_entry_point_is_reported(monkeypatch):
@@ -38,14 +38,14 @@ def test_broken_entry_point_is_reported(monkeypatch):
     import importlib.metadata as md
 
     monkeypatch.setattr(md, "entry_points", lambda group=None: [EP()] if group == hooks.ENTRY_POINT_GROUP else [])
-    pm = hooks.get_plugin_manager()
-    infos = {i["name"]: i for i in hooks.backend_infos(pm)}
+    pm = registry.get_plugin_manager()
+    infos = {i["name"]: i for i in registry.backend_infos(pm)}
     assert infos["broken"]["available"] is False and "nowhere" in infos["broken"]["reason"]
     assert infos["reference"]["available"] is True          # registered although no entry point named it
 
 
 def test_step_input_and_attention_hooks_route_to_owner():
-    pm = hooks.get_plugin_manager(load_entry_points=False)
+    pm = registry.get_plugin_manager(load_entry_points=False)
     model = tiny_target("llama")
     eng = SpecEngine(model, tiny_drafter(model), mode="parallel", K=3, max_batch=2, max_model_len=32)
     eng._allocate(32)
@@ -69,7 +69,7 @@ def test_run_case(mode, tmp_path):
     model = tiny_target("llama", seed=2, dtype=torch.float32)
     model.save_pretrained(tmp_path / "target")
     save_drafter(tiny_drafter(model, seed=3), tmp_path / "drafter")
-    pm = hooks.get_plugin_manager(load_entry_points=False)
+    pm = registry.get_plugin_manager(load_entry_points=False)
     prompts, K, steps = [[5, 6, 7, 8], [9, 10]], 3, 4
     case = dict(target=str(tmp_path / "target"), drafter=str(tmp_path / "drafter"), prompt_ids=prompts, K=K,
                 mode=mode, steps=steps, dtype="float32", device="cpu")

@@ -48,7 +48,7 @@ def sglang_status() -> tuple[str, bool, str]:
     """(version, available, reason) without importing SGLang."""
     from importlib import metadata
 
-    from pedagle_core.engine_glue import version_in_range
+    from pedagle_core.versions import version_in_range
 
     try:
         version = metadata.version("sglang")

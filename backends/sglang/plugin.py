@@ -24,7 +24,7 @@ import logging
 import threading
 from typing import Any
 
-from pedagle_core.engine_glue import version_in_range
+from pedagle_core.versions import version_in_range
 
 from . import ALGORITHM, SUPPORTED_SGLANG
 

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from pedagle_core.engine_glue import RECORD_ENV
+from pedagle_core.draft_record import RECORD_ENV
 
 from . import ALGORITHM
 

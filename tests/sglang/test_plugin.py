@@ -29,7 +29,7 @@ def test_entry_points_declared():
 @pytest.mark.parametrize("version, ok", [("0.5.23", True), ("0.5.23.post1", True), ("0.5.22", False),
                                          ("0.5.24", False), ("0.6.0", False)])
 def test_version_range(version, ok):
-    from pedagle_core.engine_glue import version_in_range
+    from pedagle_core.versions import version_in_range
 
     assert version_in_range(version, SUPPORTED_SGLANG) is ok
     if not ok:
@@ -156,7 +156,7 @@ def test_draft_arch_hook_only_for_peagle_drafts():
 
 
 def test_backend_info_and_install(loaded):
-    from pedagle_core.hooks import backend_infos, get_backend, get_plugin_manager
+    from pedagle_core.registry import backend_infos, get_backend, get_plugin_manager
 
     from pedagle_backends.sglang.backend import SglangBackend
 

@@ -11,7 +11,7 @@ from pedagle_backends.vllm.backend import VllmBackend
 
 
 def test_discovered_through_entry_points():
-    from pedagle_core.hooks import backend_infos, get_backend, get_plugin_manager
+    from pedagle_core.registry import backend_infos, get_backend, get_plugin_manager
 
     pm = get_plugin_manager()
     assert isinstance(get_backend(pm, "vllm"), VllmBackend)
