@@ -11,7 +11,9 @@
 #   tiny_code_bench_<gpu>_b{1,8}.json/.png, tiny_code_al_<gpu>.json   (pedagle bench, bench/al_from_bench.py)
 #   env_<gpu>.txt                 (nvidia-smi state at start)
 # PACK=1 also packs them all into RESULTS_DIR/perf_<gpu>.tgz (the device tool returns at most 8 files).
-# SKIP_TESTS=1 skips the pytest step; SKIP_TINY=1 the tiny-code benchmark.
+# SKIP_TESTS=1 skips the pytest step; SKIP_TINY=1 the tiny-code benchmark; BENCH_ARGS passes options to
+# bench_drafter.py (e.g. "--budget-s 200"). The drafter table holds three paths per config (plain PyTorch,
+# the path before issue 13, the new default path), side by side.
 # The JSONs carry the commit: set PEDAGLE_COMMIT=<sha> when the tree travels without .git.
 # AL_JSON=<path> adds the bundled model family's acceptance lengths to the speedup model.
 # The last lines printed are the drafter table + goals and the speedup table.
@@ -37,12 +39,12 @@ else:
 
 rc0=0
 if [ -z "${SKIP_TESTS:-}" ]; then
-  timeout 240 $PY -m pytest -q -p no:cacheprovider tests/test_decode_attention.py tests/test_attention.py \
-    tests/test_norm_rope.py tests/test_top2.py tests/test_engine_gpu.py > "$OUT_DIR/tests_$TAG.log" 2>&1
+  timeout 240 $PY -m pytest -q -p no:cacheprovider tests/test_skinny_gemm.py tests/test_decode_attention.py \
+    tests/test_attention.py tests/test_norm_rope.py tests/test_top2.py tests/test_engine_gpu.py > "$OUT_DIR/tests_$TAG.log" 2>&1
   rc0=$?
 fi
 t0=$(date +%s)
-$PY bench/bench_drafter.py $DRY --out "$OUT_DIR/drafter_$TAG.json" --plot "$OUT_DIR/drafter_$TAG.png" \
+$PY bench/bench_drafter.py $DRY ${BENCH_ARGS:-} --out "$OUT_DIR/drafter_$TAG.json" --plot "$OUT_DIR/drafter_$TAG.png" \
   > "$OUT_DIR/drafter_$TAG.log" 2>&1
 rc1=$?
 t1=$(date +%s)
@@ -75,8 +77,9 @@ for b in 1 8; do tail -n 14 "$OUT_DIR/tiny_code_bench_${TAG}_b$b.log" 2>/dev/nul
 echo "== speedup_model rc=$rc2 ($((t2 - t2a)) s)"
 grep -E "VERIFY-FAIL|Traceback|Error" "$OUT_DIR/speedup_$TAG.log" | head -10
 [ $rc2 -ne 0 ] && tail -30 "$OUT_DIR/speedup_$TAG.log"
-echo "== drafter: attention micro, goals, table"
-awk '/^attention, one layer/{p=1} p' "$OUT_DIR/drafter_$TAG.log" | tail -n 70
+echo "== drafter: GEMMs, attention micro, goals, tables"
+grep -E "^(goal|profile):" "$OUT_DIR/drafter_$TAG.log"
+awk '/^family  .* mode /{p=1} p' "$OUT_DIR/drafter_$TAG.log" | grep -E " (1|8) +(512|8192) +(1|7|10) \|" | cut -c1-150
 echo "== speedup model"
 sed -n '/^\[speedup\] [0-9]* target steps/,$p' "$OUT_DIR/speedup_$TAG.log"
 if [ -n "${PACK:-}" ]; then

@@ -21,6 +21,8 @@ Design (flash-decoding over the cache, no gather copy, no repeat_interleave):
   its rows' visible ranges) is split evenly among ``splits`` programs (split-K / flash-decoding), so a
   few long requests still fill the GPU. Online softmax in fp32 (exp2).
 * `_combine_kernel` — when splits > 1: the log-sum-exp merge of the per-split partial outputs.
+* Launch variants (split count, tiles) chosen per shape by timing `VARIANTS` once on the device
+  (`measured_choice`); no single heuristic won everywhere in the variant sweeps of `bench/bench_drafter.py`.
 
 Every size that shapes a launch is a host int derived from tensor shapes or from caller hints, so the
 whole path can be captured in a CUDA graph. TRITON_INTERPRET=1 must be set before this module is
@@ -37,6 +39,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from . import measured_choice
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _LOG2E = 1.4426950408889634
@@ -298,6 +302,14 @@ def launch_config(n_rows: int, n_requests: int, max_rows: int, n_heads: int, n_k
                 BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages)
 
 
+# The launch variants timed per shape on CUDA (`measured_choice`): the heuristic of `launch_config` first
+# (the fallback while a graph is captured before its shape was timed), then other split counts and tiles.
+VARIANTS: list[dict] = [dict(), dict(num_splits=1), dict(num_splits=4), dict(num_splits=16),
+                        dict(block_n=32, num_warps=8, num_stages=2), dict(block_n=64, num_warps=8, num_stages=4)]
+TUNE = True                      # False: always the `launch_config` heuristic (the path before tuning; benchmarks)
+_CHOSEN: dict[tuple, dict] = {}
+
+
 def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor, row_table: Tensor,
                      block_table: Tensor, block_size: int, ctx_limit: int, window: int | None = None,
                      max_context: int | None = None, out: Tensor | None = None, **overrides) -> Tensor:
@@ -306,8 +318,26 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Ten
     positions [T]; row_table [B, max_rows] from `build_row_table`; block_table [B, max_blocks];
     ctx_limit: keys at positions >= ctx_limit are never seen; max_context: static bound on the keys a
     request reads (sizes the split-K grid only; default ctx_limit). overrides: num_splits, block_n,
-    num_warps, num_stages (tuning). Returns [T, Hq, D] in q's dtype.
+    num_warps, num_stages (tuning). Without overrides, on CUDA, the fastest of `VARIANTS` as timed for
+    this launch shape on this device (once per shape). Returns [T, Hq, D] in q's dtype.
     """
+    args = (q, k_cache, v_cache, positions, row_table, block_table, block_size, ctx_limit, window, max_context, out)
+    if overrides or not TUNE or not q.is_cuda or INTERPRETED or measured_choice.compiling():
+        return _decode_attention(*args, **overrides)
+    key = (q.device.index, tuple(q.shape), tuple(row_table.shape), k_cache.shape[1], k_cache.dtype,
+           int(max_context or ctx_limit), int(window or 0), block_table.shape[1] > 1 or block_size < ctx_limit)
+    if key not in _CHOSEN:
+        if measured_choice.tracing():
+            return _decode_attention(*args)
+        fns = [lambda ov=ov: _decode_attention(*args, **ov) for ov in VARIANTS]
+        names = [",".join(f"{a}={b}" for a, b in ov.items()) or "auto" for ov in VARIANTS]
+        _CHOSEN[key] = VARIANTS[measured_choice.choose("decode_attention", key[1:], names, fns, q.device, 0)]
+    return _decode_attention(*args, **_CHOSEN[key])
+
+
+def _decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor, row_table: Tensor,
+                      block_table: Tensor, block_size: int, ctx_limit: int, window: int | None = None,
+                      max_context: int | None = None, out: Tensor | None = None, **overrides) -> Tensor:
     T, Hq, D = q.shape
     B, max_rows = row_table.shape
     Hkv = k_cache.shape[1]

@@ -46,12 +46,17 @@ def _flush_buffer(device: torch.device) -> torch.Tensor:
 
 def time_candidates(fns: Sequence[Callable[[], object]], device: torch.device, reps: int = 7,
                     flush: bool = True) -> list[float]:
-    """Median ms of each function (CUDA events around each call; L2 flushed before each call)."""
+    """Median ms of each function (CUDA events around each call; L2 flushed before each call); a function
+    that raises (e.g. a tile shape the compiler rejects) gets infinity."""
     buf = _flush_buffer(device) if flush else None
     out = []
     for fn in fns:
-        fn()                                                  # compile / warm
-        fn()
+        try:
+            fn()                                              # compile / warm
+            fn()
+        except Exception:                                     # noqa: BLE001 - a variant that fails to build loses
+            out.append(float("inf"))
+            continue
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
         for s, e in zip(starts, ends):
@@ -76,11 +81,16 @@ def choose(kind: str, key: Hashable, names: Sequence[str], fns: Sequence[Callabl
     if tracing() or device.type != "cuda":
         return fallback
     times = time_candidates(fns, device)
+    _FLUSH.clear()                                             # the flush buffer is not kept between choices
+    if times[fallback] == float("inf"):
+        raise RuntimeError(f"measured_choice: the fallback {names[fallback]!r} of {kind} {key!r} failed")
     best = min(range(len(times)), key=times.__getitem__)
     if best != fallback and times[best] > (1 - MARGIN) * times[fallback]:
         best = fallback
     _TABLE[full] = best
-    _DECISIONS.append({"kind": kind, "key": repr(key), "chosen": names[best],
+    fields = list(key) if isinstance(key, tuple) else [key]
+    fields = [k if isinstance(k, (int, float, bool, str)) or k is None else str(k) for k in fields]
+    _DECISIONS.append({"kind": kind, "key": fields, "chosen": names[best],
                        "times_ms": {n: round(t, 5) for n, t in zip(names, times)}})
     return best
 
