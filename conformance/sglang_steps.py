@@ -128,7 +128,7 @@ def replay(case: dict[str, Any], steps: list, max_model_len: int) -> dict[str, A
             lay = layout.prefill_extend_layout(prompt_locs, lens, state.prefix_lens, mask_locs, K)
         else:
             lay = layout.decode_extend_layout(rtt, req, state.seq_lens, K)
-        plan = plan_step(step, K, mask_id, rtt, req)
+        plan = plan_step(step, K, mask_id)
         e = plan.expanded
         fb = ForwardBatch(forward_mode=fmode, batch_size=B, input_ids=e.input_ids, req_pool_indices=req,
                           seq_lens=lay.seq_lens, out_cache_loc=lay.out_cache_loc, seq_lens_sum=int(lay.seq_lens.sum()),

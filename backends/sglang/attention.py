@@ -46,6 +46,8 @@ class SglangAttention(nn.Module):
                            sliding_window_size=sglang_window(self.windows[i]),
                            prefix=f"{prefix}.layers.{i}.self_attn.attn")
             for i in range(cfg.num_hidden_layers))
+        windowed = [w for w in self.windows if w is not None]        # one window per drafter (cfg.sliding_window)
+        self.model_window: int | None = sglang_window(windowed[0]) if windowed else None
 
     def bind(self, forward_batch: Any) -> "_BoundAttention":
         return _BoundAttention(self, forward_batch)

@@ -40,12 +40,18 @@ class DraftPlan:
         return self.expanded.sample_rows
 
 
-def plan_step(step: StepInput, K: int, mask_token_id: int, req_to_token: Tensor, req_pool_indices: Tensor) -> DraftPlan:
-    """Expand one step for a drafter forward over SGLang's page table (block size 1)."""
-    bt, bs, mml = layout.block_table(req_to_token, req_pool_indices)
+def plan_step(step: StepInput, K: int, mask_token_id: int) -> DraftPlan:
+    """Expand one step for a drafter forward: tokens, positions, MASK / sample rows, hidden-state placement.
+
+    The expansion's slot mapping is not used: SGLang's attention writes each row's KV at the forward batch's
+    ``out_cache_loc`` (`layout.decode_extend_layout` / `layout.prefill_extend_layout`) and reads keys through
+    ``req_to_token``. So the core gets `layout.no_block_table` ([B, 1] zeros: slots meaningless, never read)
+    instead of the batch's ``req_to_token`` rows (B x context length gathered per step)."""
+    B = int(step.query_start_loc.shape[0]) - 1
+    bt, bs, mml = layout.no_block_table(B, step.token_ids.device)
     impl = "auto" if step.token_ids.device.type == "cuda" else "torch"
     expanded = expand_metadata(step.token_ids, step.positions, step.query_start_loc, step.num_rejected,
-                               step.next_token_ids, K, int(mask_token_id), bt.to(torch.int64), bs, mml, impl=impl)
+                               step.next_token_ids, K, int(mask_token_id), bt, bs, mml, impl=impl)
     return DraftPlan(K=K, aux_hidden=step.aux_hidden, expanded=expanded)
 
 

@@ -42,6 +42,13 @@ def alloc_len_per_decode(K: int, stock: int) -> int:
     return max(int(stock), decode_window(K))
 
 
+def prefill_scratch_slots(K: int) -> int:
+    """KV slots one request's prefill draft step takes beyond its prompt: its K-1 MASK rows (scratch, freed
+    after the forward; their positions lie past the prompt)."""
+    _check_k(K)
+    return K - 1
+
+
 def _check_k(K: int) -> None:
     if isinstance(K, bool) or not isinstance(K, int) or K < 1:
         raise ValueError(f"K = {K!r}; expected an integer >= 1 (speculative_num_steps)")
@@ -122,10 +129,17 @@ def draft_extend_cache_locs(req_to_token: Tensor, req_pool_indices: Tensor, seq_
 
 
 def block_table(req_to_token: Tensor, req_pool_indices: Tensor) -> tuple[Tensor, int, int]:
-    """(block_table [B, max_context], block_size 1, max_model_len) of the core's expansion for SGLang's
-    token-level page table."""
+    """(block_table [B, max_context], block_size 1, max_model_len): SGLang's token-level page table as the
+    core's block table. The worker does not use it (see `no_block_table`); the tests check with it that the
+    worker's cache locations are the slots the core's rule gives."""
     bt = req_to_token[_as_long(req_pool_indices)]
     return bt, 1, int(bt.shape[1])
+
+
+def no_block_table(B: int, device: torch.device | str) -> tuple[Tensor, int, int]:
+    """(block_table [B, 1] zeros, block_size 1, max_model_len 1) for an expansion whose slot mapping is not
+    used: the slots come out meaningless (padding or 0), and nothing of size B x context length is gathered."""
+    return torch.zeros((B, 1), dtype=torch.int64, device=device), 1, 1
 
 
 # ---------------------------------------------------------------------------------------------- prefill
@@ -196,6 +210,6 @@ def prefill_extend_layout(prompt_locs: Tensor, extend_lens: Tensor, prefix_lens:
                         seq_lens=_as_long(prefix_lens) + new_ext, out_cache_loc=out.to(torch.int64))
 
 
-__all__ = ["decode_window", "alloc_len_per_decode", "verify_positions", "verify_tokens", "chain_retrieve_indices",
-           "decode_step_input", "select_index", "draft_extend_cache_locs", "block_table", "prefill_step_input",
+__all__ = ["decode_window", "alloc_len_per_decode", "prefill_scratch_slots", "verify_positions", "verify_tokens", "chain_retrieve_indices",
+           "decode_step_input", "select_index", "draft_extend_cache_locs", "block_table", "no_block_table", "prefill_step_input",
            "prefill_mask_positions", "ExtendLayout", "decode_extend_layout", "prefill_extend_layout"]

@@ -104,7 +104,11 @@ class PedagleSglangDrafter(nn.Module):
         return None
 
     def get_attention_sliding_window_size(self) -> int | None:
-        return None
+        """SGLang's model-level sliding window (its ``sliding_window_size`` convention, `attention.sglang_window`)
+        of the drafter's windowed layers, None when every layer attends fully. SGLang's draft runner reads it at
+        load time (``resolve_sliding_window_size``); attention backends size their window metadata from it
+        (Triton, FlashInfer) while each ``RadixAttention`` layer carries its own window."""
+        return self.attn.model_window
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, forward_batch: Any, **kwargs: Any):
         """One drafter forward over ``forward_batch`` (its rows = the plan's expanded rows)."""

@@ -6,7 +6,7 @@
    changes anything (SGLang logs a raising plugin and goes on without it; ``PEAGLE`` is then unknown);
 2. registers ``PEAGLE`` with ``SpeculativeAlgorithm.register`` (``spec_class`` = `spec_algo.PEagleSpecAlgo`,
    server-argument validation, a factory that imports the worker lazily, in the scheduler only);
-3. registers three ``HookRegistry`` hooks, applied by SGLang's ``load_plugins()`` right after the plugins ran
+3. registers four ``HookRegistry`` hooks, applied by SGLang's ``load_plugins()`` right after the plugins ran
    (each is a no-op unless the speculative algorithm is PEAGLE):
 
    * ``ModelConfig._config_draft_model`` (AFTER): the drafter's ``ModelConfig`` gets the architecture
@@ -15,7 +15,10 @@
    * ``allocation_sizing.get_alloc_len_per_decode`` (AROUND): at least 2K KV slots per decode step, the
      window of the one-forward draft step (``layout.alloc_len_per_decode``);
    * ``allocation_sizing.get_req_to_token_extra_context_len`` (AROUND): ``req_to_token`` rows wide enough
-     for that reserve.
+     for that reserve;
+   * ``BaseTokenToKVPoolAllocator.request_slot_reserve`` (AROUND): K-1 more KV slots per admitted prefill
+     request, the scratch slots of the MASK rows of the prefill draft step, so the scheduler's admission
+     budget keeps them free (with the prefix cache evicted for them, as SGLang's own allocations do).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ HOOK_TARGETS = {
     "draft_arch": "sglang.srt.configs.model_config.ModelConfig._config_draft_model",
     "alloc_len": "sglang.srt.mem_cache.allocation_sizing.get_alloc_len_per_decode",
     "row_extra": "sglang.srt.mem_cache.allocation_sizing.get_req_to_token_extra_context_len",
+    "slot_reserve": "sglang.srt.mem_cache.allocator.base.BaseTokenToKVPoolAllocator.request_slot_reserve",
 }
 
 _lock = threading.RLock()
@@ -117,6 +121,17 @@ def _row_extra_hook(original_fn: Any, *args: Any, **kwargs: Any) -> int:
     return max(int(stock), int(get_alloc_reserve_per_decode()) + 4)
 
 
+def _slot_reserve_hook(original_fn: Any, *args: Any, **kwargs: Any) -> int:
+    """AROUND ``request_slot_reserve``: the stock extra slots of a request being admitted, plus the K-1
+    scratch slots its prefill draft step takes (`prefill_scratch_slots`)."""
+    stock = original_fn(*args, **kwargs)
+    if not peagle_active():
+        return stock
+    from .layout import prefill_scratch_slots
+
+    return int(stock) + prefill_scratch_slots(current_k())
+
+
 def install_model_class() -> None:
     """Register `model.PedagleSglangDrafter` in SGLang's ModelRegistry (idempotent)."""
     from sglang.srt.models.registry import ModelRegistry
@@ -134,6 +149,7 @@ def _register_hooks() -> None:
     HookRegistry.register(HOOK_TARGETS["draft_arch"], _draft_arch_hook, HookType.AFTER)
     HookRegistry.register(HOOK_TARGETS["alloc_len"], _alloc_len_hook, HookType.AROUND)
     HookRegistry.register(HOOK_TARGETS["row_extra"], _row_extra_hook, HookType.AROUND)
+    HookRegistry.register(HOOK_TARGETS["slot_reserve"], _slot_reserve_hook, HookType.AROUND)
 
 
 # ---------------------------------------------------------------------------------------------- entry point

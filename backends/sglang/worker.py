@@ -31,6 +31,7 @@ from typing import Any, Optional
 import torch
 
 from sglang.srt.managers.schedule_batch import ScheduleBatch
+from sglang.srt.mem_cache.common import evict_from_tree_cache
 from sglang.srt.model_executor.forward_batch_info import CaptureHiddenMode, ForwardBatch
 from sglang.srt.runtime_context import get_device, get_parallel, get_schedule, get_spec
 from sglang.srt.speculative.base_spec_worker import BaseSpecWorker
@@ -79,25 +80,63 @@ def check_runtime(page_size: int, tp_size: int, pp_size: int, topk: int, num_ste
                                  "with: " + "; ".join(problems))
 
 
-def configure_target_capture(target_model: Any, aux_layer_ids: tuple[int, ...] | None) -> list[int]:
-    """Make the target capture pedagle's aux hidden states: id i = the residual stream ENTERING layer i (vLLM's
-    convention, which pedagle heads are trained with). SGLang's ``set_eagle3_layers_to_capture(ids)`` captures
-    the stream entering layer i + 1, so it gets ``i - 1``. Returns the captured layer ids."""
+def target_capture_ids(target_model: Any, aux_layer_ids: tuple[int, ...] | None) -> list[int]:
+    """The aux layer ids pedagle's head reads, in pedagle's (vLLM's) convention: id i = the residual stream
+    ENTERING target layer i (the head's ``aux_layer_ids``, else pedagle's default for the target depth)."""
     from pedagle_core.engine.target import default_aux_layer_ids
 
-    setter = getattr(target_model, "set_eagle3_layers_to_capture", None)
-    if setter is None:
-        raise PEagleRuntimeError(f"the target model {type(target_model).__name__} cannot capture EAGLE-3 aux hidden "
-                                 "states (no set_eagle3_layers_to_capture)")
     L = int(target_model.config.num_hidden_layers)
-    ids = tuple(sorted(set(aux_layer_ids))) if aux_layer_ids else default_aux_layer_ids(L)
-    setter([i - 1 for i in ids])
-    inner = getattr(target_model, "model", None)
-    captured = getattr(inner, "layers_to_capture", None)
-    if captured is not None and sorted(captured) != list(ids):
-        raise PEagleRuntimeError(f"the target captures aux hidden states entering layers {sorted(captured)}; pedagle "
-                                 f"expected {list(ids)}")
-    return list(ids)
+    ids = list(sorted(set(aux_layer_ids))) if aux_layer_ids else list(default_aux_layer_ids(L))
+    bad = [i for i in ids if not 0 <= i < L]
+    if bad:
+        raise PEagleRuntimeError(f"the drafter's aux_layer_ids {ids} name layers {bad} outside the target's "
+                                 f"{L} layers (expected ids in [0, {L}))")
+    return ids
+
+
+def sglang_capture_ids(ids: list[int]) -> list[int]:
+    """SGLang's EAGLE-3 layer ids for pedagle's ids: SGLang's ``set_eagle3_layers_to_capture(j)`` captures the
+    stream entering layer j + 1, so pedagle's id i is SGLang's i - 1."""
+    return [i - 1 for i in ids]
+
+
+def captured_layers(target_model: Any) -> list[int] | None:
+    """The layers the target model captures aux hidden states at (the stream entering each), or None when the
+    model does not say."""
+    captured = getattr(getattr(target_model, "model", None), "layers_to_capture", None)
+    return None if captured is None else sorted(int(i) for i in captured)
+
+
+def configure_target_capture(target_runner: Any, aux_layer_ids: tuple[int, ...] | None) -> list[int]:
+    """Make the target capture pedagle's aux hidden states (`target_capture_ids`), and keep it so.
+
+    SGLang sets the target's capture layers itself in ``ModelRunner.init_attention_backends``
+    (``configure_aux_hidden_state_capture``, before the target's CUDA graphs), from
+    ``model_runner.spec_aux_config.eagle_aux_hidden_state_layer_ids`` — which it read from the drafter
+    config's ``eagle_config`` in SGLang's convention. The scheduler calls that AFTER the draft worker is
+    built, so setting the model alone would be undone; this rewrites the runner's ``spec_aux_config`` (what
+    SGLang applies, at start-up and on any later re-initialisation) and sets the model now. Returns the ids."""
+    model = target_runner.model
+    if getattr(model, "set_eagle3_layers_to_capture", None) is None:
+        raise PEagleRuntimeError(f"the target model {type(model).__name__} cannot capture EAGLE-3 aux hidden "
+                                 "states (no set_eagle3_layers_to_capture)")
+    ids = target_capture_ids(model, aux_layer_ids)
+    aux_cfg = getattr(target_runner, "spec_aux_config", None)
+    if aux_cfg is not None:
+        aux_cfg.eagle_use_aux_hidden_state = True
+        aux_cfg.eagle_aux_hidden_state_layer_ids = sglang_capture_ids(ids)
+    model.set_eagle3_layers_to_capture(sglang_capture_ids(ids))
+    check_target_capture(model, ids)
+    return ids
+
+
+def check_target_capture(target_model: Any, ids: list[int]) -> None:
+    """Raise unless the target captures exactly pedagle's ``ids``."""
+    captured = captured_layers(target_model)
+    if captured is not None and captured != sorted(ids):
+        raise PEagleRuntimeError(f"the target captures aux hidden states entering layers {captured}; the pedagle "
+                                 f"drafter reads {sorted(ids)} (something re-set the target's EAGLE-3 capture "
+                                 "layers after the PEAGLE worker configured them)")
 
 
 def record_fields(kind: str, batch: Any, K: int, drafts: torch.Tensor, **extra: Any) -> dict[str, Any]:
@@ -127,15 +166,13 @@ class PEagleDraftWorker(EagleDraftWorker):
             raise PEagleRuntimeError(f"the draft model is {type(model).__name__}, not pedagle's drafter: the pedagle "
                                      "plugin's hooks were not applied in this process (is SGLANG_PLUGINS excluding "
                                      "'pedagle'?)")
-        if self.draft_runner.kv_index_translator.is_translating:
-            raise PEagleRuntimeError("KV index translation (hierarchical / virtual KV ids) is not supported")
         self.model: PedagleSglangDrafter = model
         self.drafter = model.drafter
         self.K = int(self.speculative_num_steps)
         self.mask_token_id = drafter_mask_token(self.drafter, self.K)
-        self.aux_layer_ids = configure_target_capture(target_worker.model_runner.model,
-                                                      self.drafter.config.aux_layer_ids)
+        self.aux_layer_ids = configure_target_capture(target_worker.model_runner, self.drafter.config.aux_layer_ids)
         self.recorder = DraftRecordWriter() if os.environ.get(RECORD_ENV) else None
+        self._config_recorded = False
         self._last_verify: Optional[tuple[torch.Tensor, torch.Tensor]] = None
         logger.info("pedagle: %s with K = %d (one drafter forward per step), aux layers %s", ALGORITHM, self.K,
                     self.aux_layer_ids)
@@ -161,6 +198,12 @@ class PEagleDraftWorker(EagleDraftWorker):
         if self.draft_extend_attn_backend is not None:
             self.draft_runner.attn_backend = self.draft_extend_attn_backend
         self.tree_mask_mode = default_tree_mask_mode()
+        # Both run here, not in __init__: SGLang builds the draft runner's KV index translator in
+        # alloc_memory_pool, and the scheduler initialises the target's attention backends (which re-set its
+        # aux capture layers from spec_aux_config) just before this, before any CUDA graph is captured.
+        if self.draft_runner.kv_index_translator.is_translating:
+            raise PEagleRuntimeError("KV index translation (hierarchical / virtual KV ids) is not supported")
+        check_target_capture(self.target_worker.model_runner.model, self.aux_layer_ids)
 
     def _capture_cuda_graphs(self):
         self.cuda_graph_runner = None                  # no draft-decode loop
@@ -185,6 +228,35 @@ class PEagleDraftWorker(EagleDraftWorker):
         if bonus_tokens is not None:
             di.bonus_tokens = bonus_tokens
         return di
+
+    def _alloc_scratch(self, batch: ScheduleBatch, n: int) -> torch.Tensor:
+        """``n`` KV slots for the MASK rows of a prefill draft step (freed after the forward). As SGLang's own
+        allocations do, evict from the prefix (radix) cache first; the scheduler's prefill admission has
+        reserved these slots (the plugin's ``request_slot_reserve`` hook: K-1 per admitted request)."""
+        evict_from_tree_cache(getattr(batch, "tree_cache", None), n)
+        slots = self.token_to_kv_pool_allocator.alloc(n)
+        if slots is None:
+            raise PEagleRuntimeError(
+                f"no free KV slots for the {n} MASK rows of a prefill draft step even after evicting the prefix "
+                f"cache ({self.token_to_kv_pool_allocator.available_size()} free); the prefill admission should "
+                "have reserved them (is the pedagle plugin's request_slot_reserve hook applied?)")
+        return slots
+
+    def _record_config(self, batch: ScheduleBatch) -> None:
+        """First record of a run (when recording): what the engine is running with, read back from SGLang's
+        objects — the target's aux capture layers (pedagle's convention), the drafter's aux ids, K, the draft
+        runner's sliding window."""
+        if self.recorder is None or self._config_recorded:
+            return
+        self._config_recorded = True
+        tc = getattr(batch, "tree_cache", None)
+        self.recorder.write({"kind": "config", "K": self.K, "aux_layer_ids": list(self.aux_layer_ids),
+                             "target_layers_to_capture": captured_layers(self.target_worker.model_runner.model),
+                             "draft_sliding_window_size": getattr(self.draft_runner, "sliding_window_size", None),
+                             "layer_windows": [self.drafter.config.layer_window(i)
+                                               for i in range(self.drafter.config.num_hidden_layers)],
+                             "radix_cache": bool(tc is not None and tc.supports_prefix_sharing()),
+                             "prefix_cache": type(tc).__name__})
 
     def _run_drafter(self, forward_batch: ForwardBatch, B: int) -> torch.Tensor:
         logits = self.draft_runner.forward(forward_batch).logits_output.next_token_logits
@@ -229,9 +301,7 @@ class PEagleDraftWorker(EagleDraftWorker):
         seq_lens = batch.seq_lens.to(torch.int64)                   # prompt length after this extend
         scratch = None
         if K > 1:
-            scratch = self.token_to_kv_pool_allocator.alloc(B * (K - 1))
-            if scratch is None:
-                raise PEagleRuntimeError(f"no free KV slots for the {B * (K - 1)} MASK rows of a prefill draft step")
+            scratch = self._alloc_scratch(batch, B * (K - 1))
             mask_locs = scratch.to(torch.int64).view(B, K - 1)
             mpos = layout.prefill_mask_positions(seq_lens, K)
             self.req_to_token[batch.req_pool_indices.to(torch.int64)[:, None], mpos] = mask_locs.to(
@@ -239,7 +309,7 @@ class PEagleDraftWorker(EagleDraftWorker):
         else:
             mask_locs = torch.zeros((B, 0), dtype=torch.int64, device=dev)
         try:
-            plan = plan_step(step, K, self.mask_token_id, self.req_to_token, batch.req_pool_indices)
+            plan = plan_step(step, K, self.mask_token_id)
             lay = layout.prefill_extend_layout(batch.out_cache_loc, extend_lens, prefix_lens, mask_locs, K)
             fb = self._prefill_forward_batch(batch, plan, lay, target_hidden_states)
             drafts = self._run_drafter(fb, B)
@@ -247,7 +317,10 @@ class PEagleDraftWorker(EagleDraftWorker):
             if scratch is not None:
                 self.token_to_kv_pool_allocator.free(scratch)
         if self.recorder is not None:
-            self.recorder.write(record_fields("prefill", batch, K, drafts, seq_lens=seq_lens, next_token_ids=tail))
+            self._record_config(batch)
+            chunked = [r is getattr(batch, "chunked_req", None) for r in batch.reqs]   # not its last chunk
+            self.recorder.write(record_fields("prefill", batch, K, drafts, seq_lens=seq_lens, next_token_ids=tail,
+                                              chunked=chunked))
         return EagleDraftInput(topk_p=torch.ones((B, K), dtype=torch.float32, device=dev), topk_index=drafts,
                                hidden_states=None, bonus_tokens=next_token_ids, num_tokens_per_req=1,
                                num_tokens_for_logprob_per_req=1, capture_hidden_mode=CaptureHiddenMode.NULL)
@@ -300,7 +373,7 @@ class PEagleDraftWorker(EagleDraftWorker):
             new_bonus = nxt.bonus_tokens.to(torch.int64)
         aux = batch_result.logits_output.hidden_states
         step = layout.decode_step_input(bonus, drafts, batch.seq_lens, accept_lens, new_bonus, aux)
-        plan = plan_step(step, K, self.mask_token_id, self.req_to_token, batch.req_pool_indices)
+        plan = plan_step(step, K, self.mask_token_id)
         lay = layout.decode_extend_layout(self.req_to_token, batch.req_pool_indices, batch.seq_lens, K)
         width = layout.decode_window(K)
         spec = EagleDraftExtendInput(hidden_states=aux, num_correct_drafts=(accept_lens - 1).to(torch.int32),

@@ -102,7 +102,7 @@ class SglangSide:
         from sglang.srt.model_executor.forward_batch_info import ForwardBatch
         from sglang.srt.model_executor.forward_context import ForwardContext, forward_context
 
-        plan = plan_step(step, K, MASK_ID, self.rtt, self.req)
+        plan = plan_step(step, K, MASK_ID)
         e = plan.expanded
         fb = ForwardBatch(forward_mode=mode, batch_size=self.B, input_ids=e.input_ids, req_pool_indices=self.req,
                           seq_lens=lay.seq_lens, out_cache_loc=lay.out_cache_loc, seq_lens_sum=int(lay.seq_lens.sum()),
