@@ -46,6 +46,19 @@ MODES = ("parallel", "autoregressive")
 #   float64  ~1e-9
 # A case may set its own ``tie_margin``; ``run --tie-margin`` overrides both.
 DEFAULT_TIE_MARGINS = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 0.1, "float64": 1e-9}
+# How a fresh recording is compared with a committed one (`compare.compare_recordings`: ``record --verify``
+# and the test suite). Ids (drafts, accepted counts, emitted tokens), the max_model_len and the model
+# fingerprints must be equal; the recorded margins (and min_margin) may differ by
+#     |fresh - committed| <= MARGIN_RTOL * |committed| + MARGIN_ATOL
+# because torch/transformers versions and thread counts change float32 reduction orders: measured between
+# transformers 5.23 and 5.24 on the bundled float32 cases, up to 1e-4 relative (1.7e-5 absolute) on margins
+# >= 0.02. MARGIN_ATOL covers margins printed with 7 significant digits near 0. The step-state file's aux
+# hidden states get STEP_STATE_RTOL / STEP_STATE_ATOL (torch.allclose; measured: up to 1.5e-5 absolute).
+# ``recorded_with`` (versions, device) is information, never compared.
+MARGIN_RTOL = 1e-3
+MARGIN_ATOL = 1e-5
+STEP_STATE_RTOL = 1e-3
+STEP_STATE_ATOL = 1e-4
 DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp64": "float64",
                  "torch.float32": "float32", "torch.float16": "float16", "torch.bfloat16": "bfloat16"}
 
@@ -262,5 +275,5 @@ def discover_cases(paths: Iterable[str | Path] | None = None, names: Iterable[st
     return sorted(cases, key=lambda c: c.name)
 
 
-__all__ = ["model_digest", "SCHEMA", "MODES", "DEFAULT_TIE_MARGINS", "Case", "CaseError", "save_case", "load_case",
+__all__ = ["model_digest", "MARGIN_RTOL", "MARGIN_ATOL", "STEP_STATE_RTOL", "STEP_STATE_ATOL", "SCHEMA", "MODES", "DEFAULT_TIE_MARGINS", "Case", "CaseError", "save_case", "load_case",
            "dumps_case", "discover_cases", "default_cases_dir", "is_case_file"]

@@ -23,12 +23,27 @@ def _add_case_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_record(args) -> int:
-    from .record import RecordError, record
+    from .record import RecordError, record, verify
 
     cases = _cases(args)
     if not cases:
         print("no cases found", file=sys.stderr)
         return 2
+    if args.verify:
+        if args.check or args.dry_run:
+            print("error: --verify writes nothing and records once; it cannot be combined with --check/--dry-run",
+                  file=sys.stderr)
+            return 2
+        try:
+            out = verify(cases, device=args.device)
+        except RecordError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        bad = [s["case"] for s in out if s["status"] in ("differs", "not recorded")]
+        print(f"{'FAIL' if bad else 'OK'}: {sum(s['status'] == 'matches' for s in out)} match the committed "
+              f"recording, {len(bad)} differ or are not recorded, "
+              f"{sum(s['status'] == 'skipped' for s in out)} skipped")
+        return 1 if bad else 0
     try:
         record(cases, device=args.device, check=args.check, write=not args.dry_run)
     except RecordError as e:
@@ -87,6 +102,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     r.add_argument("--device", default=None, help="override the cases' device (default: each case's, cpu)")
     r.add_argument("--check", action="store_true", help="record twice and fail unless identical (reproducibility)")
     r.add_argument("--dry-run", action="store_true", help="record without writing anything")
+    r.add_argument("--verify", action="store_true",
+                   help="write nothing; re-record and compare with the committed recording: ids exactly, margins "
+                        "within a relative tolerance (conformance/README.md), versions reported only")
     r.set_defaults(func=cmd_record)
 
     u = sub.add_parser("run", help="run the cases on backends and compare step by step")

@@ -219,6 +219,80 @@ def compare_e2e(expected: dict[str, Any], got: dict[str, Any], K: int, mode: str
     return out
 
 
+# ------------------------------------------------------------------------------ recording vs recording
+EXACT_FIELDS = ("output_ids", "drafts", "accepted", "accepted_per_position", "max_model_len", "models")
+
+
+@dataclass
+class RecordingDiff:
+    """A fresh recording of a case against its committed ``expected`` (see `case.MARGIN_RTOL`)."""
+
+    differences: list[str] = field(default_factory=list)     # what is meant to be stable and is not
+    max_margin_rel: float = 0.0                               # largest |fresh - committed| / |committed|
+    versions: dict[str, tuple[Any, Any]] = field(default_factory=dict)   # recorded_with entries that changed
+
+    @property
+    def ok(self) -> bool:
+        return not self.differences
+
+    def describe(self) -> str:
+        head = "matches" if self.ok else f"{len(self.differences)} difference(s)"
+        ver = ", ".join(f"{k} {a} -> {b}" for k, a, b in ((k, *v) for k, v in sorted(self.versions.items())))
+        m = (f"margins within {self.max_margin_rel:.2g} relative" if self.max_margin_rel else "margins identical")
+        return (f"{head}; {m}"
+                + (f"; recorded with other versions ({ver}; information only)" if ver else "")
+                + "".join(f"\n    {d}" for d in self.differences))
+
+
+def compare_recordings(committed: dict[str, Any], fresh: dict[str, Any], rtol: float | None = None,
+                       atol: float | None = None) -> RecordingDiff:
+    """Ids exactly, margins within ``rtol``/``atol`` (default `case.MARGIN_RTOL` / `MARGIN_ATOL`), versions
+    reported only."""
+    from .case import MARGIN_ATOL, MARGIN_RTOL
+
+    rtol = MARGIN_RTOL if rtol is None else rtol
+    atol = MARGIN_ATOL if atol is None else atol
+    out = RecordingDiff()
+    for k in EXACT_FIELDS:
+        if committed.get(k) != fresh.get(k):
+            out.differences.append(f"expected.{k} differs: committed {_brief(committed.get(k))}, "
+                                   f"recorded now {_brief(fresh.get(k))}")
+
+    def close(a: Any, b: Any, where: str) -> None:
+        if a is None or b is None:
+            if a is not b:
+                out.differences.append(f"expected.{where}: committed {a}, recorded now {b}")
+            return
+        a, b = float(a), float(b)
+        if a != b:
+            out.max_margin_rel = max(out.max_margin_rel, abs(a - b) / max(abs(a), abs(b)))
+        if abs(a - b) > rtol * abs(a) + atol:
+            out.differences.append(f"expected.{where}: committed {a:.7g}, recorded now {b:.7g} "
+                                   f"(|diff| {abs(a - b):.2g} > {rtol:g} x |committed| + {atol:g})")
+
+    cm, fm = committed.get("margins"), fresh.get("margins")
+    if _nested_shape(cm) != _nested_shape(fm):
+        out.differences.append(f"expected.margins: shape {_nested_shape(cm)} committed, {_nested_shape(fm)} now")
+    else:
+        for s, (cs, fs) in enumerate(zip(cm, fm)):
+            for r, (cr, fr) in enumerate(zip(cs, fs)):
+                for p, (a, b) in enumerate(zip(cr, fr)):
+                    close(a, b, f"margins[{s}][{r}][{p}]")
+    close(committed.get("min_margin"), fresh.get("min_margin"), "min_margin")
+    cw, fw = committed.get("recorded_with") or {}, fresh.get("recorded_with") or {}
+    out.versions = {k: (cw.get(k), fw.get(k)) for k in sorted(set(cw) | set(fw)) if cw.get(k) != fw.get(k)}
+    return out
+
+
+def _nested_shape(x: Any) -> Any:
+    return [_nested_shape(y) for y in x] if isinstance(x, list) else None
+
+
+def _brief(x: Any, n: int = 80) -> str:
+    t = repr(x)
+    return t if len(t) <= n else t[: n - 3] + "..."
+
+
 def _shape(x: Any) -> str:
     if not isinstance(x, list):
         return repr(type(x).__name__)
@@ -235,4 +309,4 @@ def resync_prompt(prompt: list[int], expected: dict[str, Any], r: int, s: int) -
     return list(prompt) + [int(t) for t in out[: n - 1]], n - 1
 
 
-__all__ = ["Mismatch", "Comparison", "compare_e2e", "compare_steps", "compare_step_drafts", "resync_prompt"]
+__all__ = ["Mismatch", "Comparison", "RecordingDiff", "compare_recordings", "compare_e2e", "compare_steps", "compare_step_drafts", "resync_prompt"]

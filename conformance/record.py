@@ -13,7 +13,10 @@ the step inputs the engine hands to the drafter. The case JSON gets ``expected``
     models                 short sha256 of the target's and the drafter's config + weights
 
 and the step inputs go to ``<case>.steps.safetensors`` beside it (``step_state``). ``--check`` records
-every case twice and fails unless both recordings are identical (JSON text and step-state bytes).
+every case twice and fails unless both recordings are identical (JSON text and step-state bytes: in one
+environment the reference is deterministic). ``--verify`` (`verify`) re-records without writing and
+compares with the committed recording the way recordings made in other environments compare: ids
+exactly, margins within `case.MARGIN_RTOL`, versions as information only.
 """
 
 from __future__ import annotations
@@ -148,6 +151,66 @@ def record(cases: list[Case], device: str | None = None, check: bool = False, wr
     return summaries
 
 
+def verify(cases: list[Case], device: str | None = None, log=print) -> list[dict[str, Any]]:
+    """Re-record every case (writing nothing) and compare with its committed expectation and step-state
+    file: ids exactly, margins and aux hidden states within the tolerances of `case.MARGIN_RTOL` /
+    `case.STEP_STATE_RTOL`, versions only reported. Returns one summary per case (``status``: "matches",
+    "differs", "skipped" or "not recorded")."""
+    from .compare import compare_recordings
+
+    summaries = []
+    for case in cases:
+        missing = case.missing_models()
+        if missing or case.expected is None:
+            status = "skipped" if missing else "not recorded"
+            reason = f"model directories missing ({', '.join(missing)})" if missing else "no expected result"
+            log(f"{status:<7} {case.name}: {reason}")
+            summaries.append({"case": case.name, "status": status, "reason": reason})
+            continue
+        fresh, steps, _ = record_case(case, device)
+        diff = compare_recordings(case.expected, fresh)
+        step_diffs = _compare_step_states(case, steps)
+        diff.differences += step_diffs
+        status = "matches" if diff.ok else "differs"
+        log(f"{status:<7} {case.name}: {diff.describe()}")
+        summaries.append({"case": case.name, "status": status, "differences": diff.differences,
+                          "max_margin_rel": diff.max_margin_rel,
+                          "versions": {k: list(v) for k, v in diff.versions.items()}})
+    return summaries
+
+
+def _compare_step_states(case: Case, steps: list) -> list[str]:
+    """The committed step-state file against freshly captured step inputs."""
+    from .case import STEP_STATE_ATOL, STEP_STATE_RTOL
+    from .stepstate import FIELDS, load_steps
+
+    path = case.step_state_path
+    if path is None or not path.is_file():
+        return [f"step_state: {path or '(none)'} missing"]
+    saved, _ = load_steps(path)
+    if len(saved) != len(steps):
+        return [f"{path.name}: {len(saved)} steps committed, {len(steps)} recorded now"]
+    out = []
+    for j, (a, b) in enumerate(zip(saved, steps)):
+        for f in FIELDS:
+            x, y = getattr(a, f), getattr(b, f)
+            if x is None or y is None:
+                if (x is None) != (y is None):
+                    out.append(f"{path.name}: step {j} field {f}: present in one of the two only")
+                continue
+            if x.shape != y.shape or x.dtype != y.dtype:
+                out.append(f"{path.name}: step {j} field {f}: {x.dtype}{list(x.shape)} committed, "
+                           f"{y.dtype}{list(y.shape)} now")
+            elif x.is_floating_point():
+                if not torch.allclose(x.float(), y.float(), rtol=STEP_STATE_RTOL, atol=STEP_STATE_ATOL):
+                    d = float((x.float() - y.float()).abs().max())
+                    out.append(f"{path.name}: step {j} field {f}: max |diff| {d:.2g} beyond rtol "
+                               f"{STEP_STATE_RTOL:g}, atol {STEP_STATE_ATOL:g}")
+            elif not torch.equal(x, y):
+                out.append(f"{path.name}: step {j} field {f} differs (ids must be equal)")
+    return out
+
+
 def _steps_meta(case: Case, expected: dict[str, Any]) -> dict[str, Any]:
     return {"case": case.name, "K": case.K, "mode": case.mode, "max_model_len": expected["max_model_len"],
             "dtype": case.dtype_name}
@@ -163,4 +226,4 @@ def _steps_digest(steps, case: Case, expected: dict[str, Any]) -> str:
         return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
-__all__ = ["record", "record_case", "RecordError"]
+__all__ = ["record", "record_case", "verify", "RecordError"]
