@@ -1,21 +1,32 @@
 #!/usr/bin/env bash
-# Create (idempotently) the virtual environment in which pedagle's SGLang backend is tested on a CPU machine:
+# Create (idempotently) the virtual environment in which pedagle's SGLang backend is tested on a CPU machine,
+# SGLang's engine included:
 #   bash .ci/setup_sglang_env.sh VENV_DIR
-# Skips everything when VENV_DIR already imports SGLang's Python API at the pinned version, torch at the pin,
-# transformers at the pin, and pedagle (editable, pointing at this checkout, with its sglang plugin entry point).
+# Skips everything when VENV_DIR already has SGLang, torch and transformers at their pins, the modules SGLang's
+# CPU engine imports, pedagle's CPU `sgl_kernel` test package and pedagle (both editable, pointing at this
+# checkout, with the sglang plugin entry point).
 #
-# What this environment can and cannot do (see backends/sglang/README.md): SGLang 0.5.23's scheduler, model
-# forward and attention backends need `sgl_kernel` ops, published only as CUDA wheels, so no SGLang engine
-# runs on a CPU-only machine. Its Python API (plugins, speculative-algorithm registry, ServerArgs, worker
-# classes, ForwardBatch) imports and runs, which is what tests/sglang exercises.
+# SGLang 0.5.23's CPU engine (`SGLANG_USE_CPU_ENGINE=1`, `sglang.Engine(..., device="cpu")`) calls ops of the
+# `sgl_kernel` package, which PyPI publishes only as CUDA builds. tests/sgl_kernel_cpu is pedagle's own plain-
+# PyTorch implementation of the ops the engine uses for dense Llama/Qwen3 targets with EAGLE-style speculation;
+# it is installed here (import name `sgl_kernel`) and nowhere else.
 #
 # Order matters:
-#   1. torch==2.14.1 + torchvision==0.29.1 first, from local disk (find-links / the local index): SGLang 0.5.23
-#      pins torch==2.14.1, and its configs/ import torchvision unconditionally, so they must match.
-#   2. sglang==0.5.23 with --no-deps: its published dependencies are CUDA-only (flashinfer, sgl-kernel, ...).
-#   3. the light dependencies its Python API needs at import time, under a constraints file that holds torch,
-#      torchvision and transformers at their pins (so nothing swaps torch for another build).
-#   4. pedagle itself, editable, --no-deps, plus its light dependencies and the test tools.
+#   1. torch==2.14.1 + torchvision==0.29.1 from local disk, transformers at SGLang's pin. SGLang's configs/ import
+#      torchvision unconditionally (configs/deepseek_ocr.py via utils/hf_transformers/common.py), so torch and
+#      torchvision must match. This is torch's CUDA wheel, with its nvidia-* libraries (~3 GB), although nothing
+#      here uses a GPU. The CPU alternatives were tried and fail (2026-12-02):
+#        - torch 2.14.1 installed --no-deps: `import torch` fails (libcudnn.so.9 not found; libtorch_cuda links
+#          every nvidia library);
+#        - torch 2.13.0+cpu (/opt/wheels) + torchvision 0.28.0 (the only build on PyPI / local disk is the CUDA
+#          one): torchvision's _C.so needs libtorch_cuda.so, so `import torchvision` raises "operator
+#          torchvision::nms does not exist"; without torchvision SGLang's config loading fails to import; a
+#          CPU torchvision (download.pytorch.org/whl/cpu) is not reachable from CI.
+#   2. sglang==0.5.23 with --no-deps: its published dependency set is CUDA-only (flashinfer, sglang-kernel, ...).
+#   3. what SGLang's Python API and its CPU engine (tokenizer manager, scheduler, detokenizer, grammar backend,
+#      model loader) import, under a constraints file that holds torch, torchvision and transformers at their pins.
+#   4. pedagle's CPU `sgl_kernel` test package and pedagle itself, editable, --no-deps, plus test tools.
+# pip's output goes to VENV/setup.log, shown only on failure.
 set -euo pipefail
 
 VENV="${1:?usage: setup_sglang_env.sh VENV_DIR}"
@@ -30,20 +41,30 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 check() {
     [ -x "$VENV/bin/python" ] || return 1
     (cd / && SGLANG_VERSION="$SGLANG_VERSION" TORCH_VERSION="$TORCH_VERSION" \
-      TRANSFORMERS_VERSION="$TRANSFORMERS_VERSION" REPO="$REPO" "$VENV/bin/python" - <<'EOF'
+      TRANSFORMERS_VERSION="$TRANSFORMERS_VERSION" REPO="$REPO" SGLANG_USE_CPU_ENGINE=1 "$VENV/bin/python" - <<'EOF'
 import os, importlib.metadata as md, pathlib
 assert md.version("sglang") == os.environ["SGLANG_VERSION"], "sglang version"
 assert md.version("torch").split("+")[0] == os.environ["TORCH_VERSION"], "torch version"
 assert md.version("transformers") == os.environ["TRANSFORMERS_VERSION"], "transformers version"
 import pytest, pluggy, safetensors, tokenizers, tqdm  # noqa: F401
-# SGLang's Python API, the modules the backend and its tests use
+repo = pathlib.Path(os.environ["REPO"]).resolve()
+# pedagle's CPU sgl_kernel, from this checkout
+import sgl_kernel
+assert pathlib.Path(sgl_kernel.__file__).resolve().is_relative_to(repo), "sgl_kernel from this checkout"
+# SGLang's Python API and the modules its CPU engine's processes import
 import sglang.srt.plugins  # noqa: F401
 from sglang.srt.speculative.spec_info import SpeculativeAlgorithm  # noqa: F401
 from sglang.srt.speculative import spec_registry, eagle_worker_v2, eagle_info  # noqa: F401
 from sglang.srt.server_args import ServerArgs  # noqa: F401
 from sglang.srt.model_executor.forward_batch_info import ForwardBatch  # noqa: F401
+from sglang.srt.entrypoints.engine import Engine  # noqa: F401
+import sglang.srt.managers.scheduler, sglang.srt.managers.tokenizer_manager  # noqa: F401,E401
+import sglang.srt.managers.detokenizer_manager, sglang.srt.model_executor.model_runner  # noqa: F401,E401
+import sglang.srt.layers.attention.intel_amx_backend  # noqa: F401
+import sglang.srt.models.llama, sglang.srt.models.qwen3, sglang.srt.models.llama_eagle3  # noqa: F401,E401
+import xgrammar, llguidance  # noqa: F401,E401
 import pedagle_core
-assert pathlib.Path(pedagle_core.__file__).resolve().is_relative_to(pathlib.Path(os.environ["REPO"]).resolve())
+assert pathlib.Path(pedagle_core.__file__).resolve().is_relative_to(repo)
 eps = md.entry_points(group="sglang.srt.plugins")
 assert any(ep.name == "pedagle" for ep in eps), "pedagle SGLang plugin entry point"
 import pedagle_conformance, pedagle_backends.sglang  # noqa: F401  (the package-dir mapping of this checkout)
@@ -52,49 +73,65 @@ EOF
 }
 
 if check; then
-    echo "setup_sglang_env: $VENV already usable (sglang $SGLANG_VERSION, torch $TORCH_VERSION); nothing to do"
+    echo "setup_sglang_env: $VENV already usable (sglang $SGLANG_VERSION engine on CPU, torch $TORCH_VERSION); nothing to do"
     exit 0
 fi
 
 start=$(date +%s)
+mkdir -p "$VENV"
+LOG="$VENV/setup.log"
+: >"$LOG"
+fail() {
+    echo "setup_sglang_env: $1 failed; pip's log ($LOG), last lines:" >&2
+    tail -n 60 "$LOG" >&2
+    exit 1
+}
 if [ ! -x "$VENV/bin/python" ]; then
-    "$PY" -m venv "$VENV"
+    "$PY" -m venv "$VENV" >>"$LOG" 2>&1 || fail "python -m venv"
 fi
-PIP=("$VENV/bin/python" -m pip)
-CONSTRAINTS="$(mktemp)"
-trap 'rm -f "$CONSTRAINTS"' EXIT
+pip_log() { "$VENV/bin/python" -m pip "$@" >>"$LOG" 2>&1; }
+CONSTRAINTS="$VENV/pins.txt"
 printf 'torch==%s\ntorchvision==%s\ntransformers==%s\n' "$TORCH_VERSION" "$TORCHVISION_VERSION" "$TRANSFORMERS_VERSION" \
     >"$CONSTRAINTS"
 
-"${PIP[@]}" install -q --upgrade "pip>=24" setuptools wheel
+pip_log install --upgrade "pip>=24" setuptools wheel || fail "pip upgrade"
 # 1. torch + torchvision (local disk), transformers at SGLang's pin
-"${PIP[@]}" install -q "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" "transformers==$TRANSFORMERS_VERSION"
+pip_log install "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" "transformers==$TRANSFORMERS_VERSION" \
+    || fail "torch/torchvision/transformers"
 # 2. SGLang without its (CUDA-only) dependency set
-"${PIP[@]}" install -q --no-deps "sglang==$SGLANG_VERSION"
-# 3. what SGLang's Python API imports (sglang.srt.server_args, speculative/*, managers/schedule_batch, ...).
+pip_log install --no-deps "sglang==$SGLANG_VERSION" || fail "sglang"
+# 3. what SGLang's API and CPU engine import (found by starting the engine).
 #    NB: `attrs`, never the unrelated PyPI package `attr` (it breaks aiohttp).
-"${PIP[@]}" install -q -c "$CONSTRAINTS" \
+pip_log install -c "$CONSTRAINTS" \
     orjson psutil pybase64 requests urllib3 certifi starlette msgspec pyzmq ipython traitlets \
-    aiohttp multidict attrs yarl propcache aiohappyeyeballs aiosignal frozenlist dill apache-tvm-ffi \
-    sentencepiece compressed-tensors loguru gguf einops openai sniffio partial-json-parser setproctitle \
-    uvicorn fastapi uvloop opentelemetry-api pydantic
-# 4. pedagle (editable, this checkout) and its light dependencies + test tools
-"${PIP[@]}" install -q -e "$REPO" --no-deps
-"${PIP[@]}" install -q -c "$CONSTRAINTS" "safetensors>=0.4" "pluggy>=1.3" "tokenizers>=0.20" numpy tqdm \
-    "pytest>=8" "hypothesis>=6"
+    aiohttp multidict attrs yarl propcache aiohappyeyeballs aiosignal frozenlist dill "apache-tvm-ffi==0.1.11" \
+    "sentencepiece==0.2.1" "compressed-tensors==0.18.0" loguru gguf einops "openai==2.8.0" sniffio partial-json-parser \
+    setproctitle "uvicorn>=0.51" fastapi uvloop opentelemetry-api pydantic \
+    "xgrammar==0.2.7" "llguidance>=1.7.6,<2" tiktoken "blobfile==3.0.0" python-multipart "prometheus-client>=0.20" \
+    xxhash zstandard "openai-harmony==0.0.4" "numba==0.65.1" interegular pillow scipy regex python-dateutil \
+    distro easydict packaging "tokenizers==0.23.2" anthropic watchfiles nvidia-ml-py \
+    || fail "SGLang's engine dependencies"
+# 4. pedagle's CPU sgl_kernel test package and pedagle (editable, this checkout), their light dependencies, test tools
+pip_log install -e "$REPO/tests/sgl_kernel_cpu" --no-deps || fail "pedagle-sgl-kernel-cpu"
+pip_log install -e "$REPO" --no-deps || fail "pedagle (editable)"
+pip_log install -c "$CONSTRAINTS" "safetensors>=0.4" "pluggy>=1.3" numpy tqdm "pytest>=8" "hypothesis>=6" \
+    || fail "pedagle's dependencies"
 
 if ! check; then
     echo "setup_sglang_env: $VENV failed its check after install:" >&2
-    "$VENV/bin/python" - <<'EOF' >&2 || true
+    (cd / && SGLANG_USE_CPU_ENGINE=1 "$VENV/bin/python" - <<'EOF' >&2) || true
 import importlib.metadata as md, traceback
-for p in ("sglang", "torch", "torchvision", "transformers"):
+for p in ("sglang", "torch", "torchvision", "transformers", "pedagle-sgl-kernel-cpu", "pedagle"):
     try:
         print(p, md.version(p))
     except md.PackageNotFoundError:
         print(p, "MISSING")
 try:
-    from sglang.srt.server_args import ServerArgs  # noqa: F401
-    from sglang.srt.speculative import eagle_worker_v2  # noqa: F401
+    import sgl_kernel  # noqa: F401
+    from sglang.srt.entrypoints.engine import Engine  # noqa: F401
+    import sglang.srt.managers.scheduler, sglang.srt.model_executor.model_runner  # noqa: F401,E401
+    import sglang.srt.layers.attention.intel_amx_backend  # noqa: F401
+    import xgrammar, llguidance  # noqa: F401,E401
 except Exception:
     traceback.print_exc()
 EOF
