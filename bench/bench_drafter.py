@@ -543,6 +543,7 @@ class Plan:
     modes: tuple[str, ...] = ("parallel", "autoregressive")
     ar_ks: list[int] | None = None          # K values of the autoregressive mode (None: ks)
     paths: tuple[str, ...] = PATHS
+    pairs: list[tuple[int, int]] | None = None     # only these (B, ctx) pairs (None: every batch x ctx)
     verify: bool = True
     micro: bool = True
     baselines: bool = True
@@ -600,7 +601,8 @@ def run_sweep(plan: Plan, device: torch.device, dtype: torch.dtype, dry: bool, b
     large = [b for b in plan.batches if b > 8]
     order = [(fam, b, ctx, K, mode) for batches in (small, large) for fam in plan.families for ctx in plan.ctxs
              for b in batches for K in plan.ks for mode in plan.modes
-             if mode == "parallel" or plan.ar_ks is None or K in plan.ar_ks]
+             if (mode == "parallel" or plan.ar_ks is None or K in plan.ar_ks)
+             and (plan.pairs is None or (b, ctx) in plan.pairs)]
     wbytes = torch.finfo(dtype).bits // 8
     n_fail = 0
     for i, (fam, B, ctx, K, mode) in enumerate(order):
@@ -928,6 +930,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batches", default=None)
     ap.add_argument("--ks", default=None)
     ap.add_argument("--ctxs", default=None)
+    ap.add_argument("--pairs", default=None, help="only these B:ctx pairs, e.g. 1:512,8:8192")
+    ap.add_argument("--modes", default=None, help="comma list of parallel,autoregressive")
     ap.add_argument("--no-verify", action="store_true")
     ap.add_argument("--no-micro", action="store_true")
     ap.add_argument("--budget-s", type=float, default=270.0, help="skip sweep configs after this many seconds")
@@ -945,6 +949,10 @@ def main(argv: list[str] | None = None) -> dict:
         if getattr(args, name):
             setattr(plan, name, [int(x) for x in getattr(args, name).split(",")])
     plan.verify, plan.micro = not args.no_verify, not args.no_micro
+    if args.pairs:
+        plan.pairs = [tuple(int(v) for v in p.split(":")) for p in args.pairs.split(",")]
+    if args.modes:
+        plan.modes = tuple(args.modes.split(","))
     tag = device_tag(device) + ("_dry" if args.dry_run else "")
     out = args.out or str(ROOT / "bench" / "results" / f"drafter_{tag}.json")
     png = args.plot or str(Path(out).with_suffix(".png"))

@@ -44,30 +44,39 @@ def _flush_buffer(device: torch.device) -> torch.Tensor:
     return _FLUSH[idx]
 
 
-def time_candidates(fns: Sequence[Callable[[], object]], device: torch.device, reps: int = 7,
+def time_candidates(fns: Sequence[Callable[[], object]], device: torch.device, reps: int = 9,
                     flush: bool = True) -> list[float]:
-    """Median ms of each function (CUDA events around each call; L2 flushed before each call); a function
+    """Median ms of each function (CUDA events around each call). The candidates take turns, one call
+    each per round (drift hits all alike); before each call L2 is flushed by READING a buffer larger than
+    it (a write flush leaves dirty lines whose write-back then competes with the timed reads). A function
     that raises (e.g. a tile shape the compiler rejects) gets infinity."""
-    buf = _flush_buffer(device) if flush else None
-    out = []
+    buf = _flush_buffer(device).view(torch.float32) if flush else None
+    ok = []
     for fn in fns:
         try:
             fn()                                              # compile / warm
             fn()
+            ok.append(True)
         except Exception:                                     # noqa: BLE001 - a variant that fails to build loses
-            out.append(float("inf"))
-            continue
-        starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-        ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-        for s, e in zip(starts, ends):
+            ok.append(False)
+    times: list[list[float]] = [[] for _ in fns]
+    sink = torch.empty((), dtype=torch.float32, device=device)
+    for _ in range(reps):
+        ev = []
+        for i, fn in enumerate(fns):
+            if not ok[i]:
+                continue
             if buf is not None:
-                buf.zero_()
+                sink.copy_(buf.amax())
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             s.record()
             fn()
             e.record()
+            ev.append((i, s, e))
         torch.cuda.synchronize()
-        out.append(statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends)))
-    return out
+        for i, s, e in ev:
+            times[i].append(s.elapsed_time(e))
+    return [statistics.median(t) if ok[i] else float("inf") for i, t in enumerate(times)]
 
 
 def choose(kind: str, key: Hashable, names: Sequence[str], fns: Sequence[Callable[[], object]],

@@ -54,8 +54,8 @@ def _store_out(acc, b_ptr, y_ptr, offs_n, offs_m, n_ok, m_ok, stride_ym, HAS_BIA
              acc.to(y_ptr.dtype.element_ty), mask=n_ok[:, None] & m_ok[None, :])
 
 
-@triton.jit(do_not_specialize=["M", "N", "K", "k_split"])
-def _skinny_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, k_split,
+@triton.jit(do_not_specialize=["M", "N", "K", "tiles_per_split"])
+def _skinny_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, tiles_per_split,
                    stride_xm, stride_wn, stride_ym,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                    SPLIT: tl.constexpr, EVEN_K: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -67,14 +67,16 @@ def _skinny_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, k_split
     offs_m = tl.arange(0, BLOCK_M)
     n_ok = offs_n < N
     m_ok = offs_m < M
-    k_lo = pid_k * k_split
-    k_hi = tl.minimum(k_lo + k_split, K)
+    tile0 = pid_k * tiles_per_split                     # this program's K slice, in whole BLOCK_K tiles
+    n_iter = tl.minimum(tiles_per_split, tl.cdiv(K, BLOCK_K) - tile0)
+    k_hi = tl.minimum((tile0 + tiles_per_split) * BLOCK_K, K)
     w_rows = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn
     x_rows = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm
     acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
-    for k0 in range(k_lo, k_hi, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        if EVEN_K:                          # every slice a whole number of tiles: masks along rows only
+    for i in range(0, n_iter):
+        # a multiple of BLOCK_K by construction (tile index x constexpr), so the loads vectorise (16 bytes)
+        offs_k = (tile0 + i) * BLOCK_K + tl.arange(0, BLOCK_K)
+        if EVEN_K:                          # K a whole number of tiles: masks along rows only
             w = tl.load(w_rows + offs_k[None, :], mask=n_ok[:, None], other=0.0)
             x = tl.load(x_rows + offs_k[None, :], mask=m_ok[:, None], other=0.0)
         else:
@@ -182,9 +184,9 @@ def skinny_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, out: Te
         split = False
     ws = torch.empty(cfg["split_k"], N, cfg["BLOCK_M"], dtype=torch.float32, device=x.device) if split else y
     cnt = _counters(x.device) if split else y
-    even = K % cfg["BLOCK_K"] == 0 and cfg["k_split"] % cfg["BLOCK_K"] == 0
+    even = K % cfg["BLOCK_K"] == 0
     _skinny_kernel[(cfg["n_tiles"], cfg["split_k"])](
-        x, weight, bias if bias is not None else y, y, ws, cnt, M, N, K, cfg["k_split"],
+        x, weight, bias if bias is not None else y, y, ws, cnt, M, N, K, cfg["k_split"] // cfg["BLOCK_K"],
         x.stride(0), weight.stride(0), y.stride(0),
         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], SPLIT=split, EVEN_K=even,
         HAS_BIAS=bias is not None, IEEE=x.dtype == torch.float32 or INTERPRETED,
