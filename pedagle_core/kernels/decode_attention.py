@@ -331,7 +331,9 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Ten
             return _decode_attention(*args)
         fns = [lambda ov=ov: _decode_attention(*args, **ov) for ov in VARIANTS]
         names = [",".join(f"{a}={b}" for a, b in ov.items()) or "auto" for ov in VARIANTS]
-        _CHOSEN[key] = VARIANTS[measured_choice.choose("decode_attention", key[1:], names, fns, q.device, 0)]
+        # a 10% margin: isolated timings of one small launch are noisy, and a wrong pick costs every step
+        _CHOSEN[key] = VARIANTS[measured_choice.choose("decode_attention", key[1:], names, fns, q.device, 0,
+                                                       margin=0.10)]
     return _decode_attention(*args, **_CHOSEN[key])
 
 

@@ -80,9 +80,9 @@ def time_candidates(fns: Sequence[Callable[[], object]], device: torch.device, r
 
 
 def choose(kind: str, key: Hashable, names: Sequence[str], fns: Sequence[Callable[[], object]],
-           device: torch.device, fallback: int = 0) -> int:
+           device: torch.device, fallback: int = 0, margin: float = MARGIN) -> int:
     """Index of the fastest candidate for ``(kind, key)`` (timed on first use, then cached).
-    ``fallback`` is returned, untimed, while tracing; it also wins ties within `MARGIN`."""
+    ``fallback`` is returned, untimed, while tracing; it also wins unless beaten by ``margin``."""
     full = (kind, device.index, key)
     hit = _TABLE.get(full)
     if hit is not None:
@@ -94,7 +94,7 @@ def choose(kind: str, key: Hashable, names: Sequence[str], fns: Sequence[Callabl
     if times[fallback] == float("inf"):
         raise RuntimeError(f"measured_choice: the fallback {names[fallback]!r} of {kind} {key!r} failed")
     best = min(range(len(times)), key=times.__getitem__)
-    if best != fallback and times[best] > (1 - MARGIN) * times[fallback]:
+    if best != fallback and times[best] > (1 - margin) * times[fallback]:
         best = fallback
     _TABLE[full] = best
     fields = list(key) if isinstance(key, tuple) else [key]
