@@ -11,6 +11,11 @@ step is made of: at production sizes the step is launch-bound, not bandwidth-bou
 * `rope_triton` — one program per (row, head) of q and k together: the rotate-half (NeoX) rotation in
   float32 with the caller's float32 cos/sin, rounded to the activation dtype.
 
+Under ``torch.compile`` (vLLM compiles the drafter, then captures it in CUDA graphs) the kernels are the
+custom ops ``pedagle::rms_norm``, ``pedagle::fused_add_rms_norm`` and ``pedagle::rope``, opaque to dynamo
+and inductor (as vLLM's own fused kernels are): inductor calls them as they are instead of re-generating
+their launch. Outside compilation they are launched directly (no custom-op dispatch per call).
+
 Inference only (no backward). TRITON_INTERPRET=1 must be set before import to run them on CPU tensors.
 """
 
@@ -55,7 +60,9 @@ def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, y_ptr, res_out_ptr, n_cols, x_stride
     if HAS_RESIDUAL:
         x += tl.load(res_ptr + row * res_stride + cols, mask=m, other=0.0).to(tl.float32)
         tl.store(res_out_ptr + row * n_cols + cols, _round(x, X_BF16).to(x_raw.dtype), mask=m)
-    inv = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / n_cols + eps)
+    # eps in float32 whatever the launcher typed it (Triton's own launcher: fp32; inductor's: fp64, which
+    # made every later value float64 and the bfloat16 rounding's 32-bit bitcast fail to compile)
+    inv = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / n_cols + tl.cast(eps, tl.float32))
     y = _round(x * inv, X_BF16).to(x_raw.dtype)                     # the reference rounds before the weight
     w = tl.load(w_ptr + cols, mask=m, other=0.0)
     out = _round(y.to(tl.float32) * w.to(tl.float32), OUT_BF16)
@@ -135,14 +142,57 @@ def rope_triton(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor,
     return q_out, k_out
 
 
+# ------------------------------------------------------------------------------------ custom ops
+# Opaque to torch.compile: dynamo records one node per call and inductor calls the op as it is. The fake
+# (meta) implementations give the outputs' shapes and dtypes: new contiguous tensors, as the kernels return.
+@torch.library.custom_op("pedagle::rms_norm", mutates_args=())
+def rms_norm_op(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """norm(x) (`rms_norm_triton` without a residual)."""
+    return rms_norm_triton(x, weight, eps)
+
+
+@rms_norm_op.register_fake
+def _(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    return x.new_empty(x.shape, dtype=torch.promote_types(weight.dtype, x.dtype))
+
+
+@torch.library.custom_op("pedagle::fused_add_rms_norm", mutates_args=())
+def fused_add_rms_norm_op(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """(norm(x + residual), x + residual) (`rms_norm_triton` with a residual)."""
+    return rms_norm_triton(x, weight, eps, residual)
+
+
+@fused_add_rms_norm_op.register_fake
+def _(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    return x.new_empty(x.shape, dtype=torch.promote_types(weight.dtype, x.dtype)), x.new_empty(x.shape)
+
+
+@torch.library.custom_op("pedagle::rope", mutates_args=())
+def rope_op(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+    """`rope_triton`."""
+    return rope_triton(q, k, cos, sin)
+
+
+@rope_op.register_fake
+def _(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+    return q.new_empty(q.shape), k.new_empty(k.shape)
+
+
 class TritonOps:
-    """`pedagle_core.model.ElementwiseOps` through these kernels."""
+    """`pedagle_core.model.ElementwiseOps` through these kernels: the custom ops while torch.compile traces,
+    the launchers otherwise."""
 
     def rms_norm(self, x: Tensor, weight: Tensor, eps: float, residual: Tensor | None = None
                  ) -> Tensor | tuple[Tensor, Tensor]:
+        if torch.compiler.is_compiling():
+            if residual is None:
+                return rms_norm_op(x, weight, float(eps))
+            return fused_add_rms_norm_op(x, residual, weight, float(eps))
         return rms_norm_triton(x, weight, eps, residual)
 
     def rope(self, q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+        if torch.compiler.is_compiling():
+            return rope_op(q, k, cos, sin)
         return rope_triton(q, k, cos, sin)
 
 

@@ -10,6 +10,9 @@ occurs twice). ``torch.topk`` over a 200k-token vocabulary is a multi-pass radix
 * `_top2_merge_kernel` — grid (rows,): merges a row's partials. The winning chunk is the first holding
   the maximum; the second value is the best of the winner's second value and every other chunk's maximum.
 
+`top2` is what callers use: the launcher, or under ``torch.compile`` the custom op ``pedagle::top2``
+(opaque to dynamo and inductor, which call it as it is).
+
 TRITON_INTERPRET=1 must be set before import to run the kernels on CPU tensors.
 """
 
@@ -96,3 +99,20 @@ def top2_triton(logits: Tensor) -> tuple[Tensor, Tensor]:
                                       num_warps=4)
     _top2_merge_kernel[(N,)](m1, i1, m2, top, idx, n_chunks, BLOCK_C=triton.next_power_of_2(n_chunks), num_warps=1)
     return idx, top
+
+
+@torch.library.custom_op("pedagle::top2", mutates_args=())
+def top2_op(logits: Tensor) -> tuple[Tensor, Tensor]:
+    """`top2_triton` as a custom op (opaque to torch.compile)."""
+    return top2_triton(logits)
+
+
+@top2_op.register_fake
+def _(logits: Tensor) -> tuple[Tensor, Tensor]:
+    N = logits.shape[0]
+    return logits.new_empty(N, dtype=torch.int64), logits.new_empty(N, 2, dtype=torch.float32)
+
+
+def top2(logits: Tensor) -> tuple[Tensor, Tensor]:
+    """`top2_triton`; the custom op while torch.compile traces."""
+    return top2_op(logits) if torch.compiler.is_compiling() else top2_triton(logits)
