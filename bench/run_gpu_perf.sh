@@ -7,6 +7,7 @@
 #
 # On the device machine, RESULTS_DIR is $OUT (what is written there comes back). Writes:
 #   tests_<gpu>.log               (pytest on the GPU: decode attention, attention, norm/rope kernels, engine)
+#   skinny_gemm_<gpu>.json/.log   (bench/bench_skinny_gemm.py: each drafter GEMM, cuBLAS vs the kernel, vs its byte floor)
 #   drafter_<gpu>.json/.png/.log  (bench/bench_drafter.py)   speedup_<gpu>.json/.log  (bench/speedup_model.py)
 #   tiny_code_bench_<gpu>_b{1,8}.json/.png, tiny_code_al_<gpu>.json   (pedagle bench, bench/al_from_bench.py)
 #   env_<gpu>.txt                 (nvidia-smi state at start)
@@ -43,6 +44,8 @@ if [ -z "${SKIP_TESTS:-}" ]; then
     tests/test_attention.py tests/test_norm_rope.py tests/test_top2.py tests/test_engine_gpu.py > "$OUT_DIR/tests_$TAG.log" 2>&1
   rc0=$?
 fi
+$PY bench/bench_skinny_gemm.py --rows 7,14,112 --out "$OUT_DIR/skinny_gemm_$TAG.json" > "$OUT_DIR/skinny_gemm_$TAG.log" 2>&1 \
+  || echo "bench_skinny_gemm failed" >> "$OUT_DIR/skinny_gemm_$TAG.log"
 t0=$(date +%s)
 $PY bench/bench_drafter.py $DRY ${BENCH_ARGS:-} --out "$OUT_DIR/drafter_$TAG.json" --plot "$OUT_DIR/drafter_$TAG.png" \
   > "$OUT_DIR/drafter_$TAG.log" 2>&1
@@ -77,7 +80,8 @@ for b in 1 8; do tail -n 14 "$OUT_DIR/tiny_code_bench_${TAG}_b$b.log" 2>/dev/nul
 echo "== speedup_model rc=$rc2 ($((t2 - t2a)) s)"
 grep -E "VERIFY-FAIL|Traceback|Error" "$OUT_DIR/speedup_$TAG.log" | head -10
 [ $rc2 -ne 0 ] && tail -30 "$OUT_DIR/speedup_$TAG.log"
-echo "== drafter: GEMMs, attention micro, goals, tables"
+echo "== GEMMs (CUDA graphs over rotating weights)"; tail -n 32 "$OUT_DIR/skinny_gemm_$TAG.log"
+echo "== drafter: goals, profiles, three paths"
 grep -E "^(goal|profile):" "$OUT_DIR/drafter_$TAG.log"
 awk '/^family  .* mode /{p=1} p' "$OUT_DIR/drafter_$TAG.log" | grep -E " (1|8) +(512|8192) +(1|7|10) \|" | cut -c1-150
 echo "== speedup model"

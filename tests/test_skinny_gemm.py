@@ -142,3 +142,28 @@ def test_drafter_use_linear_routes_every_linear():
     assert n_plain == 1 + L * 7 + 1                                   # fc, q k v o gate up down, lm_head
     assert len(calls) == 1 + L * 4                                    # fused: fc, qkv o gate_up down
     assert _rel(out, ref_out) < 1e-5 and _rel(logits, ref_logits) < 1e-5 and _rel(out2, ref_out) < 1e-5
+
+
+def test_measured_choice_picks_the_fastest_beyond_the_margin(monkeypatch):
+    """The dispatch's choice rule, with the timings given (no GPU needed): the fallback wins ties within
+    the margin, a faster candidate wins beyond it, the choice is cached, a failing fallback is an error."""
+    from pedagle_core.kernels import measured_choice as MC
+
+    dev = torch.device("cuda", 0)                       # a device object only: nothing runs on it here
+    MC.reset()
+    timings = {"a": [1.0, 0.99, 1.2], "b": [1.0, 0.5, 0.7], "c": [float("inf"), 0.5]}
+    for kind, t in timings.items():
+        monkeypatch.setattr(MC, "time_candidates", lambda fns, device, t=t: list(t))
+        names = [f"v{i}" for i in range(len(t))]
+        if kind == "c":
+            with pytest.raises(RuntimeError, match="the fallback 'v0'"):
+                MC.choose(kind, (1, 2), names, [None] * len(t), dev)
+            continue
+        assert MC.choose(kind, (1, 2), names, [None] * len(t), dev) == {"a": 0, "b": 1}[kind]
+    monkeypatch.setattr(MC, "time_candidates", lambda fns, device: pytest.fail("timed twice"))
+    assert MC.choose("b", (1, 2), ["v0", "v1", "v2"], [None] * 3, dev) == 1           # cached
+    assert MC.choose("a", (1, 2), ["v0"], [None], torch.device("cpu")) == 0          # never timed off CUDA
+    d = MC.decisions("b")
+    assert len(d) == 1 and d[0]["chosen"] == "v1" and d[0]["key"] == [1, 2] and d[0]["times_ms"]["v1"] == 0.5
+    MC.reset()
+    assert MC.decisions() == []

@@ -34,7 +34,11 @@ from torch import Tensor
 from . import measured_choice
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
-MAX_ROWS = 256                   # above this, cuBLAS' large tiles win: `linear` does not try the kernel
+MAX_ROWS = 256                   # the kernel's limit (one row block per program)
+# `linear` tries the kernel only up to this many rows: on the H200 (bench/results/skinny_gemm_h200.log,
+# products timed as CUDA graphs over rotating weights) it beat cuBLAS at 7-14 rows on lm_head, o, down,
+# fc and gate_up (by 3-15%) and lost on every shape at 112 rows (1.4-2.3x slower).
+DISPATCH_MAX_ROWS = 16
 _N_COUNTERS = 1 << 16
 
 
@@ -228,12 +232,12 @@ _CHOSEN: dict[tuple, dict | None] = {}          # shape key -> the winning kerne
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``F.linear(x, weight, bias)`` for x [..., K]: on CUDA with <= MAX_ROWS rows, the fastest of the
+    """``F.linear(x, weight, bias)`` for x [..., K]: on CUDA with <= DISPATCH_MAX_ROWS rows, the fastest of the
     kernel's variants and cuBLAS, as measured on this device for this shape (`measured_choice`);
     otherwise (and while a graph is captured before the shape was measured) cuBLAS."""
     x2 = x.reshape(-1, x.shape[-1])
     M = x2.shape[0]
-    if (not x.is_cuda or INTERPRETED or M == 0 or M > MAX_ROWS or x.dtype != weight.dtype
+    if (not x.is_cuda or INTERPRETED or M == 0 or M > DISPATCH_MAX_ROWS or x.dtype != weight.dtype
             or x.dtype not in (torch.bfloat16, torch.float16) or measured_choice.compiling()):
         return F.linear(x, weight, bias)
     N, K = weight.shape
