@@ -25,7 +25,8 @@ def job_for(case: dict[str, Any], record: str) -> dict[str, Any]:
     return {"target": str(case["target"]), "drafter": str(case["drafter"]), "K": K,
             "parallel": case["mode"] == "parallel", "prompts": prompts, "max_tokens": max_tokens,
             "max_model_len": int(mml), "dtype": str(dtype).removeprefix("torch."), "seed": int(case.get("seed", 0)),
-            "record": record, "max_num_seqs": max(len(prompts), 1)}
+            "record": record, "max_num_seqs": max(len(prompts), 1),
+            "enforce_eager": not str(case.get("device", "cpu")).startswith("cuda")}   # CUDA: vLLM's defaults
 
 
 def run_cases(cases: list[dict[str, Any]], python: str | None = None, log: str | None = None,

@@ -15,7 +15,9 @@ same checkpoint). Nothing in this package imports vLLM at import time except the
 (``model``, ``proposer``); ``plugin`` and ``backend`` import it lazily.
 """
 
-SUPPORTED_VLLM = ">=0.32.0,<0.33"
-"""The vLLM releases this backend was built against (the proposer internals it patches changed before 0.32)."""
+SUPPORTED_VLLM = ">=0.26.0,<0.33"
+"""The vLLM releases this backend supports: every proposer hook it patches, and every vLLM class and
+attribute it uses, has the same signature in 0.26 and 0.32 (both are tested in CI with vLLM's CPU build;
+0.26.0 also on an H200). Only the mask-token lookup order differs (`model.vllm_mask_token`)."""
 
 __all__ = ["SUPPORTED_VLLM"]

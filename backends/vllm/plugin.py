@@ -13,11 +13,16 @@
    are pedagle's own names (they end with ``Eagle3``, so vLLM keeps them as they are).
 
 The proposer hooks are installed later, in the worker, when vLLM builds a pedagle drafter (``model.py``).
+
+``PEDAGLE_VLLM_RECORD_ONLY=1`` (with ``PEDAGLE_RECORD_DRAFTS``) registers no architecture: vLLM's native
+drafters serve, and only the draft recorder is installed (``proposer.install(record_only=True)``), to
+compare vLLM's own drafts step by step with pedagle's.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 from pedagle_core.versions import version_in_range
@@ -43,6 +48,7 @@ ARCHITECTURES: dict[str, str] = {
     "PedagleQwen3ForCausalLMEagle3": QWEN3_CLASS,
 }
 
+RECORD_ONLY_ENV = "PEDAGLE_VLLM_RECORD_ONLY"
 _lock = threading.Lock()
 _registered = False
 
@@ -86,6 +92,13 @@ def register() -> None:
         if _registered:
             return
         version = check_version()
+        if os.environ.get(RECORD_ONLY_ENV) == "1":
+            from .proposer import install
+
+            install(record_only=True)
+            _registered = True
+            logger.info("pedagle: vLLM %s, record-only mode (vLLM's own drafters, drafts recorded)", version)
+            return
         from vllm import ModelRegistry
 
         for arch, cls in ARCHITECTURES.items():

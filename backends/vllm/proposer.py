@@ -10,6 +10,9 @@ Installed (idempotently) in the worker process when vLLM builds a pedagle drafte
   vLLM's ``extend_all_queries_by_N``. With one slot per request (autoregressive EAGLE-3, or P-EAGLE at
   K = 1) no row is added and vLLM's own first pass runs (`eagle_first_pass`). Other drafters keep vLLM's
   own implementation.
+* ``install(record_only=True)`` (the plugin's ``PEDAGLE_VLLM_RECORD_ONLY=1`` mode): no pedagle drafter,
+  vLLM's own proposer unchanged, but every proposal of any drafter is recorded (vLLM's native drafts,
+  for a step-by-step comparison with pedagle's).
 * With ``PEDAGLE_RECORD_DRAFTS=path.jsonl`` set when the hooks are installed, every proposal of a pedagle
   drafter appends one JSON line (`pedagle_core.draft_record`). Unset, no recording code is installed at all.
 """
@@ -124,8 +127,26 @@ def _check_signature(fn: Any, expected: tuple[str, ...], what: str) -> None:
                            f"(pedagle's vLLM backend supports vllm{SUPPORTED_VLLM})")
 
 
-def install() -> None:
-    """Install the hooks (idempotent; checks every target before changing anything)."""
+def native_first_pass(orig: Any, proposer: Any, *args: Any) -> tuple[int, torch.Tensor, Any]:
+    """vLLM's own first pass (``orig``), noting the step's bonus positions for the recorder."""
+    n, sample_rows, new_cad = orig(proposer, *args)
+    if getattr(_local, "recording", False):
+        next_token_ids, num_rejected = args[1], args[6]
+        K = int(proposer.extra_slots_per_request)
+        positions = proposer._get_positions(n)
+        B = int(next_token_ids.shape[0])
+        _local.step_info = {
+            "K": K,
+            "bonus_positions": positions[sample_rows.view(B, -1)[:, 0]].tolist(),
+            "next_token_ids": next_token_ids.tolist(),
+            "num_rejected": None if num_rejected is None else num_rejected.tolist(),
+        }
+    return n, sample_rows, new_cad
+
+
+def install(record_only: bool = False) -> None:
+    """Install the hooks (idempotent; checks every target before changing anything). ``record_only``:
+    vLLM's own drafting for every drafter, each proposal recorded (needs ``PEDAGLE_RECORD_DRAFTS``)."""
     from vllm.v1.spec_decode.llm_base_proposer import SpecDecodeBaseProposer
 
     with _lock:
@@ -134,10 +155,15 @@ def install() -> None:
         orig_first_pass = SpecDecodeBaseProposer.set_inputs_first_pass
         _check_signature(orig_first_pass, _FIRST_PASS_PARAMS, "SpecDecodeBaseProposer.set_inputs_first_pass")
         record_path = os.environ.get(RECORD_ENV) or None
-        recorder_patches = _recorder_patches(record_path) if record_path else []
+        if record_only and not record_path:
+            raise RuntimeError(f"pedagle: record-only mode needs {RECORD_ENV} (the JSONL file to write)")
+        recorder_patches = _recorder_patches(record_path, record_all=record_only) if record_path else []
 
         def set_inputs_first_pass(self, target_token_ids, next_token_ids, target_positions, target_hidden_states,
                                   token_indices_to_sample, cad, num_rejected_tokens_gpu):
+            if record_only:
+                return native_first_pass(orig_first_pass, self, target_token_ids, next_token_ids, target_positions,
+                                         target_hidden_states, token_indices_to_sample, cad, num_rejected_tokens_gpu)
             if not _uses_pedagle(self):
                 return orig_first_pass(self, target_token_ids, next_token_ids, target_positions,
                                        target_hidden_states, token_indices_to_sample, cad, num_rejected_tokens_gpu)
@@ -164,7 +190,7 @@ def _tp_rank() -> int:
         return 0
 
 
-def _recorder_patches(path: str) -> list[tuple[Any, str, Any]]:
+def _recorder_patches(path: str, record_all: bool = False) -> list[tuple[Any, str, Any]]:
     """Patches that record every proposal of a pedagle drafter (TP rank 0 only), one JSON line each:
     ``{"step", "pid", "K", "req_ids", "bonus_positions", "next_token_ids", "num_rejected" | null, "drafts"}``.
     Row b is request ``req_ids[b]``; ``drafts[b][i]`` proposes the token at sequence index
@@ -177,7 +203,7 @@ def _recorder_patches(path: str) -> list[tuple[Any, str, Any]]:
     orig_runner = GPUModelRunner.propose_draft_token_ids
 
     def propose(self, *args, **kwargs):
-        if not _uses_pedagle(self):
+        if not record_all and not _uses_pedagle(self):
             return orig_propose(self, *args, **kwargs)
         _local.recording, _local.step_info = True, None
         try:

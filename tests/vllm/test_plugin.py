@@ -18,8 +18,9 @@ def test_entry_points_declared():
     assert backends.get("vllm") == "pedagle_backends.vllm.backend:VllmBackend"
 
 
-@pytest.mark.parametrize("version, ok", [("0.32.0", True), ("0.32.3+cpu", True), ("0.32.0rc1", True),
-                                         ("0.31.9", False), ("0.33.0", False), ("0.16.0", False), ("1.0.0", False)])
+@pytest.mark.parametrize("version, ok", [("0.32.0", True), ("0.32.3+cpu", True), ("0.32.0rc1", True), ("0.26.0", True),
+                                         ("0.26.0+cpu", True), ("0.29.1", True), ("0.25.9", False), ("0.33.0", False),
+                                         ("0.16.0", False), ("1.0.0", False)])
 def test_version_range(version, ok):
     assert plugin.version_supported(version) is ok
 
@@ -33,10 +34,10 @@ def test_unsupported_version_registers_nothing(monkeypatch):
 
     before = dict(ModelRegistry.models)
     monkeypatch.setattr(plugin, "_registered", False)
-    monkeypatch.setattr(plugin, "vllm_version", lambda: "0.31.0")
+    monkeypatch.setattr(plugin, "vllm_version", lambda: "0.25.0")
     with pytest.raises(plugin.UnsupportedVllmVersion) as e:
         plugin.register()
-    assert SUPPORTED_VLLM in str(e.value) and "0.31.0" in str(e.value) and "VLLM_PLUGINS" in str(e.value)
+    assert SUPPORTED_VLLM in str(e.value) and "0.25.0" in str(e.value) and "VLLM_PLUGINS" in str(e.value)
     assert dict(ModelRegistry.models) == before
     assert not plugin.is_registered()
 
@@ -87,3 +88,17 @@ def test_proposer_hook_idempotent_and_recorder_off_by_default(monkeypatch):
     assert SpecDecodeBaseProposer.propose is propose
     assert GPUModelRunner.propose_draft_token_ids is runner_propose
     assert "PEDAGLE_RECORD_DRAFTS" not in os.environ
+
+
+@pytest.mark.parametrize("version, expected", [((0, 26, 0), 7), ((0, 27, 0), 7), ((0, 28, 0), 5), ((0, 32, 0), 5)])
+def test_mask_token_lookup_follows_the_installed_vllm(version, expected):
+    """vLLM 0.26/0.27 read pard_token / ptd_token_id only; 0.28+ read mask_token_id first (checked in the wheels)."""
+    from types import SimpleNamespace
+
+    from pedagle_backends.vllm.model import vllm_mask_token
+
+    hf = SimpleNamespace(mask_token_id=5, ptd_token_id=7)
+    assert vllm_mask_token(hf, version) == expected
+    assert vllm_mask_token(SimpleNamespace(dflash_config={"mask_token_id": 3}, ptd_token_id=7), version) == 3
+    assert vllm_mask_token(SimpleNamespace(mask_token_id=None, pard_token=9), version) == 9
+    assert vllm_mask_token(SimpleNamespace(), version) is None
