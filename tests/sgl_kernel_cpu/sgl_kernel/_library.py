@@ -2,9 +2,29 @@
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Callable
 
 import torch
+
+TRACE_ENV = "PEDAGLE_SGL_KERNEL_TRACE"  # a file: each op appends "<pid> <name>" on its first call in a process
+_traced: set[str] = set()
+
+
+def _traced_impl(name: str, impl: Callable) -> Callable:
+    """impl, recording its first call per process in $PEDAGLE_SGL_KERNEL_TRACE (which ops an engine run used)."""
+
+    @functools.wraps(impl)
+    def wrapper(*args, **kwargs):
+        path = os.environ.get(TRACE_ENV)
+        if path and name not in _traced:
+            _traced.add(name)
+            with open(path, "a") as f:
+                f.write(f"{os.getpid()} {name}\n")
+        return impl(*args, **kwargs)
+
+    return wrapper
 
 LIBRARY = torch.library.Library("sgl_kernel", "DEF")  # noqa: TOR901  (kept alive for the process)
 
@@ -15,6 +35,7 @@ def define(schema: str, impl: Callable) -> Callable:
     Returns the op packet `torch.ops.sgl_kernel.<name>`, callable positionally or by keyword.
     """
     name = schema.split("(", 1)[0]
+    impl = _traced_impl(name, impl)
     LIBRARY.define(schema)
     LIBRARY.impl(name, impl, "CPU")
     # Ops whose arguments are all ints/None (e.g. thread set-up) dispatch without a tensor.
