@@ -167,3 +167,19 @@ def test_measured_choice_picks_the_fastest_beyond_the_margin(monkeypatch):
     assert len(d) == 1 and d[0]["chosen"] == "v1" and d[0]["key"] == [1, 2] and d[0]["times_ms"]["v1"] == 0.5
     MC.reset()
     assert MC.decisions() == []
+
+
+def test_apply_linear_leaves_backend_modules_alone():
+    """A backend's own linear module (a subclass, e.g. vLLM's CPU GEMM wrapper) runs its own forward;
+    a plain nn.Linear goes through the function given (or auto_linear)."""
+    from pedagle_core.model import apply_linear
+
+    class Own(torch.nn.Linear):
+        def forward(self, x):
+            return torch.full((x.shape[0], self.out_features), 7.0)
+
+    plain, own = torch.nn.Linear(4, 3), Own(4, 3)
+    x = torch.randn(2, 4)
+    assert torch.equal(apply_linear(None, own, x), torch.full((2, 3), 7.0))
+    assert torch.equal(apply_linear(lambda x, w, b: torch.zeros(x.shape[0], w.shape[0]), plain, x), torch.zeros(2, 3))
+    torch.testing.assert_close(apply_linear(None, plain, x), plain(x))
