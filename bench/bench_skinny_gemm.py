@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """The drafter's GEMM shapes as a step meets them: cuBLAS vs the skinny-GEMM kernel variants, each timed as
 a CUDA graph of back-to-back products over rotating weight copies (together > L2, so every product streams
-its weight from HBM, as in a step), against the byte floor (weights + rows in + rows out, once, at the
-copy bandwidth measured here). Checks every variant against the float64 product first.
+its weight from HBM, as in a step; `skinny_gemm.time_in_graphs`, the dispatch's own timing), against the
+byte floor (weights + rows in + rows out, once, at the copy bandwidth measured here). Every variant is
+checked against the float64 product.
 
 Usage (GPU): python3 bench/bench_skinny_gemm.py --out bench/results/skinny_gemm_h200.json
 """
@@ -11,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import statistics
 import sys
 from pathlib import Path
 
@@ -21,7 +20,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from pedagle_core.kernels import skinny_gemm as SG  # noqa: E402
 
@@ -31,31 +29,6 @@ SHAPES = [("gpt-oss-20b", "qkv", 5120, 2880), ("gpt-oss-20b", "o", 2880, 4096),
           ("gpt-oss-20b", "fc", 2880, 8640), ("gpt-oss-20b", "lm_head", 201088, 2880),
           ("qwen3-coder", "qkv", 5120, 2048), ("qwen3-coder", "o", 2048, 4096),
           ("qwen3-coder", "gate_up", 16384, 2048), ("qwen3-coder", "down", 2048, 8192)]
-
-
-def graph_ms(calls, reps: int = 15) -> float:
-    """Per-call ms of a CUDA graph holding ``calls`` (a list of thunks) back to back."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for c in calls:
-            c()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for c in calls:
-            c()
-    g.replay()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        torch.cuda.synchronize()
-        ts.append(a.elapsed_time(b) / len(calls))
-    return statistics.median(ts)
 
 
 def main() -> None:
@@ -82,31 +55,28 @@ def main() -> None:
     print(f"{'shape':22s} {'M':>4s} | {'floor':>7s} | {'cuBLAS':>13s} | best kernel variant")
     for fam, name, N, K in SHAPES:
         wbytes = N * K * 2
-        R = max(1, min(8, math.ceil(3 * l2 / wbytes)))
-        ws = [torch.randn(N, K, device=dev, dtype=torch.bfloat16) * 0.02 for _ in range(R)]
+        w = torch.randn(N, K, device=dev, dtype=torch.bfloat16) * 0.02
         for M in (int(m) for m in args.rows.split(",")):
             xs = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
-            ref = (xs.double() @ ws[0].double().T)
+            ref = xs.double() @ w.double().T
             floor = (wbytes + 2 * M * K + 2 * M * N) / bw
-            rec = dict(family=fam, name=name, M=M, N=N, K=K, floor_ms=floor, copies=R)
-            rec["cublas_ms"] = graph_ms([lambda w=w: F.linear(xs, w) for w in ws])
-            rec["variants"] = {}
-            for ov in SG.candidates(M, N, K, dev):
+            cands = SG.candidates(M, N, K, dev)
+            ts = SG.time_in_graphs(xs, w, None, [None] + cands, reps=15)      # the dispatch's own timing
+            rec = dict(family=fam, name=name, M=M, N=N, K=K, floor_ms=floor, cublas_ms=ts[0], variants={})
+            for ov, t in zip(cands, ts[1:]):
                 key = ",".join(f"{k}={v}" for k, v in ov.items())
                 try:
-                    got = SG.skinny_linear(xs, ws[0], **ov)
-                    err = float((got.double() - ref).norm() / ref.norm())
-                    t = graph_ms([lambda w=w: SG.skinny_linear(xs, w, **ov) for w in ws])
-                    rec["variants"][key] = dict(ms=t, rel_err=err)
+                    got = SG.skinny_linear(xs, w, **ov)
+                    rec["variants"][key] = dict(ms=t, rel_err=float((got.double() - ref).norm() / ref.norm()))
                 except Exception as e:                                   # noqa: BLE001
                     rec["variants"][key] = dict(error=repr(e)[:200])
-            ok = {k: v for k, v in rec["variants"].items() if "ms" in v}
+            ok = {k: v for k, v in rec["variants"].items() if "ms" in v and v["ms"] != float("inf")}
             best = min(ok, key=lambda k: ok[k]["ms"]) if ok else None
             out["rows"].append(rec)
             bt = ok[best]["ms"] if best else float("nan")
             print(f"{fam[:11]:11s} {name:10s} {M:4d} | {floor:7.4f} | {rec['cublas_ms']:7.4f} x{rec['cublas_ms'] / floor:4.2f} | "
                   + (f"{bt:7.4f} x{bt / floor:4.2f} {best} err {ok[best]['rel_err']:.0e}" if best else "-"))
-        del ws
+        del w
         torch.cuda.empty_cache()
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1))

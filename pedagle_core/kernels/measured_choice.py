@@ -80,16 +80,18 @@ def time_candidates(fns: Sequence[Callable[[], object]], device: torch.device, r
 
 
 def choose(kind: str, key: Hashable, names: Sequence[str], fns: Sequence[Callable[[], object]],
-           device: torch.device, fallback: int = 0, margin: float = MARGIN) -> int:
+           device: torch.device, fallback: int = 0, margin: float = MARGIN,
+           timer: Callable[[Sequence[Callable[[], object]], torch.device], list[float]] | None = None) -> int:
     """Index of the fastest candidate for ``(kind, key)`` (timed on first use, then cached).
-    ``fallback`` is returned, untimed, while tracing; it also wins unless beaten by ``margin``."""
+    ``fallback`` is returned, untimed, while tracing; it also wins unless beaten by ``margin``.
+    ``timer(fns, device)`` replaces `time_candidates` (e.g. a caller's graph-based timing)."""
     full = (kind, device.index, key)
     hit = _TABLE.get(full)
     if hit is not None:
         return hit
     if tracing() or device.type != "cuda":
         return fallback
-    times = time_candidates(fns, device)
+    times = (timer or time_candidates)(fns, device)
     _FLUSH.clear()                                             # the flush buffer is not kept between choices
     if times[fallback] == float("inf"):
         raise RuntimeError(f"measured_choice: the fallback {names[fallback]!r} of {kind} {key!r} failed")

@@ -14,15 +14,18 @@ element is read exactly once per call, by one program, and multiplies ALL rows o
   slices in slice order (deterministic), adds the bias, writes y and resets the counter to 0. One
   launch, no memset, replayable in a CUDA graph (the counters are zero between launches).
 
-`linear` is the dispatch: on CUDA it times the Triton variants against cuBLAS (``F.linear``) once per
-(rows, N, K, dtype) through `measured_choice` and keeps the winner, so a shape where the kernel loses
-stays on cuBLAS. `skinny_linear_reference` is the plain-PyTorch semantics the tests compare against.
+`linear` is the dispatch: on CUDA, up to `DISPATCH_MAX_ROWS` rows, it times the Triton variants against
+cuBLAS (``F.linear``) once per (rows, N, K, dtype) through `measured_choice` (`time_in_graphs`: each as a
+CUDA graph of products over rotating weight copies) and keeps the winner, so a shape where the kernel
+loses stays on cuBLAS. `skinny_linear_reference` is the plain-PyTorch semantics the tests compare against.
 TRITON_INTERPRET=1 must be set before import to run the kernel on CPU tensors.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import statistics
 from typing import Callable
 
 import torch
@@ -231,6 +234,51 @@ def _name(ov: dict) -> str:
 _CHOSEN: dict[tuple, dict | None] = {}          # shape key -> the winning kernel variant (None: cuBLAS)
 
 
+def time_in_graphs(x: Tensor, weight: Tensor, bias: Tensor | None, variants: list[dict | None],
+                   reps: int = 7) -> list[float]:
+    """Per-product ms of each variant (None: cuBLAS) as a step meets it: a CUDA graph of R back-to-back
+    products over R copies of the weight (together > 3x L2, so each product streams its weight from HBM;
+    isolated single launches measured mostly launch latency and L2-flush noise). Graph replays of the
+    variants take turns; the median per variant. A variant that fails to build or capture gets infinity."""
+    dev = x.device
+    wbytes = weight.numel() * weight.element_size()
+    R = max(1, min(8, math.ceil(3 * torch.cuda.get_device_properties(dev).L2_cache_size / max(1, wbytes))))
+    ws = [weight] + [weight.clone() for _ in range(R - 1)]
+    graphs: list[torch.cuda.CUDAGraph | None] = []
+    for v in variants:
+        def run(w: Tensor, v=v) -> Tensor:
+            return F.linear(x, w, bias) if v is None else skinny_linear(x, w, bias, **v)
+        try:
+            side = torch.cuda.Stream(device=dev)
+            side.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(side):                     # compile, handles, workspaces: before capture
+                for w in ws:
+                    run(w)
+            torch.cuda.current_stream(dev).wait_stream(side)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                for w in ws:
+                    run(w)
+            g.replay()
+            graphs.append(g)
+        except Exception:                                     # noqa: BLE001 - this variant loses
+            graphs.append(None)
+    torch.cuda.synchronize(dev)
+    times: list[list[float]] = [[] for _ in variants]
+    for _ in range(reps):
+        for i, g in enumerate(graphs):
+            if g is None:
+                continue
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            g.replay()
+            b.record()
+            b.synchronize()
+            times[i].append(a.elapsed_time(b) / R)
+    del graphs, ws
+    return [statistics.median(t) if t else float("inf") for t in times]
+
+
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``F.linear(x, weight, bias)`` for x [..., K]: on CUDA with <= DISPATCH_MAX_ROWS rows, the fastest of the
     kernel's variants and cuBLAS, as measured on this device for this shape (`measured_choice`);
@@ -249,7 +297,10 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         fns += [lambda c=c: skinny_linear(x2, weight, bias, **c) for c in cands]
         if measured_choice.tracing():                    # a graph under capture: no timing now
             return F.linear(x, weight, bias)
-        i = measured_choice.choose("skinny_gemm", key[1:], names, fns, x.device, fallback=0)
+        def timer(fns, device):
+            t = time_in_graphs(x2, weight, bias, [None] + cands)
+            return t if t[0] != float("inf") else measured_choice.time_candidates(fns, device)
+        i = measured_choice.choose("skinny_gemm", key[1:], names, fns, x.device, fallback=0, timer=timer)
         _CHOSEN[key] = None if i == 0 else cands[i - 1]
     ov = _CHOSEN[key]
     if ov is None:
