@@ -132,10 +132,16 @@ def main(argv: list[str] | None = None) -> int:
             todo = todo[::-1] if rnd % 2 else todo
         print(f"round {rnd + 1}/{args.rounds}: {', '.join(c[0] for c in todo)}", flush=True)
         rows: list[dict[str, Any]] = []
+        rounds.append(rows)
         for name, alg, K in todo:
             rows += run_config(args, fam, prompts, name, alg, K, args.logs / f"{name}-r{rnd}.log")
-        rounds.append(rows)
+            write(args, rounds, load_before, final=False)  # partial results survive an interrupted run
+    write(args, rounds, load_before, final=True)
+    return 0
 
+
+def write(args, rounds: list[list[dict[str, Any]]], load_before: list[float], final: bool) -> Path:
+    """The results JSON (ratios of the best configurations per round and batch); ``final`` prints the ratios."""
     ratios = []
     for b in args.batches:
         for rnd, rows in enumerate(rounds):
@@ -148,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
                                "peagle_vs_none": pe["tokens_per_s"] / none["tokens_per_s"] if none else None,
                                "eagle3_vs_none": e3["tokens_per_s"] / none["tokens_per_s"] if none else None})
                 r = ratios[-1]
+                if not final:
+                    continue
                 print(f"round {rnd + 1} batch {b}: PEAGLE ({r['peagle']}) / EAGLE3 ({r['eagle3']}) tokens/s = "
                       f"{r['peagle_vs_eagle3']:.3f} (acceptance length x{r['acceptance_length_ratio']:.3f}, "
                       f"step time x{r['step_time_ratio']:.3f})", flush=True)
@@ -165,14 +173,16 @@ def main(argv: list[str] | None = None) -> int:
                  "kernels": "pedagle's CPU sgl_kernel test ops (tests/sgl_kernel_cpu, plain PyTorch)"},
         "family": str(args.family), "dtype": args.dtype, "max_tokens": args.max_tokens, "prompt_len": args.prompt_len,
         "batches": args.batches, "warmup": args.warmup, "repeat": args.repeat, "rounds": args.rounds,
-        "radix_cache": False, "results": [r | {"round": i + 1} for i, rows in enumerate(rounds) for r in rows],
+        "radix_cache": False, "complete": final,
+        "results": [r | {"round": i + 1} for i, rows in enumerate(rounds) for r in rows],
         "peagle_vs_eagle3": ratios,
     }
     out = args.out or ROOT / "bench" / "results" / f"sglang_cpu_{args.family.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
-    print(f"wrote {out}")
-    return 0
+    if final:
+        print(f"wrote {out}")
+    return out
 
 
 if __name__ == "__main__":
