@@ -62,6 +62,22 @@ def cmd_run(args) -> int:
         return 2
     levels = ["e2e", "step-state"] if args.mode == "both" else [args.mode]
     backends = [b.strip() for b in args.backends.split(",") if b.strip()] if args.backends else None
+    if args.backends is not None:
+        from .runner import plugin_manager
+
+        try:
+            pm = plugin_manager(args.plugin)
+        except (ValueError, ImportError, AttributeError) as e:
+            print(f"pedagle conformance run: error: --plugin: {e}", file=sys.stderr)
+            return 2
+        known = sorted(n for n, _ in pm.list_name_plugin())
+        unknown = [b for b in backends or [] if b not in known]
+        if not backends or unknown:
+            what = f"no backend named {', '.join(map(repr, unknown))}" if unknown else "no backend names given"
+            print(f"pedagle conformance run: error: --backends {args.backends}: {what}; known backends: "
+                  f"{', '.join(known)} (see `pedagle conformance list`; more with --plugin NAME=module:attr)",
+                  file=sys.stderr)
+            return 2
     log = (lambda s: print(s, file=sys.stderr, flush=True)) if not args.quiet else (lambda s: None)
     report = run_conformance(cases, backends=backends, levels=levels, device=args.device, tie_margin=args.tie_margin,
                              max_resync=args.max_resync, plugins=args.plugin, require_all=args.require_all, log=log)
@@ -91,13 +107,33 @@ def cmd_list(args) -> int:
     return 0
 
 
+EXIT_RECORD = """exit status:
+  0  recorded (--verify: every case matches the committed recording)
+  1  the reference could not record a case, or --check found two recordings differ, or --verify found a
+     difference (or a case without a recording)
+  2  usage error (no cases found, conflicting options)"""
+EXIT_RUN = """exit status:
+  0  nothing failed (identical or near-ties only; backends/cases that could not run are listed as not run)
+  1  a case differs beyond a near-tie or a backend errored (--require-all: also when a requested
+     backend/case could not run)
+  2  usage error (an unknown backend name in --backends, a bad --plugin, no cases found)"""
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("conformance", help="cross-backend conformance suite: record expected results, run "
                                                    "them on every backend",
                               description="Same drafter, same drafts, in every backend: cases recorded by the "
                                           "reference backend, compared step by step on each backend.")
     sub = p.add_subparsers(dest="conformance_command", metavar="{record,run,list}")
-    r = sub.add_parser("record", help="record the expected results of the cases with the reference backend")
+    from pedagle_core.helpformat import HelpFormatter as raw
+    r = sub.add_parser("record", help="record the expected results of the cases with the reference backend",
+                       formatter_class=raw, epilog=EXIT_RECORD,
+                       description="Run every case on pedagle's reference backend (greedy, EOS ignored) and write "
+                                   "its expected result into the case JSON (drafts, accepted counts, emitted ids, "
+                                   "top-2 margins, model fingerprints) plus the step inputs beside it "
+                                   "(<case>.steps.safetensors). --verify instead checks that this environment "
+                                   "reproduces the committed recordings (ids exactly, margins within a relative "
+                                   "tolerance, versions only reported; conformance/README.md).")
     _add_case_args(r)
     r.add_argument("--device", default=None, help="override the cases' device (default: each case's, cpu)")
     r.add_argument("--check", action="store_true", help="record twice and fail unless identical (reproducibility)")
@@ -107,7 +143,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "within a relative tolerance (conformance/README.md), versions reported only")
     r.set_defaults(func=cmd_record)
 
-    u = sub.add_parser("run", help="run the cases on backends and compare step by step")
+    u = sub.add_parser("run", help="run the cases on backends and compare step by step", formatter_class=raw,
+                       epilog=EXIT_RUN,
+                       description="Run the recorded cases on each backend (reference, vllm, sglang or any "
+                                   "pedagle.backends entry point) and compare every drafting step with the "
+                                   "recording: drafts per position, accepted counts, emitted tokens. A differing "
+                                   "draft whose recorded margin is below the tie margin is a near-tie (listed, "
+                                   "not a failure); a backend or case that cannot run here is listed as not run, "
+                                   "never as a pass.")
     _add_case_args(u)
     u.add_argument("--backends", default=None,
                    help="comma-separated backend names (default: every registered backend)")
@@ -128,9 +171,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     u.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     u.set_defaults(func=cmd_run)
 
-    ls = sub.add_parser("list", help="list the cases and the registered backends")
+    ls = sub.add_parser("list", help="list the cases and the registered backends", formatter_class=raw,
+                        epilog="exit status: 0 listed; 2 usage error (e.g. an unreadable case file)",
+                        description="List the registered backends (installed or not, with the reason) and the "
+                                    "cases (mode, K, steps, batch, dtype, recorded or not, models present or not).")
     _add_case_args(ls)
-    ls.add_argument("--plugin", action="append", metavar="NAME=module:attr")
+    ls.add_argument("--plugin", action="append", metavar="NAME=module:attr",
+                    help="register an extra backend object or class before listing")
     ls.set_defaults(func=cmd_list)
 
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])

@@ -11,6 +11,8 @@ a line holding a bare JSON string or list of ints works too.
 
 from __future__ import annotations
 
+from ..helpformat import HelpFormatter  # noqa: E402  (stdlib only)
+
 import argparse
 import datetime
 import json
@@ -31,16 +33,72 @@ class CLIError(Exception):
     """A user error: printed as one line, exit status 2."""
 
 
+EXIT_CODES = """exit status:
+  0  success
+  1  an unexpected internal error (a bug: please report it with the traceback)
+  2  usage error: a bad argument, input file or checkpoint (one line on stderr names it)"""
+
+SEED_MAX = 2**63 - 1
+
+GENERATE_JSON_DOC = """--json prints one JSON object:
+  {"mode": "parallel", "K": 5,               (K is 0 for --mode none)
+   "outputs": [                               one entry per prompt, in input order
+     {"prompt_ids": [...], "output_ids": [...],
+      "finish_reason": "length" | "stop",     per output: "stop" = the target's EOS token, "length" =
+                                              --max-new-tokens (or --max-model-len) reached
+      "text": "..."}],                        (only when the target directory has a tokenizer)
+   "metrics": {...},                          the whole run: tokens, steps, acceptance, timings
+   "device": "..."}"""
+
+
+def _int_at_least(lo: int, what: str = "an integer"):
+    """An argparse type: an int >= lo (argparse turns the ValueError into a usage error, exit 2)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"{v}: expected {what} >= {lo}")
+        return v
+    parse.__name__ = f"int>={lo}"
+    return parse
+
+
+def _seed(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= v <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"{v}: expected an integer in [0, 2**63 - 1] (request i uses seed + i)")
+    return v
+
+
+def _finite_float(text: str) -> float:
+    import math
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"{text}: expected a finite number")
+    return v
+
+
 # ------------------------------------------------------------------------------------------- parsers
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", required=True, metavar="DIR", help="target model: a local Hugging Face causal-LM directory")
-    p.add_argument("--max-new-tokens", type=int, default=64, metavar="N", help="tokens to generate per prompt [64]")
-    p.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 = greedy (lossless) [0]")
-    p.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling [1.0 = off]")
-    p.add_argument("--top-k", type=int, default=0, metavar="K", help="top-k sampling [0 = off]")
-    p.add_argument("--seed", type=int, default=0, help="request i samples with seed + i [0]")
-    p.add_argument("--batch-size", type=int, default=8, metavar="N", help="requests verified together [8]")
-    p.add_argument("--max-model-len", type=int, default=None, metavar="N",
+    p.add_argument("--max-new-tokens", type=_int_at_least(1), default=64, metavar="N",
+                   help="tokens to generate per prompt, >= 1 [64]")
+    p.add_argument("--temperature", type=_finite_float, default=0.0, metavar="T",
+                   help="0 = greedy (lossless); > 0 samples (finite) [0]")
+    p.add_argument("--top-p", type=_finite_float, default=1.0, metavar="P", help="nucleus sampling, in (0, 1] [1.0 = off]")
+    p.add_argument("--top-k", type=_int_at_least(0), default=0, metavar="K", help="top-k sampling [0 = off]")
+    p.add_argument("--seed", type=_seed, default=0, help="request i samples with seed + i; 0 .. 2**63-1 [0]")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=8, metavar="N", help="requests verified together [8]")
+    p.add_argument("--max-model-len", type=_int_at_least(1), default=None, metavar="N",
                    help="prompt + output limit per request [prompt + max-new-tokens + 1]")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N [cuda if available]")
     p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
@@ -50,36 +108,45 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     g = subparsers.add_parser("generate", help="speculative decoding with the reference engine",
-                              description="Generate with a target and a P-EAGLE / EAGLE-3 drafter (lossless: greedy "
-                                          "output equals the target's own; sampling keeps its distribution).")
+                              description="Generate with a target and a P-EAGLE / EAGLE-3 drafter (greedy output "
+                                          "is the target's own, see the README on bf16 near-ties; sampling keeps "
+                                          "the target's distribution).",
+                              epilog=GENERATE_JSON_DOC + "\n\n" + EXIT_CODES,
+                              formatter_class=HelpFormatter)
     _common(g)
     g.add_argument("--drafter", metavar="DIR", help="drafter checkpoint (vLLM or speculators format)")
     g.add_argument("--mode", default="parallel", choices=("parallel", "autoregressive", "none"),
                    help="parallel (P-EAGLE, one drafter forward), autoregressive (EAGLE-3, K forwards), "
                         "none (target only) [parallel]")
-    g.add_argument("-k", "--num-draft-tokens", dest="k", type=int, default=5, metavar="K", help="drafts per step [5]")
+    g.add_argument("-k", "--num-draft-tokens", dest="k", type=_int_at_least(1), default=5, metavar="K",
+                   help="drafts per step [5]")
     src = g.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="prompt text (tokenized with the target's tokenizer)")
     src.add_argument("--prompt-ids", metavar="IDS", help="comma-separated prompt token ids")
     src.add_argument("--prompts", metavar="FILE", help="JSON-lines file of prompts")
-    g.add_argument("--json", action="store_true", help="print one JSON object: output ids per prompt and all metrics")
+    g.add_argument("--json", action="store_true",
+                   help="print one JSON object instead of text: per prompt its ids, output and finish_reason, plus "
+                        "the run's metrics (layout below)")
     g.add_argument("--progress", action="store_true", help="show a progress bar (stderr)")
     g.set_defaults(func=run_generate)
 
     b = subparsers.add_parser("bench", help="sweep K and drafting modes; table, JSON and plot",
-                              description="Benchmark the reference engine over K values and modes in one process.")
+                              description="Benchmark the reference engine over K values and modes in one process.",
+                              epilog=EXIT_CODES, formatter_class=HelpFormatter)
     _common(b)
     b.add_argument("--drafter", required=True, metavar="DIR", help="P-EAGLE drafter checkpoint")
     b.add_argument("--ar-drafter", metavar="DIR", help="drafter for mode autoregressive (an EAGLE-3 head) [--drafter]")
     b.add_argument("--prompts", required=True, metavar="FILE", help="JSON-lines file of prompts")
-    b.add_argument("--num-prompts", type=int, default=None, metavar="N", help="use the first N prompts [all]")
+    b.add_argument("--num-prompts", type=_int_at_least(1), default=None, metavar="N", help="use the first N prompts [all]")
     b.add_argument("-k", "--num-draft-tokens", dest="k", default="1,3,5,7", metavar="K,K,..", help="K values [1,3,5,7]")
     b.add_argument("--modes", default="parallel,autoregressive,none", help="modes to run [parallel,autoregressive,none]")
-    b.add_argument("--warmup", type=int, default=1, metavar="N",
+    b.add_argument("--warmup", type=_int_at_least(0), default=1, metavar="N",
                    help="untimed warm-up passes per configuration (on CUDA: one per batch size, capturing the "
                         "decode-step graphs) [1]")
     b.add_argument("--out", required=True, metavar="FILE", help="results JSON")
-    b.add_argument("--plot", metavar="FILE", help="PNG: acceptance length and tokens/s vs K")
+    b.add_argument("--plot", metavar="FILE",
+                   help="PNG: acceptance length and tokens/s vs K, titled with the device, batch size, number of "
+                        "prompts and K range")
     b.set_defaults(func=run_bench)
 
 
@@ -87,7 +154,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _device(name: str | None) -> torch.device:
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise CLIError(f"--device {name}: not a device; expected cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise CLIError(f"--device {name}: expected cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise CLIError(f"--device {name}: CUDA is not available on this machine")
     return dev
@@ -109,7 +181,14 @@ def _ids(text: str, what: str) -> list[int]:
         raise CLIError(f"{what}: expected comma-separated integers, got {text!r}") from e
     if not ids:
         raise CLIError(f"{what}: no token ids")
+    if any(i < 0 for i in ids):
+        raise CLIError(f"{what}: {text!r} has negative values; expected non-negative integers")
     return ids
+
+
+def _brief(x, n: int = 60) -> str:
+    t = json.dumps(x) if not isinstance(x, str) else repr(x)
+    return t if len(t) <= n else t[: n - 3] + "..."
 
 
 def read_prompts(path: str, tokenizer) -> list[tuple[str | None, list[int]]]:
@@ -117,29 +196,40 @@ def read_prompts(path: str, tokenizer) -> list[tuple[str | None, list[int]]]:
     if not os.path.isfile(path):
         raise CLIError(f"--prompts {path}: file not found")
     out = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except ValueError as e:
-                raise CLIError(f"{path}:{n}: not JSON ({e})") from e
-            if isinstance(rec, dict):
-                ids = rec.get("prompt_ids", rec.get("ids"))
-                text = rec.get("prompt", rec.get("text"))
-            elif isinstance(rec, list):
-                ids, text = rec, None
-            else:
-                ids, text = None, rec
-            if ids is not None:
-                if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
-                    raise CLIError(f"{path}:{n}: 'prompt_ids' must be a list of ints")
-                out.append((text if isinstance(text, str) else None, ids))
-            elif isinstance(text, str):
-                out.append((text, _encode(tokenizer, text, f"{path}:{n}")))
-            else:
-                raise CLIError(f"{path}:{n}: expected {{\"prompt\": str}} or {{\"prompt_ids\": [int, ...]}}")
+    try:
+        with open(path, "rb") as fh:
+            raw_lines = fh.read().split(b"\n")
+    except OSError as e:
+        raise CLIError(f"--prompts {path}: cannot read ({e.strerror})") from e
+    for n, raw in enumerate(raw_lines, 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise CLIError(f"{path}:{n}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                           "expected a UTF-8 JSON-lines file") from None
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError as e:
+            raise CLIError(f"{path}:{n}: not JSON ({e})") from e
+        if isinstance(rec, dict):
+            ids = rec.get("prompt_ids", rec.get("ids"))
+            text = rec.get("prompt", rec.get("text"))
+        elif isinstance(rec, list):
+            ids, text = rec, None
+        else:
+            ids, text = None, rec
+        if ids is not None:
+            if not isinstance(ids, list) or not ids or not all(
+                    isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+                raise CLIError(f"{path}:{n}: 'prompt_ids' = {_brief(ids)}; expected a non-empty list of "
+                               "non-negative integer token ids")
+            out.append((text if isinstance(text, str) else None, ids))
+        elif isinstance(text, str):
+            out.append((text, _encode(tokenizer, text, f"{path}:{n}")))
+        else:
+            raise CLIError(f"{path}:{n}: expected {{\"prompt\": str}} or {{\"prompt_ids\": [int, ...]}}")
     if not out:
         raise CLIError(f"--prompts {path}: no prompts")
     return out
@@ -156,7 +246,7 @@ def load_models(args: argparse.Namespace, drafter_dirs: dict[str, str | None]):
     """(hf target, {mode: TargetModel, Drafter | None}, tokenizer, device)."""
     from ..formats import CheckpointError
     from .backend import load_drafter_for
-    from .target import TargetModel, load_hf_target, resolve_dtype
+    from .target import EngineError, TargetModel, load_hf_target, resolve_dtype
 
     device = _device(args.device)
     dt = resolve_dtype(args.dtype)
@@ -173,9 +263,25 @@ def load_models(args: argparse.Namespace, drafter_dirs: dict[str, str | None]):
                 d = load_drafter_for(path, hf, mode, dt, device)
             except CheckpointError as e:
                 raise CLIError(str(e)) from e
-            cache[key] = (TargetModel(hf, aux_layer_ids=d.config.aux_layer_ids), d)
+            try:
+                wrapped = TargetModel(hf, aux_layer_ids=d.config.aux_layer_ids)
+            except EngineError as e:
+                raise CLIError(_aux_ids_message(path, args.target, e)) from e
+            cache[key] = (wrapped, d)
         out[mode] = cache[key]
     return hf, out, _tokenizer(args.target), device
+
+
+def _aux_ids_message(drafter_dir: str, target_dir: str, err: Exception) -> str:
+    """The target rejected the drafter's aux layer ids: name the drafter's config key and file."""
+    from ..formats.load import aux_layer_ids_field
+
+    cfg_file, key = aux_layer_ids_field(drafter_dir)
+    detail = str(err).split(": ", 1)[-1] if str(err).startswith("aux_layer_ids") else str(err)
+    if key is None:
+        return f"--drafter {drafter_dir} does not fit --target {target_dir}: {err}"
+    return (f"{cfg_file}: field '{key}' does not fit --target {target_dir}: {detail}; expected ids of the target's "
+            "decoder layers (a drafter trained for this target)")
 
 
 def _sampling(args: argparse.Namespace):
@@ -345,7 +451,7 @@ def _bench(args: argparse.Namespace) -> int:
     print(format_table(runs))
     print(f"wrote {args.out}", file=sys.stderr)
     if args.plot:
-        plot_results(runs, args.plot, title=os.path.basename(os.path.normpath(args.drafter)))
+        plot_results(runs, args.plot, title=plot_title(result["meta"], ks))
         print(f"wrote {args.plot}", file=sys.stderr)
     return 0
 
@@ -392,6 +498,13 @@ def format_table(runs: list[dict]) -> str:
         lines.append(f"{r['mode']:<15}{r['K']:>3}{r['mean_acceptance_length']:>12.2f}{r['tokens_per_s']:>10.1f}"
                      f"{sp:>9}{100 * r['draft_fraction']:>8.0f}%  {rates}")
     return "\n".join(lines)
+
+
+def plot_title(meta: dict[str, Any], ks: list[int]) -> str:
+    """What a reader of the plot needs: where it ran, on how much, over which K."""
+    k_range = f"K {ks[0]}..{ks[-1]}" if len(ks) > 1 else f"K {ks[0]}"
+    return (f"{meta['device']}, batch size {meta['batch_size']}, {meta['num_prompts']} prompts x "
+            f"{meta['max_new_tokens']} tokens, {k_range}, {meta['dtype']}")
 
 
 def plot_results(runs: list[dict], path: str, title: str = "") -> None:

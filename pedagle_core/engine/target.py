@@ -93,6 +93,9 @@ def load_hf_target(path: str, dtype: str | torch.dtype | None = None, device: st
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise EngineError(f"--target {path!r}: expected a local Hugging Face model directory with config.json")
     dt = resolve_dtype(dtype)
+    from ..formats.load import check_target_dir
+
+    check_target_dir(path, dtype_given=dt is not None)     # a drafter dir as target; stored vs config dtype
     kw: dict[str, Any] = {"dtype": dt if dt is not None else "auto"}
     if dt == torch.float64:
         kw["experts_implementation"] = "eager"        # grouped_mm MoE kernels have no float64

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..helpformat import HelpFormatter  # noqa: E402  (stdlib only)
+
 import argparse
 import json
 import sys
@@ -13,16 +15,32 @@ DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16
           "float16": "float16", "fp16": "float16"}
 
 
+EXIT_STATUS_INSPECT = """exit status:
+  0  the checkpoint loads (warnings, if any, are printed)
+  1  it has an error generate/serving would refuse (listed), or cannot be read at all"""
+EXIT_STATUS_CONVERT = """exit status:
+  0  written
+  1  the source checkpoint has an error (one line names it)
+  2  usage error"""
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("inspect", help="show a drafter checkpoint: format, config, tensors, problems",
-                              description="Show a drafter checkpoint (vLLM or speculators format).")
+                              description="Show a drafter checkpoint (vLLM or speculators format) and every problem "
+                                          "a load would meet: structure (missing tensors, shapes, dtypes, config "
+                                          "fields) and values (non-finite weights, d2t outside the target "
+                                          "vocabulary; reads every tensor, skipped by --headers-only).",
+                              epilog=EXIT_STATUS_INSPECT, formatter_class=HelpFormatter)
     p.add_argument("path", metavar="DIR", help="checkpoint directory")
     p.add_argument("--json", action="store_true", help="print the description as JSON")
+    p.add_argument("--headers-only", action="store_true",
+                   help="read only config.json and the safetensors headers: no value checks (the report says so)")
     p.set_defaults(func=run_inspect)
 
     c = subparsers.add_parser("convert", help="rewrite a drafter checkpoint in another format (drafts unchanged)",
                               description="Rewrite a drafter checkpoint, tensor for tensor, in the vLLM "
-                                          "(canonical) or the speculators format.")
+                                          "(canonical) or the speculators format.",
+                              epilog=EXIT_STATUS_CONVERT, formatter_class=HelpFormatter)
     c.add_argument("src", metavar="SRC", help="source checkpoint directory")
     c.add_argument("dst", metavar="DST", help="destination directory (created)")
     c.add_argument("--to", required=True, choices=("vllm", "speculators"), help="destination format")
@@ -68,6 +86,9 @@ def render(info: dict) -> str:
     lines.append("  ".join(h.ljust(w) for h, w in zip(("tensor", "shape", "dtype", "file"), widths)))
     for r in rows:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+    lines.append("values       " + ("checked: every tensor read (finite weights, d2t in range)" if info.get("values_checked")
+                                   else "NOT checked (--headers-only): generate may still refuse non-finite weights "
+                                        "or an out-of-range d2t"))
     if info["ignored_tensors"]:
         lines.append(f"ignored: {', '.join(info['ignored_tensors'])}")
     for p in info["problems"]:
@@ -76,12 +97,15 @@ def render(info: dict) -> str:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from .load import describe
+    from .load import describe, value_problems
 
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             info = describe(args.path)
+            info["values_checked"] = not args.headers_only
+            if not args.headers_only:
+                info["problems"] += [{"level": p.level, "message": p.message} for p in value_problems(args.path)]
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -464,6 +464,76 @@ def convert(src: PathLike, dst: PathLike, to: str, verifier_name_or_path: str | 
     _write(r.config, tensors, dst, to, verifier_name_or_path or r.verifier_name_or_path, r.verifier_architectures)
 
 
+DRAFTER_MARKERS = ("speculators_config", "speculators_model_type", "eagle_config", "eagle_aux_hidden_state_layer_ids",
+                   "draft_vocab_size", "dflash_config", "pedagle")
+
+
+def check_target_dir(path: PathLike, dtype_given: bool = False) -> None:
+    """Checks of a target model directory before transformers loads it: a drafter checkpoint given as the
+    target is refused by name (transformers would fail on mismatched sizes), and weights stored in another
+    dtype than config.json says are reported (a warning; transformers casts them to the config's dtype)."""
+    from .validate import _dtype_disagreement
+
+    d = Path(path)
+    cf = d / "config.json"
+    try:
+        raw = json.loads(cf.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{cf}: cannot read it as JSON ({e}); expected a Hugging Face model config") from None
+    marker = next((k for k in DRAFTER_MARKERS if isinstance(raw, dict) and k in raw), None)
+    if marker is not None:
+        raise CheckpointError(f"{cf}: field '{marker}' marks a drafter checkpoint, not a target model; pass it as "
+                              "--drafter and the model it drafts for as --target")
+    if dtype_given:
+        return
+    try:
+        from .safetensors_io import read_headers
+
+        stored = read_headers(d)
+    except CheckpointError:
+        return                               # no safetensors (e.g. .bin): transformers reports what it finds
+    for p in _dtype_disagreement(cf, stored, "transformers casts them to the config's dtype unless --dtype is "
+                                             "given"):
+        warnings.warn(p.message, stacklevel=3)
+
+
+def aux_layer_ids_field(path: PathLike) -> tuple[Path, str | None]:
+    """(config file, the key holding the drafter's aux layer ids in it, or None), for messages."""
+    p = Path(path)
+    cf = p / "config.json" if p.is_dir() else p
+    try:
+        raw = json.loads(cf.read_text())
+    except (OSError, ValueError):
+        return cf, None
+    if not isinstance(raw, dict):
+        return cf, None
+    if raw.get("eagle_aux_hidden_state_layer_ids") is not None:
+        return cf, "eagle_aux_hidden_state_layer_ids"
+    for outer, inner in (("eagle_config", "eagle_aux_hidden_state_layer_ids"), ("dflash_config", "target_layer_ids")):
+        if isinstance(raw.get(outer), dict) and raw[outer].get(inner) is not None:
+            return cf, f"{outer}.{inner}"
+    return cf, None
+
+
+def value_problems(path: PathLike) -> list[Problem]:
+    """The value checks a load makes (finite weights, d2t inside the target vocabulary), every tensor, as
+    `Problem`s (`pedagle inspect`). Nothing when the structure already has errors (they come first)."""
+    r = read_checkpoint(path)
+    if any(p.level == "error" for p in check_structure(r.config, r.tensors, r.config_file, False)):
+        return []
+    known = known_tensor_names(r.config)
+    recs = {k: v for k, v in r.tensors.items() if k in known}
+    data = load_tensors(list(recs.values()))
+    out: list[Problem] = []
+    for name, rec in sorted(recs.items()):
+        t = data[rec.name]
+        try:
+            check_values(r.config, {name: t.to(torch.int64) if name == "d2t" else t}, {name: r.origin(name)})
+        except CheckpointError as e:
+            out.append(Problem("error", str(e)))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- describe
 def describe(path: PathLike) -> dict[str, Any]:
     """Everything `pedagle inspect` shows: format, every DrafterConfig field, the tensors (headers only),

@@ -142,6 +142,7 @@ def check_structure(cfg: DrafterConfig, stored: dict[str, TensorRecord], config_
         problems.append(Problem("error", f"{where}: missing tensor(s) {listed}; expected by {config_file} "
                                          f"({sizes}). Missing weights are never filled with initial values"))
     unknown = []
+    shape_errors: list[Problem] = []
     for name, rec in stored.items():
         e = exp.get(name) or optional.get(name)
         if e is None:
@@ -158,18 +159,82 @@ def check_structure(cfg: DrafterConfig, stored: dict[str, TensorRecord], config_
         else:
             shape_ok = rec.shape == e.shape
         if not shape_ok:
-            problems.append(Problem("error", f"{rec.file}: tensor '{rec.name}' has shape {list(rec.shape)}; expected "
-                                             f"{list(e.shape)} = {e.formula} from {config_file} ({sizes})"))
+            shape_errors.append(Problem("error", f"{rec.file}: tensor '{rec.name}' has shape {list(rec.shape)}; "
+                                                 f"expected {list(e.shape)} = {e.formula} from {config_file} ({sizes})"))
         if e.kind == "float" and rec.dtype not in FLOAT_DTYPES:
             problems.append(Problem("error", f"{rec.file}: tensor '{rec.name}' has dtype {rec.dtype}; expected a "
                                              f"floating-point dtype ({', '.join(FLOAT_DTYPES)})"))
         if e.kind == "int" and rec.kind != "int":
             problems.append(Problem("error", f"{rec.file}: tensor '{rec.name}' has dtype {rec.dtype}; expected an "
                                              "integer dtype (I64 offsets: target_id = draft_id + d2t[draft_id])"))
+    if shape_errors:
+        problems += _defaulted_sizes(cfg, config_file, shape_errors) or shape_errors
     if unknown:
         problems.append(Problem("warning", f"{where}: ignoring unknown tensor(s) {sorted(unknown)}; expected only "
                                            "the drafter's weights"))
+    problems += _dtype_disagreement(config_file, stored)
     return problems
+
+
+SIZE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
+               "intermediate_size", "vocab_size")
+
+
+def _layer_config(config_file: Path) -> tuple[dict, str]:
+    """The raw dict holding the decoder-layer fields and how to name it ("" or "transformer_layer_config.")."""
+    import json
+
+    try:
+        raw = json.loads(Path(config_file).read_text())
+    except (OSError, ValueError):
+        return {}, ""
+    if not isinstance(raw, dict):
+        return {}, ""
+    tlc = raw.get("transformer_layer_config")
+    return (tlc, "transformer_layer_config.") if isinstance(tlc, dict) else (raw, "")
+
+
+def _defaulted_sizes(cfg: DrafterConfig, config_file: Path, shape_errors: list[Problem]) -> list[Problem]:
+    """When shapes disagree and config.json lacks size fields (so transformers' class defaults were taken),
+    one error naming the missing fields instead of a shape error per tensor."""
+    layer, prefix = _layer_config(config_file)
+    if not layer:
+        return []
+    absent = [f for f in SIZE_FIELDS if layer.get(f) is None]
+    if not absent or absent == ["head_dim"] and "hidden_size" in layer:
+        return []
+    assumed = ", ".join(f"'{prefix}{f}' (assumed {getattr(cfg, f)})" for f in absent)
+    first = shape_errors[0].message.split(" from ")[0]
+    return [Problem("error", f"{config_file}: field(s) {assumed} missing; transformers' defaults for them do not "
+                             f"fit the weights ({len(shape_errors)} tensor(s) with other shapes, e.g. {first}); "
+                             f"expected the drafter's own values in {config_file.name}")]
+
+
+_CONFIG_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64"}
+
+
+def _dtype_disagreement(config_file: Path, stored: dict[str, TensorRecord],
+                        consequence: str = "they load as stored unless a dtype is given (--dtype)") -> list[Problem]:
+    """A warning when the floating-point weights are stored in another dtype than config.json says."""
+    import json
+
+    try:
+        raw = json.loads(Path(config_file).read_text())
+    except (OSError, ValueError):
+        return []
+    layer, prefix = _layer_config(config_file)
+    for d, pre in ((raw, ""), (layer, prefix)):
+        for key in ("torch_dtype", "dtype"):
+            said = d.get(key) if isinstance(d, dict) else None
+            if isinstance(said, str) and said.replace("torch.", "") in _CONFIG_DTYPES:
+                code = _CONFIG_DTYPES[said.replace("torch.", "")]
+                floats = sorted({r.dtype for r in stored.values() if r.dtype in FLOAT_DTYPES})
+                if floats and floats != [code]:
+                    files = sorted({r.file.name for r in stored.values() if r.dtype in FLOAT_DTYPES and r.dtype != code})
+                    return [Problem("warning", f"{config_file}: field '{pre}{key}' = {said!r}, but the weights in "
+                                               f"{', '.join(files)} are stored as {', '.join(floats)}; {consequence}")]
+                return []
+    return []
 
 
 def known_tensor_names(cfg: DrafterConfig) -> set[str]:

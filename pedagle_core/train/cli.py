@@ -1,97 +1,130 @@
-"""``pedagle train``: train a P-EAGLE (parallel) or EAGLE-3 (autoregressive) drafter for a target.
-
-Examples::
-
-    pedagle train --target models/tiny-code/target --data prompts.jsonl --out drafter --depth 8 --layers 4
-    pedagle train ... --cache-dir feats --prepare-only            # offline pass: regenerate + cache features
-    pedagle train ... --cache-dir feats                           # train from the cache
-    torchrun --nproc-per-node 8 -m pedagle_core.train.cli train ... --distributed fsdp
-"""
+"""``pedagle train``: train a P-EAGLE (parallel) or EAGLE-3 (autoregressive) drafter for a target."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
+from pathlib import Path
+
+from ..helpformat import DefaultsHelpFormatter
+
+DESCRIPTION = """Train a P-EAGLE (parallel) or EAGLE-3 (autoregressive) drafter for a target model.
+
+examples:
+  pedagle train --target models/tiny-code/target --data prompts.jsonl --out drafter --depth 8 --layers 4
+  pedagle train ... --cache-dir feats --prepare-only     # offline pass: regenerate responses, cache features
+  pedagle train ... --cache-dir feats                    # train from the cache
+  torchrun --nproc-per-node 8 -m pedagle_core.train.cli train ... --distributed fsdp
+
+The final drafter is written to --out (vLLM format unless --save-format speculators); training artifacts
+(arguments, regenerated sequences, metrics, checkpoints) go to --work-dir."""
+
+EPILOG = """exit status:
+  0  trained (one JSON line with the final metrics on stdout)
+  1  an internal error (a traceback: please report it)
+  2  usage error: a missing or bad argument (one line on stderr names it)"""
 
 
 def _ints(s: str) -> list[int]:
-    return [int(x) for x in s.replace(",", " ").split()]
+    try:
+        return [int(x) for x in s.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r}: expected comma-separated integers") from None
 
 
 def _floats(s: str) -> list[float]:
-    return [float(x) for x in s.replace(",", " ").split()]
+    try:
+        return [float(x) for x in s.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r}: expected comma-separated numbers") from None
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("train", help="train a P-EAGLE / EAGLE-3 drafter for a target",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=DESCRIPTION, epilog=EPILOG, formatter_class=DefaultsHelpFormatter)
     g = p.add_argument_group("what")
     g.add_argument("--target", required=True, help="target model directory (Hugging Face causal LM)")
-    g.add_argument("--data", help="prompts: .jsonl/.json/.parquet or hf:NAME[:SPLIT]")
+    g.add_argument("--data", help="prompts: .jsonl/.json/.parquet or hf:NAME[:SPLIT]; required unless the "
+                                  "work dir already holds the regenerated sequences of an earlier run")
     g.add_argument("--out", required=True, help="output directory (final drafter in the canonical format)")
     g.add_argument("--mode", choices=("parallel", "autoregressive"), default="parallel",
                    help="parallel = P-EAGLE (COD over --depth depths); autoregressive = EAGLE-3 (--ttt-steps)")
-    g.add_argument("--depth", type=int, default=8, help="K: number of depths trained (0..K-1), default 8")
+    g.add_argument("--depth", type=int, default=8, help="parallel mode: K, the number of depths trained (0..K-1)")
     g.add_argument("--ttt-steps", type=int, default=1,
                    help="autoregressive mode: steps trained on the drafter's own fed-back hidden (test-time "
                         "training); 1 = next-token training only")
     g.add_argument("--layers", type=int, default=4, help="drafter decoder layers")
-    g.add_argument("--draft-vocab", type=int, help="draft vocabulary size (top-N target tokens; default: full)")
-    g.add_argument("--mask-token-id", type=int, help="MASK token id (default: first unused embedding slot)")
-    g.add_argument("--aux-layers", type=_ints, help="target aux layer ids (default 2,L//2,L-3)")
-    g.add_argument("--hidden-size", type=int)
-    g.add_argument("--num-heads", type=int)
-    g.add_argument("--num-kv-heads", type=int)
-    g.add_argument("--head-dim", type=int)
-    g.add_argument("--intermediate-size", type=int)
-    g.add_argument("--train-embeddings", action="store_true", help="train the whole embedding table")
+    g.add_argument("--draft-vocab", type=int, help="draft vocabulary size (the top-N target tokens); default: the "
+                                                   "full target vocabulary")
+    g.add_argument("--mask-token-id", type=int, help="MASK token id; default: the first unused embedding slot")
+    g.add_argument("--aux-layers", type=_ints, help="target layer ids whose hidden states feed the drafter; "
+                                                    "default: 2, L//2, L-3")
+    g.add_argument("--hidden-size", type=int, help="drafter hidden size; default: the target's")
+    g.add_argument("--num-heads", type=int, help="drafter attention heads; default: the target's")
+    g.add_argument("--num-kv-heads", type=int, help="drafter key/value heads; default: the target's")
+    g.add_argument("--head-dim", type=int, help="drafter head dimension; default: the target's")
+    g.add_argument("--intermediate-size", type=int, help="drafter MLP size; default: the target's")
+    g.add_argument("--train-embeddings", action="store_true", help="train the whole embedding table (default: "
+                                                                   "shared with the target, frozen)")
     g = p.add_argument_group("data")
     g.add_argument("--regen", choices=("greedy", "sample", "none"), default="greedy",
                    help="responses regenerated by the target (none: train on the text as given)")
-    g.add_argument("--max-new-tokens", type=int, default=256)
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--regen-batch", type=int, default=32)
-    g.add_argument("--feature-batch", type=int, default=8)
-    g.add_argument("--max-prompts", type=int)
-    g.add_argument("--max-prompt-len", type=int)
-    g.add_argument("--chat-template", choices=("auto", "none", "always"), default="auto")
+    g.add_argument("--max-new-tokens", type=int, default=256, help="regeneration: tokens per response")
+    g.add_argument("--temperature", type=float, default=1.0, help="regeneration with --regen sample: temperature")
+    g.add_argument("--top-p", type=float, default=1.0, help="regeneration with --regen sample: nucleus top-p")
+    g.add_argument("--regen-batch", type=int, default=32, help="regeneration: prompts per target batch")
+    g.add_argument("--feature-batch", type=int, default=8, help="sequences per target forward when computing "
+                                                                "the aux hidden states (features)")
+    g.add_argument("--max-prompts", type=int, help="use at most this many prompts (default: all)")
+    g.add_argument("--max-prompt-len", type=int, help="drop prompts longer than this many tokens (default: keep all)")
+    g.add_argument("--chat-template", choices=("auto", "none", "always"), default="auto",
+                   help="wrap prompts in the tokenizer's chat template: auto = when the tokenizer has one")
     g.add_argument("--supervise-prompt", action="store_true", help="also train on prompt tokens")
     g.add_argument("--cache-dir", help="feature cache: written when missing, read when present")
     g.add_argument("--prepare-only", action="store_true", help="stop after regeneration and the feature cache")
     g.add_argument("--eval-data", help="held-out prompts (per-depth accuracy over every chain)")
-    g.add_argument("--eval-every", type=int, default=0)
-    g.add_argument("--max-eval-prompts", type=int, default=64)
+    g.add_argument("--eval-every", type=int, default=0, help="evaluate on --eval-data every N steps (0 = at the "
+                                                              "end only)")
+    g.add_argument("--max-eval-prompts", type=int, default=64, help="use at most this many --eval-data prompts")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--steps", type=int, default=1000)
-    g.add_argument("--lr", type=float, default=6e-4)
-    g.add_argument("--min-lr-ratio", type=float, default=0.1)
-    g.add_argument("--warmup-steps", type=int)
-    g.add_argument("--weight-decay", type=float, default=0.0)
-    g.add_argument("--clip", type=float, default=1.0)
+    g.add_argument("--steps", type=int, default=1000, help="optimizer steps")
+    g.add_argument("--lr", type=float, default=6e-4, help="peak learning rate (AdamW)")
+    g.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine schedule floor, as a fraction of --lr")
+    g.add_argument("--warmup-steps", type=int, help="linear warm-up steps (default: min(100, steps // 20))")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    g.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping (0 = off)")
     g.add_argument("--seq-len", type=int, default=2048, help="drafter rows per packed sequence")
     g.add_argument("--segments", type=int, default=1, help="sequence partitioning: segments per sequence")
-    g.add_argument("--grad-accum", type=int, default=1)
-    g.add_argument("--cod-ratio", type=float, default=0.7)
-    g.add_argument("--cod-ratio-min", type=float, default=0.2)
-    g.add_argument("--depth-weights", type=_floats, help="per-depth loss weights (K values)")
-    g.add_argument("--init-std", type=float, default=0.02)
+    g.add_argument("--grad-accum", type=int, default=1, help="micro-batches accumulated per optimizer step")
+    g.add_argument("--cod-ratio", type=float, default=0.7,
+                   help="parallel mode (COD sampling): fraction of positions kept from one depth to the next")
+    g.add_argument("--cod-ratio-min", type=float, default=0.2, help="parallel mode: lower bound of that fraction")
+    g.add_argument("--depth-weights", type=_floats, help="per-depth loss weights, one per depth (default: equal)")
+    g.add_argument("--init-std", type=float, default=0.02, help="standard deviation of the initial weights")
     g = p.add_argument_group("run")
     g.add_argument("--device", help="cuda | cpu (default: cuda when available)")
-    g.add_argument("--dtype", default="bf16", help="bf16/fp16 (fp32 params + autocast) | fp32 | fp64")
-    g.add_argument("--target-dtype", default="auto")
-    g.add_argument("--save-dtype", default="bf16")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--distributed", choices=("none", "ddp", "fsdp"), default="none")
-    g.add_argument("--attention", choices=("auto", "sdpa", "flex"), default="auto")
-    g.add_argument("--save-every", type=int, default=0)
-    g.add_argument("--save-format", default="vllm")
-    g.add_argument("--resume", action="store_true")
+    g.add_argument("--dtype", default="bf16", help="training precision: bf16/fp16 (fp32 parameters + autocast), "
+                                                   "fp32 or fp64")
+    g.add_argument("--target-dtype", default="auto", help="target model dtype (auto: its config's)")
+    g.add_argument("--save-dtype", default="bf16", help="dtype of the saved drafter weights")
+    g.add_argument("--seed", type=int, default=0, help="random seed (initialisation, data order, sampling)")
+    g.add_argument("--distributed", choices=("none", "ddp", "fsdp"), default="none",
+                   help="data parallelism under torchrun: ddp or fsdp (FSDP2)")
+    g.add_argument("--attention", choices=("auto", "sdpa", "flex"), default="auto",
+                   help="training attention: flex (FlexAttention), sdpa (dense mask), or auto (flex on CUDA, else sdpa)")
+    g.add_argument("--save-every", type=int, default=0, help="save a resumable checkpoint every N steps (0 = only "
+                                                             "at the end)")
+    g.add_argument("--save-format", default="vllm", choices=("vllm", "speculators"),
+                   help="format of the final drafter")
+    g.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in the work dir")
     g.add_argument("--stop-after", type=int, help="stop after N steps of this invocation (then --resume)")
-    g.add_argument("--work-dir", help="training artifacts (default OUT/train)")
-    g.add_argument("--log-every", type=int, default=1)
-    g.add_argument("--tensorboard", action="store_true")
-    g.add_argument("--no-progress", dest="progress", action="store_false")
+    g.add_argument("--work-dir", help="training artifacts: arguments, sequences, metrics, checkpoints "
+                                      "(default: OUT/train)")
+    g.add_argument("--log-every", type=int, default=1, help="log metrics every N steps")
+    g.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs to the work dir")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=run)
     return p
 
@@ -104,10 +137,27 @@ def config_from_args(args: argparse.Namespace):
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
 
 
+def _usage_error(msg: str) -> int:
+    print(f"pedagle train: error: {msg}", file=sys.stderr)
+    return 2
+
+
 def run(args: argparse.Namespace) -> int:
     from .trainer import train
-    res = train(config_from_args(args))
-    import os
+
+    sequences = Path(args.work_dir or Path(args.out) / "train") / "sequences.jsonl"
+    if args.data is None and not sequences.exists():
+        return _usage_error(f"--data is required: no prompts given, and {sequences} (the regenerated sequences "
+                            "of an earlier run in this work dir) does not exist")
+    if args.data is not None and not args.data.startswith("hf:") and not os.path.exists(args.data):
+        return _usage_error(f"--data {args.data}: no such file or directory")
+    if not os.path.isfile(os.path.join(args.target, "config.json")):
+        return _usage_error(f"--target {args.target}: expected a Hugging Face model directory with config.json")
+    try:
+        cfg = config_from_args(args)
+    except ValueError as e:                       # TrainConfig's argument checks
+        return _usage_error(str(e))
+    res = train(cfg)
     if res and os.environ.get("RANK", "0") == "0":
         print(json.dumps({k: v for k, v in res.items() if k != "drafter_config"}))
     return 0
