@@ -110,6 +110,10 @@ class ContiguousKVCache:
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu", impl: str = "auto") -> None:
         if impl not in ATTENTION_IMPLS:
             raise ValueError(f"impl = {impl!r}; expected one of {ATTENTION_IMPLS}")
+        for name, v in (("num_layers", num_layers), ("max_batch", max_batch), ("max_seq_len", max_seq_len),
+                        ("n_kv_heads", n_kv_heads), ("head_dim", head_dim)):
+            if isinstance(v, bool) or not hasattr(v, "__index__") or v.__index__() < 1:
+                raise ValueError(f"ContiguousKVCache: {name} = {v!r}; expected an integer >= 1")
         self.num_layers, self.max_batch, self.max_seq_len = num_layers, max_batch, max_seq_len
         self.impl = impl
         n_slots = max_batch * max_seq_len

@@ -240,3 +240,27 @@ def test_bench_plot_title_names_device_batch_prompts_and_k():
 @needs_tiny
 def test_prompt_ids_argument_rejects_negative_ids(capsys):
     _usage_error([*GEN, "--prompt-ids", "1,-2"], capsys, "--prompt-ids", "negative")
+
+
+# ------------------------------------------------------------------------------------------- library level
+def test_kv_cache_and_engine_arguments_are_checked():
+    from pedagle_core.attention import ContiguousKVCache
+
+    with pytest.raises(ValueError, match=r"max_seq_len = -3; expected an integer >= 1"):
+        ContiguousKVCache(2, 1, -3, 2, 8)
+    assert ContiguousKVCache(2, 1, 4, 2, 8).k.shape == (2, 4, 2, 8)
+
+
+@needs_tiny
+def test_engine_generate_checks_its_arguments():
+    from pedagle_core.engine.engine import SpecEngine
+    from pedagle_core.engine.target import EngineError, TargetModel, load_hf_target
+
+    eng = SpecEngine(TargetModel(load_hf_target(TARGET, dtype="float32")), None, mode="none", K=1)
+    for kw, msg in ((dict(max_new_tokens=-5), "max_new_tokens = -5"), (dict(max_new_tokens=0), "max_new_tokens = 0"),
+                    (dict(max_new_tokens=2, seed=2**70), "seed = "), (dict(max_new_tokens=2, seed=-1), "seed = -1")):
+        with pytest.raises(EngineError, match=msg):
+            eng.generate([[1, 2]], **kw)
+    with pytest.raises(EngineError, match="booleans"):
+        eng.generate([[True, False, True]], max_new_tokens=2)
+    assert len(eng.generate([[1, 2]], max_new_tokens=2).output_ids[0]) == 2
