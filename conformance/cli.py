@@ -79,8 +79,17 @@ def cmd_run(args) -> int:
                   file=sys.stderr)
             return 2
     log = (lambda s: print(s, file=sys.stderr, flush=True)) if not args.quiet else (lambda s: None)
+    pythons = {}
+    for spec in args.python or []:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            print(f"error: --python {spec!r}: expected NAME=PATH (a backend name and the python of its venv)",
+                  file=sys.stderr)
+            return 2
+        pythons[name.strip()] = path
     report = run_conformance(cases, backends=backends, levels=levels, device=args.device, tie_margin=args.tie_margin,
-                             max_resync=args.max_resync, plugins=args.plugin, require_all=args.require_all, log=log)
+                             max_resync=args.max_resync, plugins=args.plugin, require_all=args.require_all, log=log,
+                             pythons=pythons)
     print(format_text(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_dict(), indent=1) + "\n")
@@ -116,7 +125,7 @@ EXIT_RUN = """exit status:
   0  nothing failed (identical or near-ties only; backends/cases that could not run are listed as not run)
   1  a case differs beyond a near-tie or a backend errored (--require-all: also when a requested
      backend/case could not run)
-  2  usage error (an unknown backend name in --backends, a bad --plugin, no cases found)"""
+  2  usage error (an unknown backend name in --backends, a bad --plugin/--python, no cases found)"""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -168,6 +177,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="exit non-zero when a requested backend/case could not run")
     u.add_argument("--plugin", action="append", metavar="NAME=module:attr",
                    help="register an extra backend object or class (e.g. a backend under development)")
+    u.add_argument("--python", action="append", metavar="NAME=PATH",
+                   help="run backend NAME's cases with this interpreter (its own virtual environment), e.g. "
+                        "--python vllm=~/venvs/vllm/bin/python --python sglang=~/venvs/sglang/bin/python")
     u.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     u.set_defaults(func=cmd_run)
 

@@ -71,6 +71,16 @@ class Outcome:
                      near_ties=[m.to_dict() for m in sorted(c.near_ties, key=Mismatch.sort_key)])
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Outcome":
+        """The inverse of `to_dict` (an outcome reported by a child run in another interpreter)."""
+        o = cls(d["case"], d["backend"], d["level"], d["status"], d.get("reason", ""), d.get("tie_margin"),
+                None, float(d.get("seconds") or 0.0), d.get("detail", ""), int(d.get("resync_rounds") or 0))
+        if "drafts_compared" in d:
+            o.comparison = Comparison([Mismatch(**m) for m in (d.get("failures") or []) + (d.get("near_ties") or [])],
+                                      d["drafts_compared"], d.get("drafts_uncompared", 0), d.get("steps_compared", 0))
+        return o
+
 
 @dataclass
 class Report:
@@ -352,18 +362,64 @@ def run_step_state(pm, name: str, cases: list[Case], device: str | None, tie_ove
     return outcomes
 
 
+# ---------------------------------------------------------------------------------------------- other venvs
+def run_in_python(python: str, name: str, cases: list[Case], levels: list[str], device: str | None,
+                  tie_margin: float | None, max_resync: int, log: Callable[[str], None],
+                  timeout: float = 3600) -> tuple[list[Outcome], dict[str, Any]]:
+    """Run backend ``name``'s cases in another interpreter (the backend's own virtual environment: vLLM and
+    SGLang pin different torch builds), as ``PYTHON -m pedagle_conformance run --backends NAME --json``; the
+    child compares with the recorded expectations and re-synchronises against its own reference backend.
+    Returns its outcomes and its backend info. A child that fails to report gives one error outcome per case
+    and level, with the child's last output lines."""
+    import json
+    import subprocess
+    import tempfile
+
+    log(f"[{name}] running in {python}")
+    with tempfile.TemporaryDirectory(prefix=f"pedagle-conformance-{name}-") as tmp:
+        out = os.path.join(tmp, "report.json")
+        mode = "both" if len(levels) == 2 else levels[0]
+        cmd = [python, "-m", "pedagle_conformance", "run", "--backends", name, "--mode", mode, "--json", out,
+               "--max-resync", str(max_resync)]
+        for c in cases:
+            if c.path is None:
+                raise ValueError(f"case {c.name}: no case file to hand to {python}")
+            cmd += ["--cases", str(c.path)]
+        if device:
+            cmd += ["--device", device]
+        if tie_margin is not None:
+            cmd += ["--tie-margin", repr(tie_margin)]
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+            tail = (proc.stdout[-1500:] + proc.stderr[-2500:]).strip()
+        except (OSError, subprocess.TimeoutExpired) as e:
+            proc, tail = None, _err(e)
+        if proc is not None and os.path.isfile(out):
+            rep = json.loads(open(out).read())
+            log(f"[{name}] child finished in {time.perf_counter() - t0:.0f} s")
+            return [Outcome.from_dict(d) for d in rep["outcomes"]], (rep.get("backends") or {}).get(name, {})
+    reason = f"the run in {python} reported nothing (exit {None if proc is None else proc.returncode}): {tail}"
+    return [Outcome(c.name, name, lv, "error", reason) for c in cases for lv in levels], \
+        {"name": name, "available": False, "reason": reason}
+
+
 # ---------------------------------------------------------------------------------------------- entry
 def run_conformance(cases: list[Case], backends: list[str] | None = None, levels: list[str] | None = None,
                     device: str | None = None, tie_margin: float | None = None, max_resync: int = 2,
                     pm=None, plugins: list[str] | None = None, require_all: bool = False,
-                    log: Callable[[str], None] = lambda s: None) -> Report:
+                    log: Callable[[str], None] = lambda s: None, pythons: dict[str, str] | None = None) -> Report:
+    """``pythons``: backend name -> the interpreter (of its own virtual environment) that runs that backend's
+    cases (`run_in_python`); every other backend runs in this process."""
     levels = levels or ["e2e"]
+    pythons = dict(pythons or {})
     for lv in levels:
         if lv not in LEVELS:
             raise ValueError(f"level {lv!r}; expected one of {LEVELS}")
     pm = pm or plugin_manager(plugins)
     names = backends or sorted((n for n, _ in pm.list_name_plugin()), key=lambda n: (n != "reference", n))
-    infos = {n: backend_info(pm, n) for n in names}
+    infos = {n: backend_info(pm, n) for n in names if n not in pythons}
     outcomes: list[Outcome] = []
     saved = os.environ.get("TRITON_INTERPRET")
     cpu = (device or "cpu") == "cpu" and all(c.device == "cpu" for c in cases)
@@ -371,6 +427,10 @@ def run_conformance(cases: list[Case], backends: list[str] | None = None, levels
         os.environ["TRITON_INTERPRET"] = "0"        # the core's plain-torch paths on CPU, as when recorded
     try:
         for n in names:
+            if n in pythons:
+                got, infos[n] = run_in_python(pythons[n], n, cases, levels, device, tie_margin, max_resync, log)
+                outcomes += got
+                continue
             if "e2e" in levels:
                 outcomes += run_e2e(pm, n, cases, device, tie_margin, max_resync, log)
             if "step-state" in levels:
@@ -388,5 +448,5 @@ def run_conformance(cases: list[Case], backends: list[str] | None = None, levels
     return Report(outcomes, public, [c.name for c in cases], levels, device, require_all)
 
 
-__all__ = ["run_conformance", "Outcome", "Report", "plugin_manager", "backend_info", "LEVELS",
+__all__ = ["run_conformance", "run_in_python", "Outcome", "Report", "plugin_manager", "backend_info", "LEVELS",
            "VLLM_STEP_STATE_REASON"]
