@@ -81,7 +81,7 @@ def vllm_runs(family, the_prompts, tmp_path_factory):
         if mode == "plugin":
             runs["broken"] = results[-1]
     # vLLM's own drafters with only pedagle's recorder (the plugin's record-only mode): native drafts
-    recorded, to compare step by step with the plugin's (the GPU script does the same in bf16).
+    # recorded, to compare step by step with the plugin's (the GPU script does the same in bf16).
     rec_cases = [c for c in CASES if c.name in RECORD_NATIVE]
     t0 = time.perf_counter()
     results = run_jobs([vllm_job(c, family, the_prompts, MAX_TOKENS, record=str(out / f"native-{c.name}.jsonl"))
