@@ -257,10 +257,11 @@ def test_engine_generate_checks_its_arguments():
     from pedagle_core.engine.target import EngineError, TargetModel, load_hf_target
 
     eng = SpecEngine(TargetModel(load_hf_target(TARGET, dtype="float32")), None, mode="none", K=1)
-    for kw, msg in ((dict(max_new_tokens=-5), "max_new_tokens = -5"), (dict(max_new_tokens=0), "max_new_tokens = 0"),
-                    (dict(max_new_tokens=2, seed=2**70), "seed = "), (dict(max_new_tokens=2, seed=-1), "seed = -1")):
+    for kw, msg in ((dict(max_new_tokens=-5), "max_new_tokens = -5"), (dict(max_new_tokens=2, seed=2**70), "seed = "),
+                    (dict(max_new_tokens=2, seed=-1), "seed = -1")):
         with pytest.raises(EngineError, match=msg):
             eng.generate([[1, 2]], **kw)
+    assert eng.generate([[1, 2]], max_new_tokens=0).output_ids == [[]]   # the library's documented 0 (the CLI: >= 1)
     with pytest.raises(EngineError, match="booleans"):
         eng.generate([[True, False, True]], max_new_tokens=2)
     assert len(eng.generate([[1, 2]], max_new_tokens=2).output_ids[0]) == 2

@@ -264,8 +264,8 @@ class SpecEngine:
         on_tokens(prompt_index, new_token_ids) is called as tokens are emitted (streaming).
         """
         sampling = sampling or SamplingParams()
-        if isinstance(max_new_tokens, bool) or not hasattr(max_new_tokens, "__index__") or max_new_tokens < 1:
-            raise EngineError(f"max_new_tokens = {max_new_tokens!r}; expected an integer >= 1")
+        if isinstance(max_new_tokens, bool) or not hasattr(max_new_tokens, "__index__") or max_new_tokens < 0:
+            raise EngineError(f"max_new_tokens = {max_new_tokens!r}; expected an integer >= 0 (0: no output)")
         if not 0 <= seed <= 2**63 - 1 - len(prompts):
             raise EngineError(f"seed = {seed}; expected an integer in [0, 2**63 - 1 - number of prompts] "
                               "(request i samples with seed + i)")
