@@ -209,9 +209,13 @@ class SpecEngine:
         self.draft_cache: ContiguousKVCache | None = None
         self._warned: set[str] = set()
         self.static_decode = static_decode
-        self.cuda_graphs = (target.device.type == "cuda") if cuda_graphs is None else cuda_graphs
+        default_graphs = target.device.type == "cuda" and not getattr(target, "batch_invariant", False)
+        self.cuda_graphs = default_graphs if cuda_graphs is None else cuda_graphs
         if self.cuda_graphs and target.device.type != "cuda":
             raise EngineError("cuda_graphs=True needs the target on a CUDA device")
+        if self.cuda_graphs and getattr(target, "batch_invariant", False):
+            raise EngineError("cuda_graphs=True cannot capture a batch_invariant target (its attention runs "
+                              "one row at a time from the host); pass cuda_graphs=False")
         self._static_steps: dict[int, StaticDecodeStep] = {}
         self.graph_pool = None                # the first captured graph's memory pool, shared by the others
         if self.drafter is not None:

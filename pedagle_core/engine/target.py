@@ -31,6 +31,7 @@ import os
 from typing import Any, Iterable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attention import CacheAttention, ContiguousKVCache
@@ -67,6 +68,42 @@ def register_attention() -> None:
     from transformers import AttentionInterface
 
     AttentionInterface.register(ATTENTION_NAME, pedagle_attention)
+
+
+class RowwiseCacheAttention(CacheAttention):
+    """Batch-invariant attention (``TargetModel(batch_invariant=True)``): every query row attends alone
+    to exactly its own keys (positions ``max(0, p - window + 1) .. p`` of its request; no padding, no
+    mask), so its output depends on that row and the cache only, not on how many rows, requests or keys
+    the forward has. (The batched path pads all rows to the step's longest context and masks; the kernel's
+    reduction order then depends on that length and on the row count, which moves bf16 results by an ulp.)
+    One SDPA call per row and layer: slow, meant for checking bitwise losslessness."""
+
+    def __call__(self, layer_idx: int, q: Tensor, k: Tensor, v: Tensor, window: int | None,
+                 scale: float | None = None, sinks: Tensor | None = None) -> Tensor:
+        self._write(layer_idx, k, v)
+        c = self.cache
+        kc = c.k[layer_idx].view(c.max_batch, c.max_seq_len, *c.k.shape[2:])     # [rows, S, Hkv, D]
+        vc = c.v[layer_idx].view_as(kc)
+        if "_rows" not in self.__dict__:
+            self._rows = self.cache_rows[self.request_index.long()].tolist()
+            self._pos = self.positions.long().tolist()
+        gqa = q.shape[1] != kc.shape[2]
+        out = torch.empty_like(q)
+        for t, (r, p) in enumerate(zip(self._rows, self._pos)):
+            lo = 0 if window is None else max(0, p - int(window) + 1)
+            kt = kc[r, lo: p + 1].to(q.dtype).transpose(0, 1)[None]                 # [1, Hkv, S, D]
+            vt = vc[r, lo: p + 1].to(q.dtype).transpose(0, 1)[None]
+            qt = q[t][None, :, None]                                                  # [1, Hq, 1, D]
+            if sinks is None:
+                o = F.scaled_dot_product_attention(qt, kt, vt, scale=scale, enable_gqa=gqa)
+            else:                                                                     # GPT-OSS sinks
+                rep = q.shape[1] // kt.shape[1]
+                kt, vt = kt.repeat_interleave(rep, dim=1), vt.repeat_interleave(rep, dim=1)
+                logits = qt @ kt.transpose(-1, -2) * (q.shape[-1] ** -0.5 if scale is None else scale)
+                full = torch.cat([logits, sinks.to(logits.dtype).view(1, -1, 1, 1)], dim=-1)
+                o = torch.softmax(full - full.amax(-1, keepdim=True), dim=-1)[..., :-1].to(vt.dtype) @ vt
+            out[t] = o[0, :, 0]
+        return out
 
 
 # ----------------------------------------------------------------------------------------------- target
@@ -128,10 +165,17 @@ class TargetModel:
 
     ``forward`` takes one flat step (rows of several requests, explicit positions) and returns the
     logits of the requested rows and the aux hidden states of every row.
+
+    batch_invariant: attention one query row at a time over exactly its own keys (`RowwiseCacheAttention`),
+    so a row's logits do not depend on the other rows of the forward (bf16 greedy output then equals
+    target-only output bitwise, where the linear layers are row-count invariant too, as measured on CPU;
+    ``bench/lossless_bf16.py``). Slower; no CUDA graphs.
     """
 
-    def __init__(self, model: nn.Module, aux_layer_ids: Sequence[int] | None = None) -> None:
+    def __init__(self, model: nn.Module, aux_layer_ids: Sequence[int] | None = None,
+                 batch_invariant: bool = False) -> None:
         register_attention()
+        self.batch_invariant = bool(batch_invariant)
         self.model = model.eval()
         cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         self.config = cfg
@@ -219,8 +263,13 @@ class TargetModel:
         slots = rows[request_index.long()] * cache.max_seq_len + pos
         if write is not None:
             slots = torch.where(write, slots, -1)
-        attn = CacheAttention(cache, pos, slots, request_index.long(), rows, max_query_len=max_query_len,
-                               max_context=cache.max_seq_len if static else None)
+        if getattr(self, "batch_invariant", False):
+            if static:
+                raise EngineError("batch_invariant target: static (CUDA-graph) steps are not supported")
+            attn: CacheAttention = RowwiseCacheAttention(cache, pos, slots, request_index.long(), rows, impl="torch")
+        else:
+            attn = CacheAttention(cache, pos, slots, request_index.long(), rows, max_query_len=max_query_len,
+                                  max_context=cache.max_seq_len if static else None)
         keep = logits_rows if logits_rows is not None else torch.arange(pos.numel(), device=pos.device)
         captured: dict[int, Tensor | None] = dict.fromkeys(self.aux_layer_ids)
         self.model._pedagle_capture = captured
