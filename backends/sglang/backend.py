@@ -6,7 +6,8 @@
   verify / prefill) into pedagle's `StepInput` (`layout`).
 * ``pedagle_attention_provider`` returns None: SGLang's attention runs only inside its own forward (the
   drafter's provider is bound per forward batch, `attention.SglangAttention.bind`).
-* ``pedagle_run_case`` runs a conformance case through ``sglang.Engine`` (GPU only; `runner`).
+* ``pedagle_run_case`` / ``run_cases`` run conformance cases through ``sglang.Engine`` (`runner`): on a CUDA GPU,
+  or on a CPU with SGLang's CPU engine and pedagle's CPU ``sgl_kernel`` ops (`cpu`).
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ class SglangPrefillState:
 
 
 def sglang_status() -> tuple[str, bool, str]:
-    """(version, available, reason) without importing SGLang."""
+    """(version, available, reason) of SGLang's engine here: a supported SGLang and either a CUDA GPU or
+    SGLang's CPU engine with pedagle's CPU ``sgl_kernel`` ops (`cpu.engine_status`)."""
     from importlib import metadata
 
     from pedagle_core.versions import version_in_range
@@ -56,10 +58,15 @@ def sglang_status() -> tuple[str, bool, str]:
         return "", False, "SGLang is not installed (pip install 'pedagle[sglang]')"
     if not version_in_range(version, SUPPORTED_SGLANG):
         return version, False, f"SGLang {version} is installed; pedagle supports sglang{SUPPORTED_SGLANG}"
-    if not torch.cuda.is_available():
-        return version, False, (f"SGLang {version} is installed, but its engine needs a CUDA GPU (SGLang's kernels "
-                                "ship for CUDA only); the PEAGLE plugin and its Python API work, no engine runs here")
-    return version, True, ""
+    if torch.cuda.is_available():
+        return version, True, ""
+    from . import cpu
+
+    ok, why = cpu.engine_status()
+    if ok:
+        return version, True, ""
+    return version, False, (f"SGLang {version} is installed, but no CUDA GPU and SGLang's CPU engine cannot run here "
+                            f"({why}); the PEAGLE plugin and its Python API work, no engine runs")
 
 
 class SglangBackend(CaseRunner):
@@ -100,21 +107,51 @@ class SglangBackend(CaseRunner):
     def pedagle_attention_provider(self, engine_state: Any, drafter: Any):
         return None
 
-    def run_case(self, target: Any, drafter: Any, prompt_ids: Any, K: int, mode: str = "parallel", steps: int = 8,
-                 dtype: Any = "float32", device: str = "cuda", temperature: float = 0.0, seed: int = 0,
-                 max_model_len: int | None = None, **_: Any) -> dict[str, Any]:
+    def run_case(self, **case: Any) -> dict[str, Any]:
+        res = self.run_cases([case])[0]
+        if isinstance(res, BaseException):
+            raise res
+        return res
+
+    def run_cases(self, cases: list[dict[str, Any]]) -> list[Any]:
+        """The conformance runner's batch entry: every case in its own ``sglang.Engine`` (its models and K fix the
+        engine), one after another in ONE child process (`runner.run_jobs`); a failing case gives its exception."""
+        from . import runner
+
+        out: list[Any] = [None] * len(cases)
+        jobs, index = [], []
+        for i, c in enumerate(cases):
+            try:
+                jobs.append(self._job(**c))
+                index.append(i)
+            except Exception as e:  # noqa: BLE001 - reported per case
+                out[i] = e
+        if jobs:
+            _, ok, reason = sglang_status()
+            if not ok:
+                raise RuntimeError(f"the SGLang backend cannot run a case here: {reason}")
+            device = cases[index[0]].get("device") or "cuda"
+            for i, job, res in zip(index, jobs, runner.run_jobs(jobs, device=device)):
+                if "error" in res:
+                    out[i] = RuntimeError(f"SGLang run failed: {res['error']}")
+                    continue
+                gen = {**res["calls"]["case"], "records": res["records"]}
+                out[i] = runner.to_case_result(gen, job["K"], job["steps"])
+        return out
+
+    @staticmethod
+    def _job(target: Any, drafter: Any, prompt_ids: Any, K: int, mode: str = "parallel", steps: int = 8,
+             dtype: Any = "float32", device: str = "cuda", temperature: float = 0.0, seed: int = 0,
+             max_model_len: int | None = None, **_: Any) -> dict[str, Any]:
         if mode != "parallel":
             raise ValueError(f"mode = {mode!r}; the SGLang backend serves PEAGLE (mode 'parallel') only")
         if temperature:
             raise ValueError("the SGLang backend runs conformance cases greedy only (temperature 0)")
-        _, ok, reason = sglang_status()
-        if not ok:
-            raise RuntimeError(f"the SGLang backend cannot run a case here: {reason}")
-        from . import runner
-
-        gen = runner.generate(str(target), str(drafter), prompt_ids, max_new_tokens=(steps + 1) * (K + 1), K=K,
-                              dtype=str(dtype).replace("torch.", ""), max_model_len=max_model_len)
-        return runner.to_case_result(gen, K, steps)
+        engine = {"context_length": int(max_model_len)} if max_model_len else {}
+        return {"target": str(target), "drafter": str(drafter), "K": int(K), "algorithm": ALGORITHM,
+                "dtype": str(dtype).replace("torch.", ""), "engine": engine, "steps": int(steps),
+                "calls": [{"name": "case", "prompts": [list(map(int, p)) for p in prompt_ids],
+                           "max_new_tokens": (int(steps) + 1) * (int(K) + 1)}]}
 
 
 __all__ = ["SglangBackend", "SglangVerifyState", "SglangPrefillState", "sglang_status"]

@@ -6,7 +6,8 @@
    changes anything (SGLang logs a raising plugin and goes on without it; ``PEAGLE`` is then unknown);
 2. registers ``PEAGLE`` with ``SpeculativeAlgorithm.register`` (``spec_class`` = `spec_algo.PEagleSpecAlgo`,
    server-argument validation, a factory that imports the worker lazily, in the scheduler only);
-3. registers four ``HookRegistry`` hooks, applied by SGLang's ``load_plugins()`` right after the plugins ran
+3. with pedagle's CPU-engine opt-in set (`cpu`), keeps SGLang's intel_amx attention on a CPU without AMX;
+4. registers four ``HookRegistry`` hooks, applied by SGLang's ``load_plugins()`` right after the plugins ran
    (each is a no-op unless the speculative algorithm is PEAGLE):
 
    * ``ModelConfig._config_draft_model`` (AFTER): the drafter's ``ModelConfig`` gets the architecture
@@ -180,6 +181,9 @@ def register() -> None:
             raise RuntimeError(f"pedagle: the speculative algorithm {ALGORITHM} is already registered by another "
                                f"plugin ({existing!r})")
         _register_hooks()
+        from . import cpu
+
+        cpu.apply_in_process()                  # SGLang's CPU engine, when opted in (a no-op otherwise)
         _registered = True
         logger.debug("pedagle: SGLang %s plugin registered %s", version, ALGORITHM)
 
