@@ -21,6 +21,17 @@ Phases (each writes into --out; the run stops starting new phases past --budget-
    native / plugin EAGLE-3 (K = 3); plugin/native ratios per round.
 
     python3 bench/vllm_gpu_e2e.py --out OUT [--phases kernels,conformance,tiny,bench] [--budget-s 540]
+    python3 bench/vllm_gpu_e2e.py --reanalyze LOGS REFERENCE_JSON WHERE     # redo the draft comparisons
+
+On the lent H200 (2026-12-02): ../shared/gpu-carry/plan.sh download/build/split vllm here (PIECE_MIB=27 so
+that a piece plus this checkout stay under 64 MiB), two `run` calls stashing pieces p00, p01, then one call
+with p02: `gpu_assemble.sh stash && source gpu_assemble.sh install`. Its pedagle install step reads
+``project.version`` from pyproject.toml, which is dynamic now; instead /tmp/site-pedagle was made of
+symlinks to pedagle_core/, backends/ (as pedagle_backends) and conformance/ (as pedagle_conformance) plus
+a dist-info with the ``pedagle.backends`` and ``vllm.general_plugins`` entry points, and
+PYTHONPATH=/tmp/site-pedagle:/tmp/site-vllm, VLLM_USE_FLASHINFER_SAMPLER=0, VLLM_USE_V2_MODEL_RUNNER=0.
+The phases took 370 s (conformance and tiny-code side by side); each engine start with compilation
+took 55-107 s, so the bench needs its own call of ~10 minutes.
 """
 
 from __future__ import annotations
@@ -108,7 +119,8 @@ def reference_by_position(res: dict, P: list[list[int]]) -> dict[int, dict[int, 
     """pedagle's reference engine result -> {request: {bonus position: (drafts, margins)}}."""
     out: dict[int, dict[int, tuple[list[int], list[float]]]] = {}
     for r, p in enumerate(P):
-        pos = len(p)                                            # the first sampled token's position
+        pos = len(p) - 1           # the bonus slot of the first step: the last prompt position (its hidden state,
+        #                            and the token sampled after it), as vLLM's recorder reports it
         for s in range(len(res["drafts"])):
             d, a = res["drafts"][s][r], res["accepted"][s][r]
             if d is None or a is None:
@@ -174,6 +186,8 @@ def phase_tiny(out: Path, ks: list[int], max_tokens: int, util: float) -> dict[s
     target = results_of(logs / "tiny_target.log")[0]
     native = dict(zip([c["name"] for c in cfgs], results_of(logs / "tiny_native.log")))
     plugin = dict(zip([c["name"] for c in cfgs], results_of(logs / "tiny_plugin.log")))
+    (out / "reference_cuda.json").write_text(json.dumps({k: {f: v[f] for f in ("drafts", "margins", "accepted")}
+                                                        for k, v in refs.items()}))
     report: dict[str, Any] = {"prompt_lengths": list(map(len, P)), "max_tokens": max_tokens, "dtype": "bfloat16",
                               "vllm_defaults": "torch.compile + CUDA graphs (enforce_eager=False)",
                               "target_error": target.get("error"), "configs": {}}
@@ -208,6 +222,28 @@ def phase_tiny(out: Path, ks: list[int], max_tokens: int, util: float) -> dict[s
             f"{len(d['differences'])} differ ({d['unexplained']} not near-ties); plugin vs reference "
             f"{row['drafts_plugin_vs_reference']['equal']}/{row['drafts_plugin_vs_reference']['compared']}")
     return report
+
+
+def reanalyze(logs: Path, reference: Path, where: str) -> dict[str, Any]:
+    """The draft comparisons of phase 3 again from a run's logs (recorded native/plugin drafts) and a
+    reference engine result file ({config: {drafts, margins, accepted}}, e.g. the reference rerun on another
+    device when a run's own reference was not kept): per config, native vs plugin drafts at the same
+    (request, bonus position), each difference with the reference's margin there."""
+    P = json.loads((logs / "tiny_plugin.jobs.json").read_text())["jobs"][0]["prompts"]
+    refs = json.loads(reference.read_text())
+    out: dict[str, Any] = {"reference": where, "configs": {}}
+    for c in tiny_configs([1, 3, 7]):
+        name = c["name"]
+        if name not in refs or not (logs / f"plugin_{name}.jsonl").is_file():
+            continue
+        rec = lambda f: [json.loads(x) for x in (logs / f).read_text().splitlines() if x.strip()]  # noqa: E731
+        nd, pd = by_position(rec(f"native_{name}.jsonl")), by_position(rec(f"plugin_{name}.jsonl"))
+        ref = reference_by_position(refs[name], P)
+        ref_drafts = {r: {pos: v[0] for pos, v in d.items()} for r, d in ref.items()}
+        out["configs"][name] = {"drafts_native_vs_plugin": compare_drafts(nd, pd, ref, BF16_TIE),
+                                "drafts_plugin_vs_reference": compare_drafts(pd, ref_drafts, ref, BF16_TIE),
+                                "drafts_native_vs_reference": compare_drafts(nd, ref_drafts, ref, BF16_TIE)}
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- bench
@@ -246,7 +282,8 @@ def run_bench_child(spec: dict, plugin: bool, logf: Path, util: float) -> dict:
 
     sf = logf.with_suffix(".spec.json")
     sf.write_text(json.dumps(spec))
-    env = runner_env(plugin, record=False, extra=child_env(False, util, logf.stem))
+    tag = "bench_" + logf.stem.split("_", 2)[-1]        # one compile cache per configuration, reused by later rounds
+    env = runner_env(plugin, record=False, extra=child_env(False, util, tag))
     with open(logf, "w") as f:
         rc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--bench-child", str(sf)], env=env,
                             stdout=f, stderr=subprocess.STDOUT).returncode
@@ -256,7 +293,8 @@ def run_bench_child(spec: dict, plugin: bool, logf: Path, util: float) -> dict:
     return json.loads(out.read_text())
 
 
-def phase_bench(out: Path, k_peagle: int, max_tokens: int, rounds: int, deadline: float) -> dict[str, Any]:
+def phase_bench(out: Path, k_peagle: int, max_tokens: int, rounds: int, deadline: float,
+                only: list[str] | None = None) -> dict[str, Any]:
     P = prompts(8, 128)
     base = {"target": str(FAMILY / "target"), "prompts": P, "max_tokens": max_tokens, "batches": [1, 8],
             "max_model_len": 128 + max_tokens + 64, "warmup": 1, "repeat": 3, "util": 0.3}
@@ -270,7 +308,7 @@ def phase_bench(out: Path, k_peagle: int, max_tokens: int, rounds: int, deadline
     orders = [list(cfgs), ["plugin-peagle", "native-peagle", "plugin-eagle3", "native-eagle3", "target-only"]]
     runs: list[dict] = []
     for rnd in range(rounds):
-        for name in orders[rnd % 2]:
+        for name in [n for n in orders[rnd % 2] if not only or n in only]:
             if time.monotonic() > deadline:
                 log(f"bench: out of time before round {rnd} {name}")
                 break
@@ -334,13 +372,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k-bench", type=int, default=7)
     ap.add_argument("--bench-tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--bench-configs", nargs="+", default=None, help="bench only these configurations")
     ap.add_argument("--util", type=float, default=0.08, help="GPU memory share of each concurrent engine")
     ap.add_argument("--bench-child", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--reanalyze", nargs=3, metavar=("LOGS", "REFERENCE_JSON", "WHERE"),
+                    help="redo the draft comparisons of a run's logs against a reference result file; prints JSON")
     args = ap.parse_args(argv)
     if args.bench_child:
         spec = json.loads(args.bench_child.read_text())
         res = bench_child(spec)
         args.bench_child.with_name(args.bench_child.name.replace(".spec.json", ".res.json")).write_text(json.dumps(res))
+        return 0
+    if args.reanalyze:
+        print(json.dumps(reanalyze(Path(args.reanalyze[0]), Path(args.reanalyze[1]), args.reanalyze[2]), indent=1))
         return 0
     out = args.out
     (out / "logs").mkdir(parents=True, exist_ok=True)
@@ -386,7 +430,8 @@ def main(argv: list[str] | None = None) -> int:
         log("conformance:", result["conformance"])
         save()
     if "bench" in phases and time.monotonic() < deadline:
-        result["bench"] = phase_bench(out, args.k_bench, args.bench_tokens, args.rounds, deadline)
+        result["bench"] = phase_bench(out, args.k_bench, args.bench_tokens, args.rounds, deadline,
+                                      args.bench_configs)
         log("bench tokens/s:", json.dumps(result["bench"]["tokens_per_s"]), "ratios:",
             json.dumps({k: round(v["median"], 3) for k, v in result["bench"]["plugin_vs_native"].items()}))
     result["wall_s"] = time.monotonic() - T0
