@@ -107,8 +107,8 @@ class SglangBackend(CaseRunner):
     def pedagle_attention_provider(self, engine_state: Any, drafter: Any):
         return None
 
-    def run_case(self, **case: Any) -> dict[str, Any]:
-        res = self.run_cases([case])[0]
+    def run_case(self, target: Any, drafter: Any, prompt_ids: Any, K: int, **rest: Any) -> dict[str, Any]:
+        res = self.run_cases([dict(target=target, drafter=drafter, prompt_ids=prompt_ids, K=K, **rest)])[0]
         if isinstance(res, BaseException):
             raise res
         return res
