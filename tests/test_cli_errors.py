@@ -89,6 +89,8 @@ def test_train_without_data(tmp_path, capsys):
                  "--data is required", "sequences.jsonl")
     _usage_error(["train", "--target", TARGET, "--out", str(tmp_path / "o"), "--data", str(tmp_path / "nope.jsonl")],
                  capsys, "nope.jsonl: no such file")
+    _usage_error(["train", "--target", TARGET, "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c")],
+                 capsys, "--data is required", f"{tmp_path / 'c' / 'sequences.jsonl'}", "cache dir")
 
 
 # ------------------------------------------------------------------------------------------- silent successes

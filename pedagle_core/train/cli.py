@@ -145,10 +145,11 @@ def _usage_error(msg: str) -> int:
 def run(args: argparse.Namespace) -> int:
     from .trainer import train
 
-    sequences = Path(args.work_dir or Path(args.out) / "train") / "sequences.jsonl"
+    base = Path(args.cache_dir) if args.cache_dir else Path(args.work_dir or Path(args.out) / "train")
+    sequences = base / "sequences.jsonl"          # where the trainer keeps the regenerated sequences
     if args.data is None and not sequences.exists():
         return _usage_error(f"--data is required: no prompts given, and {sequences} (the regenerated sequences "
-                            "of an earlier run in this work dir) does not exist")
+                            f"of an earlier run in this {'cache' if args.cache_dir else 'work'} dir) does not exist")
     if args.data is not None and not args.data.startswith("hf:") and not os.path.exists(args.data):
         return _usage_error(f"--data {args.data}: no such file or directory")
     if not os.path.isfile(os.path.join(args.target, "config.json")):
