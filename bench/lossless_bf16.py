@@ -62,8 +62,6 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, ROOT)
     from pedagle_core.engine.lossless import run_grid
     from pedagle_core.engine.target import load_hf_target
-    from pedagle_core.provenance import code_commit
-    import transformers
 
     prompts = load_prompts(args.target, args.num_prompts, args.prompt_tokens)
     ks = [int(k) for k in args.k.split(",")]
@@ -93,6 +91,16 @@ def main(argv: list[str] | None = None) -> int:
                   f"mode none at other batch sizes: {s['none_vs_batch_size']}", flush=True)
             for d in res.divergences:
                 print("   ", d.describe(), flush=True)
+            _write(args, prompts, ks, runs)          # after every run: partial results survive an interruption
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _write(args, prompts, ks, runs) -> None:
+    import transformers
+
+    from pedagle_core.provenance import code_commit
+
     out = {"bench": "lossless_bf16", "device": f"cpu: {platform.processor() or platform.machine()}",
            "cpu_model": _cpu_model(), "threads": torch.get_num_threads(),
            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -103,8 +111,6 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as fh:
         json.dump(out, fh, indent=1)
-    print(f"wrote {args.out}")
-    return 0
 
 
 def _none_diff(a, b, f32, prompts) -> dict:

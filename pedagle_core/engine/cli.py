@@ -128,6 +128,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="print one JSON object instead of text: per prompt its ids, output and finish_reason, plus "
                         "the run's metrics (layout below)")
     g.add_argument("--progress", action="store_true", help="show a progress bar (stderr)")
+    g.add_argument("--batch-invariant", action="store_true",
+                   help="target attention one row at a time, so a row's logits do not depend on the other rows of "
+                        "a forward: bf16 greedy output then equals --mode none token for token (on CPU; slower, "
+                        "see bench/README.md)")
     g.set_defaults(func=run_generate)
 
     b = subparsers.add_parser("bench", help="sweep K and drafting modes; table, JSON and plot",
@@ -323,6 +327,7 @@ def _generate(args: argparse.Namespace) -> int:
     sampling = _sampling(args)
     hf, models, tok, device = load_models(args, {args.mode: args.drafter if args.mode != "none" else None})
     target, drafter = models[args.mode]
+    target.batch_invariant = args.batch_invariant
     if args.prompt is not None:
         prompts = [(args.prompt, _encode(tok, args.prompt, "--prompt"))]
     elif args.prompt_ids is not None:
