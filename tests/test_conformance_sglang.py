@@ -1,11 +1,20 @@
-"""Conformance of the SGLang backend at the level a CPU machine reaches: step states through SGLang's
-drafting path (SGLang's own layout, KV pools, RadixAttention and TorchNativeAttnBackend; see
-``pedagle_conformance.sglang_steps``), in the SGLang environment. SGLang's engine needs CUDA, so its
-end-to-end level must be reported as not run, with the reason.
+"""Three-engine conformance on the CPU: ``pedagle conformance run --backends reference,vllm,sglang --mode both``
+with every bundled case, run in the SGLang environment, where the reference and SGLang run in that process and
+vLLM in its own environment (``--python vllm=...``: vLLM and SGLang pin different torch builds).
 
-Runs with this interpreter where SGLang is installed, else with the SGLang virtual environment's
-(``PEDAGLE_SGLANG_PYTHON``, else ``$PEDAGLE_VENVS/sglang`` as scripts/test.sh creates it, else
-``/work/venvs/sglang``), as ``python -m pedagle_conformance run``; skipped when there is none.
+* SGLang end to end: each P-EAGLE case through ``sglang.Engine`` (SGLang's CPU engine with pedagle's CPU
+  ``sgl_kernel`` ops; one engine start per case), compared step by step with the recorded reference: drafts,
+  accepted counts, emitted tokens, accepted-per-position counters. The autoregressive (EAGLE-3) cases are
+  reported not run (the SGLang backend serves PEAGLE only), with the reason. The speculators-format case errors
+  in SGLang's engine (a known limitation, asserted explicitly below).
+* SGLang step-state: the recorded step inputs through SGLang's drafting path (layout, expansion, the drafter
+  on SGLang's KV pools and torch-native attention).
+* vLLM end to end (every case) and the reference: as in tests/vllm/test_conformance_vllm.py.
+
+Interpreters: this one where SGLang is installed, else the SGLang virtual environment's
+(``PEDAGLE_SGLANG_PYTHON``, else ``$PEDAGLE_VENVS/sglang``, else ``/work/venvs/sglang``); vLLM's likewise
+(``PEDAGLE_VLLM_PYTHON``, ``$PEDAGLE_VENVS/vllm``, ``/work/venvs/vllm``). Skipped when there is no SGLang
+environment; the vLLM part is skipped (visibly) when there is no vLLM environment.
 """
 
 from __future__ import annotations
@@ -14,54 +23,99 @@ import json
 import os
 import subprocess
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CANDIDATES = [os.environ.get("PEDAGLE_SGLANG_PYTHON"),                       # explicit
-              os.path.join(os.environ.get("PEDAGLE_VENVS", os.path.expanduser("~/.cache/pedagle/venvs")),
-                           "sglang", "bin", "python"),                        # scripts/test.sh's environment
-              "/work/venvs/sglang/bin/python"]
-VENV_PY = next((p for p in CANDIDATES if p and Path(p).is_file()), "/work/venvs/sglang/bin/python")
+VENVS = os.environ.get("PEDAGLE_VENVS", os.path.expanduser("~/.cache/pedagle/venvs"))
 
 
-def _sglang_here() -> bool:
+def _venv_python(name: str) -> str | None:
+    for p in (os.environ.get(f"PEDAGLE_{name.upper()}_PYTHON"), os.path.join(VENVS, name, "bin", "python"),
+              f"/work/venvs/{name}/bin/python"):
+        if p and Path(p).is_file():
+            return p
+    return None
+
+
+def _installed_here(dist: str) -> bool:
     try:
-        metadata.version("sglang")
+        metadata.version(dist)
         return True
     except metadata.PackageNotFoundError:
         return False
 
 
-def _python() -> str | None:
-    if _sglang_here():
-        return sys.executable
-    return VENV_PY if Path(VENV_PY).is_file() else None
+SGLANG_PY = sys.executable if _installed_here("sglang") else _venv_python("sglang")
+VLLM_PY = _venv_python("vllm")
 
-
-pytestmark = pytest.mark.skipif(_python() is None, reason=f"SGLang is not installed here and {VENV_PY} is missing")
+pytestmark = pytest.mark.skipif(SGLANG_PY is None, reason="SGLang is not installed here and there is no SGLang venv")
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sglang") / "report.json"
+    out = tmp_path_factory.mktemp("conformance") / "report.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.run([_python(), "-m", "pedagle_conformance", "run", "-q", "--backends", "sglang",
-                           "--mode", "both", "--json", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert out.is_file(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    backends = "reference,vllm,sglang" if VLLM_PY else "reference,sglang"
+    cmd = [SGLANG_PY, "-m", "pedagle_conformance", "run", "--backends", backends, "--mode", "both", "--json", str(out)]
+    if VLLM_PY:
+        cmd += ["--python", f"vllm={VLLM_PY}"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3000)
     print(proc.stdout)
+    print(f"three-engine conformance run: {time.perf_counter() - t0:.0f} s")
+    assert out.is_file(), proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc, json.loads(out.read_text())
 
 
-def test_sglang_step_state_is_identical_on_every_parallel_case(report):
+def _cases():
+    from pedagle_conformance.case import discover_cases
+
+    return {c.name: c for c in discover_cases() if not c.missing_models()}
+
+
+# Known limitation (backends/sglang/README.md): SGLang parses the drafter's config.json with transformers before
+# pedagle's loader runs, and a speculators-format config has no model_type, so that case errors in SGLang's engine.
+# Checked explicitly (it must error with that message); when it is fixed, these assertions fail and must go.
+SPECULATORS_ERROR = "Unrecognized model"
+
+
+def _speculators_cases():
+    return {n for n, c in _cases().items() if c.drafter_format == "speculators" and c.mode == "parallel"}
+
+
+def test_report_has_zero_failures(report):
     proc, rep = report
-    assert proc.returncode == 0, proc.stdout[-3000:]
-    step = [o for o in rep["outcomes"] if o["level"] == "step-state"]
-    assert step
+    assert rep["summary"]["failed"] == 0, rep["summary"]
+    errors = [(o["case"], o["backend"], o["level"]) for o in rep["outcomes"] if o["status"] == "error"]
+    assert sorted(errors) == sorted((n, "sglang", "e2e") for n in _speculators_cases()), errors
+
+
+def test_sglang_end_to_end_is_identical_on_every_parallel_case(report):
+    _, rep = report
+    cases = _cases()
+    e2e = {o["case"]: o for o in rep["outcomes"] if o["backend"] == "sglang" and o["level"] == "e2e"}
+    parallel = sorted(n for n, c in cases.items() if c.mode == "parallel")
+    assert len(parallel) >= 6
+    for n in parallel:
+        o = e2e[n]
+        if n in _speculators_cases():
+            assert o["status"] == "error" and SPECULATORS_ERROR in o["reason"], (n, o["status"], o["reason"][:500])
+            continue
+        assert o["status"] == "identical", (n, o["status"], o["reason"][:2000], o.get("failures", [])[:3])
+        c = cases[n]
+        assert o["drafts_compared"] == c.steps * c.batch_size * c.K, (n, o["drafts_compared"])
+    for n, c in cases.items():
+        if c.mode == "autoregressive":
+            assert e2e[n]["status"] == "not run" and "parallel" in e2e[n]["reason"], (n, e2e[n]["reason"])
+
+
+def test_sglang_step_state_is_identical_on_every_parallel_case(report):
+    _, rep = report
+    step = [o for o in rep["outcomes"] if o["backend"] == "sglang" and o["level"] == "step-state"]
     ran = [o for o in step if o["status"] != "not run"]
     assert len(ran) >= 6, [(o["case"], o["status"], o["reason"]) for o in step]
     for o in ran:
@@ -72,9 +126,14 @@ def test_sglang_step_state_is_identical_on_every_parallel_case(report):
             assert "-ar-" in o["case"] and "parallel" in o["reason"], (o["case"], o["reason"])
 
 
-def test_sglang_end_to_end_is_reported_not_run_with_the_reason(report):
+@pytest.mark.skipif(VLLM_PY is None, reason="no vLLM venv ($PEDAGLE_VENVS/vllm): the vLLM third of the run is absent")
+def test_vllm_and_reference_are_identical_on_every_case(report):
     _, rep = report
-    e2e = [o for o in rep["outcomes"] if o["level"] == "e2e"]
-    assert e2e and all(o["status"] == "not run" for o in e2e)
-    assert all("CUDA" in o["reason"] or "not installed" in o["reason"] for o in e2e)
-    assert rep["summary"]["identical"] >= 6 and rep["passed"] is True
+    cases = _cases()
+    vllm = {o["case"]: o for o in rep["outcomes"] if o["backend"] == "vllm" and o["level"] == "e2e"}
+    assert sorted(vllm) == sorted(cases) or set(cases) <= set(vllm)
+    for n in cases:
+        assert vllm[n]["status"] == "identical", (n, vllm[n]["status"], vllm[n]["reason"][:2000])
+    ref = [o for o in rep["outcomes"] if o["backend"] == "reference" and o["status"] != "not run"]
+    assert ref and all(o["status"] == "identical" for o in ref)
+    assert rep["backends"]["vllm"]["available"] is True and rep["backends"]["sglang"]["available"] is True
