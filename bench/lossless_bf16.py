@@ -119,7 +119,7 @@ def _none_diff(a, b, f32, prompts) -> dict:
 
     ra, rb = a.reference_outputs, b.reference_outputs
     ds = [d for i, (p, x, y) in enumerate(zip(prompts, ra, rb))
-          if (d := classify(f32, p, x, y, a.tie, i, "none", 0)) is not None]
+          if (d := classify(f32, p, x, y, a.tie, i, "none", 0, dtype=a.dtype)) is not None]
     return {"batch_size": b.batch_size, "outputs": len(prompts), "diverged": len(ds),
             "failures": sum(not d.near_tie for d in ds), "max_gap": max((d.gap for d in ds), default=None)}
 

@@ -14,7 +14,7 @@ import os
 import pytest
 import torch
 
-from pedagle_core.engine.lossless import TIE_MARGINS, classify, first_divergence, run_grid
+from pedagle_core.engine.lossless import TIE_MARGINS, classify, first_divergence, near_tie_margin, run_grid, ulp
 from pedagle_core.engine.target import load_hf_target
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,6 +43,16 @@ def test_tie_margins_are_the_conformance_suite_s():
     from pedagle_conformance.case import DEFAULT_TIE_MARGINS
 
     assert TIE_MARGINS == DEFAULT_TIE_MARGINS
+
+
+def test_near_tie_margin_is_at_least_two_ulps_at_the_logit_magnitude():
+    """bf16 stores a logit of 16..32 to 0.125: a one-ulp flip there must not be called a failure, while small
+    logits keep the conformance suite's fixed margin; without a dtype the margin is the given one."""
+    assert ulp("bfloat16", 20.0) == 0.125 and ulp("bfloat16", 1.5) == 2 ** -7 and ulp("float32", 1.0) == 2 ** -23
+    assert near_tie_margin(0.1, "bfloat16", 20.0) == 0.25                 # 2 ulps > 0.1
+    assert near_tie_margin(0.1, "bfloat16", 3.0) == 0.1                   # 2 ulps = 0.03 < 0.1
+    assert near_tie_margin(0.1, None, 1000.0) == 0.1
+    assert near_tie_margin(1e-4, "float32", 30.0) == 1e-4                 # float32: 2 ulps = 3.8e-6
 
 
 def test_first_divergence():
@@ -87,7 +97,7 @@ def test_bf16_outputs_equal_target_only_except_at_near_ties(prompts, f32):
     failures = [d.describe() for d in res.failures]
     assert not failures, "greedy speculative output left the target's choice beyond a near-tie:\n" + "\n".join(failures)
     for d in res.divergences:                       # what a near-tie is: both choices within the tie margin
-        assert d.gap < res.tie and d.f32_margin <= d.gap + 1e-9
+        assert d.tie >= res.tie and d.gap < d.tie and d.f32_margin <= d.gap + 1e-9
 
 
 def test_batch_invariant_target_is_bitwise_target_only(prompts, f32):

@@ -26,6 +26,7 @@ DEFAULT_TIE_MARGINS``, checked by the tests).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Sequence
@@ -36,6 +37,23 @@ from torch import nn
 # top-1 minus top-2 logit margin under which a differing greedy choice is a near-tie, by compute dtype
 # (the conformance suite's defaults; rationale in conformance/case.py).
 TIE_MARGINS = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 0.1, "float64": 1e-9}
+# ... but never less than this many units in the last place of the compute dtype at the logit's own
+# magnitude: a bf16 logit of 16..32 is stored to 0.125, so two logits one ulp apart there are 0.125 apart
+# and a fixed 0.1 would call a one-ulp flip a failure (the issue's largest measured gap was 0.13).
+TIE_ULPS = 2
+
+
+def ulp(dtype: str, magnitude: float) -> float:
+    """The spacing of ``dtype``'s representable numbers at ``magnitude`` (normal range)."""
+    info = torch.finfo(getattr(torch, dtype))
+    m = max(abs(float(magnitude)), info.tiny)
+    return float(info.eps) * 2.0 ** math.floor(math.log2(m))
+
+
+def near_tie_margin(tie: float, dtype: str | None, magnitude: float) -> float:
+    """The margin below which a flip is a near-tie: ``tie``, raised to ``TIE_ULPS`` ulps of ``dtype`` at the
+    logit magnitude when ``dtype`` is given."""
+    return tie if dtype is None else max(tie, TIE_ULPS * ulp(dtype, magnitude))
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -87,8 +105,9 @@ def f32_logits(model_f32: nn.Module, ids: Sequence[int]) -> torch.Tensor:
 
 
 def classify(model_f32: nn.Module, prompt: Sequence[int], ref: Sequence[int], got: Sequence[int], tie: float,
-             prompt_index: int = 0, mode: str = "", K: int = 0) -> Divergence | None:
-    """Classify the first divergence of ``got`` from ``ref`` (both outputs of ``prompt``), or None if equal."""
+             prompt_index: int = 0, mode: str = "", K: int = 0, dtype: str | None = None) -> Divergence | None:
+    """Classify the first divergence of ``got`` from ``ref`` (both outputs of ``prompt``), or None if equal.
+    ``dtype``: the compute dtype of the run, to raise ``tie`` to `TIE_ULPS` ulps at the logits' magnitude."""
     p = first_divergence(ref, got)
     if p is None:
         return None
@@ -96,6 +115,7 @@ def classify(model_f32: nn.Module, prompt: Sequence[int], ref: Sequence[int], go
     top = torch.topk(logits, 2)
     a, b = int(ref[p]), int(got[p])
     gap = float(top.values[0] - torch.minimum(logits[a], logits[b]))
+    tie = near_tie_margin(tie, dtype, float(top.values[0]))
     return Divergence(prompt_index, mode, K, p, a, b, int(top.indices[0]), float(top.values[0] - top.values[1]),
                       gap, gap < tie, tie)
 
@@ -180,11 +200,11 @@ def run_grid(target_dir: str, drafters: dict[str, str], prompts: Sequence[Sequen
         outs, res.seconds[f"{mode} {K}"] = generate(mode, K, loaded[mode])
         for i, (p, r, g) in enumerate(zip(prompts, ref, outs)):
             res.outputs_compared += 1
-            d = classify(model_f32, p, r, g, tie, i, mode, K)
+            d = classify(model_f32, p, r, g, tie, i, mode, K, dtype=name)
             if d is not None:
                 res.divergences.append(d)
     return res
 
 
-__all__ = ["TIE_MARGINS", "Divergence", "GridResult", "classify", "dtype_name", "f32_logits", "first_divergence",
+__all__ = ["TIE_MARGINS", "TIE_ULPS", "near_tie_margin", "ulp", "Divergence", "GridResult", "classify", "dtype_name", "f32_logits", "first_divergence",
            "run_grid"]
