@@ -41,6 +41,7 @@ import triton.language as tl
 from torch import Tensor
 
 from . import measured_choice
+from .device_info import sm_count
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _LOG2E = 1.4426950408889634
@@ -255,16 +256,8 @@ def write_kv(k: Tensor, v: Tensor, slot_mapping: Tensor, k_cache: Tensor, v_cach
                            ROW=row, BLOCK=triton.next_power_of_2(row))
 
 
-_SM_COUNT: dict[int, int] = {}
 
 
-def _sm_count(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 8
-    idx = device.index if device.index is not None else torch.cuda.current_device()
-    if idx not in _SM_COUNT:
-        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
-    return _SM_COUNT[idx]
 
 
 def launch_config(n_rows: int, n_requests: int, max_rows: int, n_heads: int, n_kv_heads: int, head_dim: int,
@@ -281,7 +274,7 @@ def launch_config(n_rows: int, n_requests: int, max_rows: int, n_heads: int, n_k
     d_pad = max(16, triton.next_power_of_2(head_dim))
     if num_splits is None:
         base = n_qtiles * n_requests * n_kv_heads
-        slots = 2 * _sm_count(device)
+        slots = 2 * sm_count(device)
         kv_bytes = n_requests * max_context * n_kv_heads * head_dim * 2 * kv_itemsize
         part_bytes = n_rows * n_heads * head_dim * 4 * 2
         cap = max(1, min(max_context // 256, kv_bytes // max(1, 2 * part_bytes)))

@@ -35,6 +35,7 @@ import triton.language as tl
 from torch import Tensor
 
 from . import measured_choice
+from .device_info import sm_count
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 MAX_ROWS = 256                   # the kernel's limit (one row block per program)
@@ -118,7 +119,6 @@ def _skinny_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, tiles_p
 
 # ---------------------------------------------------------------------------------------------- host side
 _COUNTERS: dict[tuple, Tensor] = {}
-_SM_COUNT: dict[int, int] = {}
 
 
 def _counters(device: torch.device) -> Tensor:
@@ -129,13 +129,6 @@ def _counters(device: torch.device) -> Tensor:
     return _COUNTERS[key]
 
 
-def _sm_count(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 8
-    idx = device.index if device.index is not None else torch.cuda.current_device()
-    if idx not in _SM_COUNT:
-        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
-    return _SM_COUNT[idx]
 
 
 def block_m(M: int) -> int:
@@ -152,7 +145,7 @@ def launch_config(M: int, N: int, K: int, device: torch.device, block_n: int = 6
     n_tiles = triton.cdiv(N, block_n)
     k_tiles = triton.cdiv(K, block_k)
     if split_k is None:
-        want = triton.cdiv(2 * _sm_count(device), n_tiles)
+        want = triton.cdiv(2 * sm_count(device), n_tiles)
         split_k = max(1, min(want, k_tiles // 4))
     split_k = max(1, min(int(split_k), k_tiles))
     k_split = triton.cdiv(k_tiles, split_k) * block_k
