@@ -19,7 +19,11 @@
      for that reserve;
    * ``BaseTokenToKVPoolAllocator.request_slot_reserve`` (AROUND): K-1 more KV slots per admitted prefill
      request, the scratch slots of the MASK rows of the prefill draft step, so the scheduler's admission
-     budget keeps them free (with the prefix cache evicted for them, as SGLang's own allocations do).
+     budget keeps them free (with the prefix cache evicted for them, as SGLang's own allocations do);
+5. wraps SGLang's server-argument resolution step ``handle_speculative_decoding`` (``register_resolution_hook``):
+   under PEAGLE a local speculators-format drafter is served from a vLLM-format copy converted once into pedagle's
+   cache (`spec_algo.serve_speculators_drafter_converted`), since that step reads the drafter's config.json with
+   transformers and a speculators config has no ``model_type``.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ HOOK_TARGETS = {
     "row_extra": "sglang.srt.mem_cache.allocation_sizing.get_req_to_token_extra_context_len",
     "slot_reserve": "sglang.srt.mem_cache.allocator.base.BaseTokenToKVPoolAllocator.request_slot_reserve",
 }
+
+RESOLUTION_STEP = "handle_speculative_decoding"     # SGLang's resolution step that first reads the drafter config
 
 _lock = threading.RLock()
 _registered = False
@@ -151,6 +157,11 @@ def _register_hooks() -> None:
     HookRegistry.register(HOOK_TARGETS["alloc_len"], _alloc_len_hook, HookType.AROUND)
     HookRegistry.register(HOOK_TARGETS["row_extra"], _row_extra_hook, HookType.AROUND)
     HookRegistry.register(HOOK_TARGETS["slot_reserve"], _slot_reserve_hook, HookType.AROUND)
+    from sglang.srt.arg_groups.resolution_hooks import register_resolution_hook
+
+    from .spec_algo import serve_speculators_drafter_converted
+
+    register_resolution_hook(RESOLUTION_STEP)(serve_speculators_drafter_converted)
 
 
 # ---------------------------------------------------------------------------------------------- entry point

@@ -11,11 +11,21 @@ and resolves the server arguments:
 * then SGLang's own EAGLE-family defaulting (``_handle_eagle_family``) runs.
 
 `validate_server_args` rejects what PEAGLE does not support, with the reason and the fix.
+
+`serve_speculators_drafter_converted` wraps SGLang's resolution step ``handle_speculative_decoding`` (the plugin
+registers it): that step reads the drafter's config.json with transformers before any hook of the algorithm runs,
+and a speculators-format config has no ``model_type``. A local speculators-format drafter is converted once to
+the vLLM format (`pedagle_core.formats.convert`, tensor for tensor) into pedagle's cache, keyed by the source's
+config and weight files, and ``speculative_draft_model_path`` is declared to be that copy.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +97,74 @@ def validate_server_args(sa: Any) -> None:
                                     "--speculative-algorithm EAGLE3 (autoregressive drafting).")
 
 
+CONVERTED_SOURCE = "pedagle.sglang.speculators_drafter"
+
+
+def converted_cache_dir() -> Path:
+    """Where converted drafters live: ``$PEDAGLE_CACHE/converted``, else ``~/.cache/pedagle/converted``."""
+    root = os.environ.get("PEDAGLE_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "pedagle") / "converted"
+
+
+def _source_key(d: Path) -> str:
+    """Content key of a checkpoint directory: config.json's bytes and every file's name, size and mtime."""
+    from pedagle_core import __version__
+
+    h = hashlib.sha256(__version__.encode())             # a newer converter writes a new copy
+    h.update((d / "config.json").read_bytes())
+    for f in sorted(p for p in d.iterdir() if p.is_file()):
+        st = f.stat()
+        h.update(f"{f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def served_drafter_path(path: str) -> str:
+    """The drafter directory SGLang should read: ``path`` itself unless it is a local speculators-format
+    checkpoint, then its vLLM-format copy in `converted_cache_dir` (converted on first use, reused after).
+    A local directory that is no drafter checkpoint raises pedagle's `CheckpointError` naming the file."""
+    d = Path(path)
+    if not d.is_dir():
+        return path                                   # a hub id or remote URI: SGLang resolves it; not ours
+    from pedagle_core.formats import convert, detect_format
+
+    if detect_format(d) != "speculators":
+        return path
+    cache = converted_cache_dir()
+    dst = cache / f"{d.resolve().name}-{_source_key(d)}"
+    if dst.is_dir():
+        logger.info("pedagle: speculators-format drafter %s -> serving its vLLM-format copy %s (cached)", path, dst)
+        return str(dst)
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}-", dir=cache))
+    try:
+        convert(d, tmp, to="vllm")
+        try:
+            tmp.rename(dst)                                # atomic: dst exists only complete
+        except OSError:
+            if not dst.is_dir():                           # not a concurrent writer's finished copy
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("pedagle: speculators-format drafter %s converted to the vLLM format (tensor for tensor) at %s; "
+                "SGLang serves that copy", path, dst)
+    return str(dst)
+
+
+def serve_speculators_drafter_converted(server_args: Any, previous: Any) -> None:
+    """Wrapper of SGLang's ``handle_speculative_decoding`` resolution step (see the module docstring)."""
+    from sglang.srt.arg_groups.model_override_base import resolving_view
+    from sglang.srt.arg_groups.overrides import declare_resolution
+
+    cfg = resolving_view(server_args)
+    algo, path = cfg.speculative_algorithm, cfg.speculative_draft_model_path
+    if algo and str(algo).upper() == ALGORITHM and path:
+        served = served_drafter_path(str(path))
+        if served != str(path):
+            declare_resolution(server_args, CONVERTED_SOURCE, speculative_draft_model_path=served)
+    previous(server_args)
+
+
 class PEagleSpecAlgo(CustomSpecAlgo):
     """``spec_class`` of the PEAGLE registration: EAGLE-3 for every scheduler-side predicate."""
 
@@ -144,4 +222,5 @@ def resolve_server_args(sa: Any) -> None:
     _handle_eagle_family(sa)
 
 
-__all__ = ["PEagleSpecAlgo", "PEagleConfigError", "validate_server_args", "resolve_server_args", "default_k"]
+__all__ = ["PEagleSpecAlgo", "PEagleConfigError", "validate_server_args", "resolve_server_args", "default_k",
+           "served_drafter_path", "serve_speculators_drafter_converted", "converted_cache_dir"]
