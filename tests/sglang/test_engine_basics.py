@@ -2,8 +2,8 @@
 decoding (float32, tiny-code), and the engine really runs on pedagle's CPU ``sgl_kernel`` ops with the
 ``intel_amx`` attention backend (SGLang's EAGLE3 included), through the subprocess harness the benchmark uses.
 
-Engine starts: none of its own for the first test (it shares test_engine_peagle's float32 target-only run, cached
-per pytest process by `engine_runs`); one for the harness test (EAGLE3, K = 2).
+Engine starts: none of its own for the first test (it starts test_engine_peagle's engines, cached per pytest
+process by `engine_runs`, and reads their float32 target-only run); one for the harness test (EAGLE3, K = 2).
 """
 
 from __future__ import annotations
@@ -42,12 +42,13 @@ def assert_equal_up_to_ties(got: list[int], prompt: list[int], ref: list[int], w
 
 
 def test_target_only_equals_transformers_greedy_float32():
-    from test_engine_peagle import ENGINE, jobs, radix_jobs
+    from test_engine_peagle import specs
 
-    run = er.run("f32-target", TARGET, None, 0, jobs() + radix_jobs(), dtype="float32", **ENGINE)  # shared run
-    for job in jobs():
-        if job.name == "maxctx":          # ends at the context length; the others cover the same path
-            continue
+    all_specs = specs()                   # test_engine_peagle's engines, all started in one child and cached
+    run = er.run_many(all_specs)["f32-target"]
+    for job in all_specs["f32-target"].jobs:
+        if job.name == "maxctx" or job.name.startswith("radix"):   # ends at the context length / repeated
+            continue                      # prompts: the batch and long jobs cover the same path
         outs = run.results[job.name]["outputs"]
         assert [len(o) for o in outs] == job.max_new
         for b, (prompt, n) in enumerate(zip(job.prompts, job.max_new)):
