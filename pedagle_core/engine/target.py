@@ -31,10 +31,9 @@ import os
 from typing import Any, Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..attention import CacheAttention, ContiguousKVCache
+from ..attention import CacheAttention, ContiguousKVCache, _sdpa_scaled
 
 ATTENTION_NAME = "pedagle"
 
@@ -72,11 +71,11 @@ def register_attention() -> None:
 
 class RowwiseCacheAttention(CacheAttention):
     """Batch-invariant attention (``TargetModel(batch_invariant=True)``): every query row attends alone
-    to exactly its own keys (positions ``max(0, p - window + 1) .. p`` of its request; no padding, no
-    mask), so its output depends on that row and the cache only, not on how many rows, requests or keys
+    to exactly its own keys (positions ``max(0, p - window + 1) .. p`` of its request; no padding, every key
+    admitted), so its output depends on that row and the cache only, not on how many rows, requests or keys
     the forward has. (The batched path pads all rows to the step's longest context and masks; the kernel's
     reduction order then depends on that length and on the row count, which moves bf16 results by an ulp.)
-    One SDPA call per row and layer: slow, meant for checking bitwise losslessness."""
+    One `_sdpa_scaled` call (the batched path's, sinks included) per row and layer: slow, meant for checking bitwise losslessness."""
 
     def __call__(self, layer_idx: int, q: Tensor, k: Tensor, v: Tensor, window: int | None,
                  scale: float | None = None, sinks: Tensor | None = None) -> Tensor:
@@ -87,22 +86,13 @@ class RowwiseCacheAttention(CacheAttention):
         if "_rows" not in self.__dict__:
             self._rows = self.cache_rows[self.request_index.long()].tolist()
             self._pos = self.positions.long().tolist()
-        gqa = q.shape[1] != kc.shape[2]
         out = torch.empty_like(q)
         for t, (r, p) in enumerate(zip(self._rows, self._pos)):
             lo = 0 if window is None else max(0, p - int(window) + 1)
-            kt = kc[r, lo: p + 1].to(q.dtype).transpose(0, 1)[None]                 # [1, Hkv, S, D]
-            vt = vc[r, lo: p + 1].to(q.dtype).transpose(0, 1)[None]
-            qt = q[t][None, :, None]                                                  # [1, Hq, 1, D]
-            if sinks is None:
-                o = F.scaled_dot_product_attention(qt, kt, vt, scale=scale, enable_gqa=gqa)
-            else:                                                                     # GPT-OSS sinks
-                rep = q.shape[1] // kt.shape[1]
-                kt, vt = kt.repeat_interleave(rep, dim=1), vt.repeat_interleave(rep, dim=1)
-                logits = qt @ kt.transpose(-1, -2) * (q.shape[-1] ** -0.5 if scale is None else scale)
-                full = torch.cat([logits, sinks.to(logits.dtype).view(1, -1, 1, 1)], dim=-1)
-                o = torch.softmax(full - full.amax(-1, keepdim=True), dim=-1)[..., :-1].to(vt.dtype) @ vt
-            out[t] = o[0, :, 0]
+            kt, vt = kc[r, lo: p + 1].to(q.dtype)[None], vc[r, lo: p + 1].to(q.dtype)[None]  # [1, S, Hkv, D]
+            keys = torch.ones(1, 1, p + 1 - lo, dtype=torch.bool, device=q.device)          # every key: no pad
+            o = _sdpa_scaled(q[t][None, None], kt, vt, keys, scale, sinks)                  # [1, 1, Hq, D]
+            out[t] = o[0, 0]
         return out
 
 
