@@ -51,28 +51,20 @@ GENERATE_JSON_DOC = """--json prints one JSON object:
    "device": "..."}"""
 
 
-def _int_at_least(lo: int, what: str = "an integer"):
-    """An argparse type: an int >= lo (argparse turns the ValueError into a usage error, exit 2)."""
+def _int_at_least(lo: int, what: str = "an integer", hi: int | None = None, hint: str = ""):
+    """An argparse type: an int in [lo, hi] (argparse turns the error into a usage error, exit 2)."""
     def parse(text: str) -> int:
         try:
             v = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if hi is not None and not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{v}: expected {what} in [{lo}, {hint or hi}]")
         if v < lo:
             raise argparse.ArgumentTypeError(f"{v}: expected {what} >= {lo}")
         return v
-    parse.__name__ = f"int>={lo}"
+    parse.__name__ = f"int>={lo}" if hi is None else f"int in [{lo}, {hi}]"
     return parse
-
-
-def _seed(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if not 0 <= v <= SEED_MAX:
-        raise argparse.ArgumentTypeError(f"{v}: expected an integer in [0, 2**63 - 1] (request i uses seed + i)")
-    return v
 
 
 def _finite_float(text: str) -> float:
@@ -96,7 +88,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="0 = greedy (lossless); > 0 samples (finite) [0]")
     p.add_argument("--top-p", type=_finite_float, default=1.0, metavar="P", help="nucleus sampling, in (0, 1] [1.0 = off]")
     p.add_argument("--top-k", type=_int_at_least(0), default=0, metavar="K", help="top-k sampling [0 = off]")
-    p.add_argument("--seed", type=_seed, default=0, help="request i samples with seed + i; 0 .. 2**63-1 [0]")
+    p.add_argument("--seed", type=_int_at_least(0, "an integer", SEED_MAX, "2**63 - 1 (request i uses seed + i)"),
+                   default=0, help="request i samples with seed + i; 0 .. 2**63-1 [0]")
     p.add_argument("--batch-size", type=_int_at_least(1), default=8, metavar="N", help="requests verified together [8]")
     p.add_argument("--max-model-len", type=_int_at_least(1), default=None, metavar="N",
                    help="prompt + output limit per request [prompt + max-new-tokens + 1]")
