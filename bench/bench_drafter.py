@@ -58,12 +58,22 @@ from contextlib import contextmanager  # noqa: E402
 # Every config is timed on three paths, side by side in one process:
 #   new   - the default: linears through `auto_linear` (skinny-GEMM kernels where measured faster than
 #           cuBLAS, q/k/v and gate/up fused by `fuse_projections`), decode attention with its launch
-#           variant timed per shape, Triton norm/RoPE/top-2;
+#           variant timed per shape, Triton norm/RoPE/top-2, the MLP activation and the RoPE table;
 #   today - the path before issue 13: every linear on cuBLAS (F.linear, unfused), the attention's launch
-#           heuristic, Triton norm/RoPE/top-2;
+#           heuristic, Triton norm/RoPE/top-2 (`PreIssue13Ops`);
 #   torch - plain PyTorch: F.linear, the torch attention (sync-free, static hints), the reference
 #           norm/RoPE (TORCH_OPS) and the argmax/topk readout.
 PATHS = ("new", "today", "torch")
+
+
+class PreIssue13Ops:
+    """The elementwise ops of the path before issue 13: Triton RMSNorm and RoPE only (the MLP activation
+    and the RoPE table on the PyTorch references, as `Drafter` falls back for ops without those methods)."""
+
+    def __init__(self) -> None:
+        from pedagle_core.kernels import norm_rope
+
+        self.rms_norm, self.rope = norm_rope.TRITON_OPS.rms_norm, norm_rope.TRITON_OPS.rope
 
 
 @contextmanager
@@ -81,6 +91,8 @@ def use_path(drafter: Drafter, cache: ContiguousKVCache, path: str):
             drafter.unfuse_projections()
             drafter.use_linear(F.linear)
             DA.TUNE = False
+        if path == "today" and drafter.fc.weight.is_cuda:
+            drafter.use_ops(PreIssue13Ops())
         if path == "torch":
             cache.impl = "torch"
             drafter.use_ops(TORCH_OPS)
@@ -430,8 +442,17 @@ def kernel_profile(fn, top: int = 12) -> dict:
             continue
         rows.append((e.key, int(e.count), float(t) / 1e3))
     rows.sort(key=lambda r: -r[2])
+    seq = []
+    try:            # every kernel of the replay in launch order (name, us): per-kernel time vs its byte floor
+        from torch.autograd import DeviceType
+
+        evs = [e for e in prof.events() if getattr(e, "device_type", None) == DeviceType.CUDA]
+        evs.sort(key=lambda e: e.time_range.start)
+        seq = [[e.name[:60], round(e.time_range.elapsed_us(), 2)] for e in evs]
+    except Exception as e:                                                      # noqa: BLE001 - report only
+        seq = [["error", repr(e)[:200]]]
     return {"n_kernels": sum(r[1] for r in rows), "busy_ms": sum(r[2] for r in rows), "wall_ms": wall,
-            "top": [{"name": k[:90], "count": c, "ms": t} for k, c, t in rows[:top]]}
+            "top": [{"name": k[:90], "count": c, "ms": t} for k, c, t in rows[:top]], "sequence": seq}
 
 
 # --------------------------------------------------------------------------------------------- attention micro
@@ -704,6 +725,10 @@ def run_sweep(plan: Plan, device: torch.device, dtype: torch.dtype, dry: bool, b
                 res["attention_micro"].append(dict(family=fam, error=repr(e)[:500]))
     from pedagle_core.kernels import measured_choice
     res["decisions"] = measured_choice.decisions()
+    from pedagle_core.kernels import norm_rope
+    res["fusions_failed"] = dict(norm_rope.FAILED)           # kernels that fell back to PyTorch (none expected)
+    if norm_rope.FAILED:
+        log(f"[bench_drafter] ERROR fused kernels fell back to PyTorch: {norm_rope.FAILED}")
     res["gemm_efficiency"] = gemm_efficiency(res)
     res["elapsed_s"] = time.perf_counter() - t_start
     res["n_errors"] = n_fail
@@ -732,7 +757,7 @@ def gemm_efficiency(res: dict) -> list[dict]:
     return out
 
 
-def gemm_table(res: dict, rows: tuple[int, ...] = (7, 8, 14, 56, 64, 112)) -> str:
+def gemm_table(res: dict, rows: tuple[int, ...] = (7, 8, 14, 16, 20, 56, 80, 112, 160)) -> str:
     eff = [e for e in res.get("gemm_efficiency", []) if e["M"] in rows]
     if not eff:
         return ""
@@ -742,6 +767,28 @@ def gemm_table(res: dict, rows: tuple[int, ...] = (7, 8, 14, 56, 64, 112)) -> st
         lines.append(f"  {e['M']:4d} {e['N']:7d} {e['K']:6d} | {e['cublas_ms']:7.4f} ms x{e['cublas_x_floor']:5.2f} | "
                      + (f"{e['best_kernel_ms']:7.4f} ms x{e['kernel_x_floor']:5.2f}" if e["best_kernel"] else "-")
                      + f" | {e['chosen']}")
+    return "\n".join(lines)
+
+
+def attention_table(res: dict) -> str:
+    """The decode attention's launch-variant choices (each variant timed as a CUDA graph of back-to-back
+    calls), against the K/V-read floor of the shape (every request reading max_context keys)."""
+    bw = res["ceilings"]["hbm_GBps"] * 1e6                                   # bytes per ms
+    lines = []
+    for d in res.get("decisions", []):
+        if d["kind"] != "decode_attention":
+            continue
+        q_shape, table_shape, hkv, _, max_ctx = d["key"][:5]
+        q_shape, table_shape = [int(v) for v in str(q_shape).strip("()[]").split(",") if v.strip()], \
+            [int(v) for v in str(table_shape).strip("()[]").split(",") if v.strip()]
+        B, D = table_shape[0], q_shape[2]
+        floor = B * int(max_ctx) * int(hkv) * D * 2 * 2 / bw
+        t = d["times_ms"]
+        auto = t.get("auto", float("nan"))
+        best = t[d["chosen"]]
+        lines.append(f"attn: T={q_shape[0]:<4d} B={B:<3d} rows<={table_shape[1]:<3d} heads {q_shape[1]}/{hkv} D={D} ctx<={max_ctx}: "
+                     f"heuristic {auto * 1e3:6.1f} us, chosen {best * 1e3:6.1f} us ({d['chosen']}), KV floor {floor * 1e3:5.1f} us, "
+                     f"chosen x{best / floor:4.2f}")
     return "\n".join(lines)
 
 
@@ -970,6 +1017,7 @@ def main(argv: list[str] | None = None) -> dict:
     print()
     print(gemm_table(res))
     print(micro_table(res))
+    print(attention_table(res))
     for p in res.get("profiles", []):
         if "n_kernels" in p:
             print(f"profile: {p['family']} {p['mode']} B={p['B']} ctx={p['ctx']} K={p['K']}: {p['n_kernels']} kernels, "

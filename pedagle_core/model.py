@@ -40,8 +40,21 @@ def rms_norm_reference(x: Tensor, weight: Tensor, eps: float, residual: Tensor |
     return y if residual is None else (y, residual)
 
 
+def silu_mul_reference(gate: Tensor, up: Tensor) -> Tensor:
+    """The MLP's activation: silu(gate) * up (two ops, each rounded to the activation dtype)."""
+    return F.silu(gate) * up
+
+
+def rope_cos_sin_reference(positions: Tensor, inv_freq: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    """positions [T] -> (cos, sin) [T, D/2] float32 of ``float(position) * inv_freq``, times ``scale``."""
+    freqs = positions.float()[:, None] * inv_freq[None, :]
+    return freqs.cos() * scale, freqs.sin() * scale
+
+
 class ElementwiseOps(Protocol):
-    """Implementations of the drafter's elementwise math (RMSNorm with residual add, RoPE on q and k)."""
+    """Implementations of the drafter's elementwise math (RMSNorm with residual add, RoPE on q and k).
+    Optional further methods, used where present (else the references above): ``silu_mul(gate, up)``
+    and ``rope_cos_sin(positions, inv_freq, scale)``."""
 
     def rms_norm(self, x: Tensor, weight: Tensor, eps: float, residual: Tensor | None = None
                  ) -> Tensor | tuple[Tensor, Tensor]: ...
@@ -58,6 +71,12 @@ class TorchOps:
 
     def rope(self, q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+
+    def silu_mul(self, gate: Tensor, up: Tensor) -> Tensor:
+        return silu_mul_reference(gate, up)
+
+    def rope_cos_sin(self, positions: Tensor, inv_freq: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+        return rope_cos_sin_reference(positions, inv_freq, scale)
 
 
 TORCH_OPS = TorchOps()
@@ -216,6 +235,7 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
+    ops: ElementwiseOps | None = None                 # set by `Drafter.use_ops`; None: `auto_ops`
     linear: LinearFn | None = None                    # set by `Drafter.use_linear`; None: `auto_linear`
 
     def __init__(self, cfg: DrafterConfig) -> None:
@@ -230,7 +250,8 @@ class MLP(nn.Module):
             gate, up = apply_linear(self.linear, self.gate_proj, x), apply_linear(self.linear, self.up_proj, x)
         else:
             gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return apply_linear(self.linear, self.down_proj, F.silu(gate) * up)
+        fn = getattr(self.ops or auto_ops(gate, self.down_proj.weight), "silu_mul", None)
+        return apply_linear(self.linear, self.down_proj, fn(gate, up) if fn else silu_mul_reference(gate, up))
 
 
 class DecoderLayer(nn.Module):
@@ -272,6 +293,7 @@ class Drafter(nn.Module):
     """An EAGLE-3 drafter with the P-EAGLE extras (``mask_hidden``, ``mask_token_id``)."""
 
     linear: LinearFn | None = None                    # set by `use_linear`; None: `auto_linear` (fc, lm_head)
+    ops: ElementwiseOps | None = None                 # set by `use_ops`; None: `auto_ops` (the RoPE table)
 
     def __init__(self, cfg: DrafterConfig) -> None:
         super().__init__()
@@ -331,8 +353,9 @@ class Drafter(nn.Module):
         return cached[1]
 
     def rope(self, positions: Tensor) -> tuple[Tensor, Tensor]:
-        freqs = positions.float()[:, None] * self.inv_freq[None, :]               # [T, D/2]
-        return freqs.cos() * self.rope_scale, freqs.sin() * self.rope_scale
+        """positions [T] -> (cos, sin) [T, D/2] float32 (one launch with the Triton ops)."""
+        fn = getattr(self.ops or auto_ops(positions), "rope_cos_sin", None)
+        return (fn or rope_cos_sin_reference)(positions, self.inv_freq, self.rope_scale)
 
     @torch.no_grad()
     def fuse_projections(self, linear: Callable[[Tensor, Tensor | None], Linear] = dispatch_linear) -> None:
@@ -370,10 +393,11 @@ class Drafter(nn.Module):
             layer.mlp.gate_up_proj = None
 
     def use_ops(self, ops: ElementwiseOps | None) -> None:
-        """Run every RMSNorm and RoPE through ``ops`` (a backend's fused ops, or ``TORCH_OPS`` to force the
-        reference); None restores the automatic choice (`auto_ops`: Triton for CUDA inference)."""
+        """Run every RMSNorm, RoPE, the RoPE table and the MLP activation through ``ops`` (a backend's fused
+        ops, or ``TORCH_OPS`` to force the reference); None restores the automatic choice (`auto_ops`:
+        Triton for CUDA inference)."""
         for m in self.modules():
-            if isinstance(m, (RMSNorm, Attention)):
+            if isinstance(m, (RMSNorm, Attention, MLP, Drafter)):
                 m.ops = ops
 
     # ------------------------------------------------------------------ forward

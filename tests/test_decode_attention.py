@@ -82,6 +82,25 @@ def test_kernel_matches_reference(case, dtype):
 
 
 @needs_triton
+@pytest.mark.parametrize("ov", [dict(max_block_m=256, block_n=32, num_warps=8, num_stages=2),
+                                dict(max_block_m=16, num_splits=2)])
+def test_tuning_variants_match_reference(ov):
+    """Launch variants the tuner times (`VARIANTS`): all rows of a request in one wide q tile (K/V read
+    once), and the opposite, many narrow q tiles; every variant computes the same attention."""
+    gen = torch.Generator().manual_seed(11)
+    B, Hq, Hkv, D, S = 2, 16, 2, 16, 40
+    q, kc, vc, pos, ri, bt, bs, max_rows = random_case(gen, B, Hq, Hkv, D, S, 30, None, torch.float32)
+    ref = DA.decode_attention_reference(q.double(), kc.double(), vc.double(), pos, ri, bt, bs, S, None)
+    q, kc, vc, pos, ri, bt = (x.to(DEVICE) for x in (q, kc, vc, pos, ri, bt))
+    table = DA.build_row_table(ri, B, max_rows)
+    cfg = DA.launch_config(q.shape[0], B, max_rows, Hq, Hkv, D, S, 4, q.device, **ov)
+    assert max_rows > 16 and DA.launch_config(q.shape[0], B, max_rows, Hq, Hkv, D, S, 4, q.device)["n_qtiles"] == 2
+    assert cfg["n_qtiles"] == (1 if ov["max_block_m"] == 256 else -(-max_rows // 2))      # 8 heads x 2 rows
+    out = DA.decode_attention(q, kc, vc, pos, table, bt, bs, S, None, **ov)
+    assert rel_err(out.cpu(), ref) < 1e-5
+
+
+@needs_triton
 def test_loose_row_bound_and_ctx_limit():
     """A row bound far above the real rows (idle query tiles) and positions at/after ctx_limit."""
     gen = torch.Generator().manual_seed(7)

@@ -44,6 +44,7 @@ CASES = [
     (20, 33, 100, dict(split_k=2, block_k=64)),
     (7, 130, 512, dict(block_n=128, split_k=4)),
     (33, 48, 192, dict(split_k=3)),
+    (100, 300, 192, dict(block_n=256, split_k=2, num_warps=8)),      # the wide tiles tried above 64 rows
 ]
 
 

@@ -21,8 +21,9 @@ Design (flash-decoding over the cache, no gather copy, no repeat_interleave):
   its rows' visible ranges) is split evenly among ``splits`` programs (split-K / flash-decoding), so a
   few long requests still fill the GPU. Online softmax in fp32 (exp2).
 * `_combine_kernel` — when splits > 1: the log-sum-exp merge of the per-split partial outputs.
-* Launch variants (split count, tiles) chosen per shape by timing `VARIANTS` once on the device
-  (`measured_choice`); no single heuristic won everywhere in the variant sweeps of `bench/bench_drafter.py`.
+* Launch variants (split count, tiles) chosen per shape by timing `VARIANTS` once on the device, each as a
+  CUDA graph of back-to-back calls (`measured_choice.time_graphs`); no single heuristic won everywhere in
+  the variant sweeps of `bench/bench_drafter.py`.
 
 Every size that shapes a launch is a host int derived from tensor shapes or from caller hints, so the
 whole path can be captured in a CUDA graph. TRITON_INTERPRET=1 must be set before this module is
@@ -262,13 +263,16 @@ def write_kv(k: Tensor, v: Tensor, slot_mapping: Tensor, k_cache: Tensor, v_cach
 
 def launch_config(n_rows: int, n_requests: int, max_rows: int, n_heads: int, n_kv_heads: int, head_dim: int,
                   max_context: int, kv_itemsize: int, device: torch.device, num_splits: int | None = None,
-                  block_n: int | None = None, num_warps: int | None = None, num_stages: int | None = None) -> dict:
+                  block_n: int | None = None, num_warps: int | None = None, num_stages: int | None = None,
+                  max_block_m: int = _MAX_BLOCK_M) -> dict:
     """Static launch parameters (host ints only). Splits: about one full wave of programs (~2 resident
     per SM, wave-quantisation efficiency >= 0.8), at most one per 256 keys of ``max_context``, and few
-    enough that the fp32 partials (written, then read back by the combine) stay under half the K/V bytes."""
+    enough that the fp32 partials (written, then read back by the combine) stay under half the K/V bytes.
+    ``max_block_m``: the cap on query rows x heads per program (a request with more is cut into q tiles,
+    each reading the request's K/V again)."""
     G = n_heads // n_kv_heads
     g_pad = triton.next_power_of_2(G)
-    block_m = min(max(16, triton.next_power_of_2(max_rows * g_pad)), max(_MAX_BLOCK_M, g_pad))
+    block_m = min(max(16, triton.next_power_of_2(max_rows * g_pad)), max(int(max_block_m), g_pad))
     rows = block_m // g_pad
     n_qtiles = triton.cdiv(max_rows, rows)
     d_pad = max(16, triton.next_power_of_2(head_dim))
@@ -297,8 +301,15 @@ def launch_config(n_rows: int, n_requests: int, max_rows: int, n_heads: int, n_k
 
 # The launch variants timed per shape on CUDA (`measured_choice`): the heuristic of `launch_config` first
 # (the fallback while a graph is captured before its shape was timed), then other split counts and tiles.
-VARIANTS: list[dict] = [dict(), dict(num_splits=1), dict(num_splits=4), dict(num_splits=16),
-                        dict(block_n=32, num_warps=8, num_stages=2), dict(block_n=64, num_warps=8, num_stages=4)]
+# Splits 2-32 and the tiles that won somewhere in the H200 sweeps (bench/results/drafter_h200.json: the
+# Qwen3 head at batch 8, ctx 8192 was 1.7x faster with 32-key tiles on 4 warps than the heuristic).
+VARIANTS: list[dict] = [dict(), dict(num_splits=1), dict(num_splits=2), dict(num_splits=4), dict(num_splits=8),
+                        dict(num_splits=16), dict(num_splits=32),
+                        dict(block_n=32, num_warps=4, num_stages=3), dict(block_n=32, num_warps=8, num_stages=2),
+                        dict(block_n=64, num_warps=4, num_stages=3), dict(block_n=64, num_warps=8, num_stages=4),
+                        # 17-32 rows of 8 heads per request (K=10 at batch 8): one q tile, K/V read once
+                        dict(max_block_m=256, block_n=32, num_warps=8, num_stages=2)]
+MARGIN = 0.03                    # a variant must beat the heuristic by this fraction (graph timings)
 TUNE = True                      # False: always the `launch_config` heuristic (the path before tuning; benchmarks)
 _CHOSEN: dict[tuple, dict] = {}
 
@@ -324,9 +335,13 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Ten
             return _decode_attention(*args)
         fns = [lambda ov=ov: _decode_attention(*args, **ov) for ov in VARIANTS]
         names = [",".join(f"{a}={b}" for a, b in ov.items()) or "auto" for ov in VARIANTS]
-        # a 10% margin: isolated timings of one small launch are noisy, and a wrong pick costs every step
+        # timed as CUDA graphs of back-to-back calls (as the step meets them): isolated timings of one
+        # ~10 us launch measured the host launch path and picked slower variants (run 1 of the H200 sweep)
+        def timer(fns, device):
+            t = measured_choice.time_graphs(fns, device)
+            return t if t[0] != float("inf") else measured_choice.time_candidates(fns, device)
         _CHOSEN[key] = VARIANTS[measured_choice.choose("decode_attention", key[1:], names, fns, q.device, 0,
-                                                       margin=0.10)]
+                                                       margin=MARGIN, timer=timer)]
     return _decode_attention(*args, **_CHOSEN[key])
 
 

@@ -1,9 +1,10 @@
 """Pick, per launch shape, the fastest of a few implementations by timing them once on the device.
 
 Used by `skinny_gemm` (Triton split-K GEMM variants vs cuBLAS) and `decode_attention` (split-count /
-tile variants). The first call with a new key times every candidate on the real inputs (CUDA events,
-median of a few runs; L2 flushed before each run, so weights that fit in L2 are timed as they are met
-in a step: streamed from HBM) and remembers the winner; later calls reuse it. Nothing is timed while a
+tile variants). The first call with a new key times every candidate on the real inputs and remembers
+the winner; later calls reuse it. Both callers time candidates as a step meets them, each as a CUDA
+graph of back-to-back calls (`time_graphs`; the GEMMs over rotating weight copies); `time_candidates`
+(isolated calls with CUDA events, L2 flushed before each) is the fallback where capture fails. Nothing is timed while a
 CUDA graph is being captured or torch.compile traces: those calls take the caller's ``fallback``
 (a choice that is always valid, e.g. cuBLAS). Every decision is kept in `decisions()` for reports.
 
@@ -77,6 +78,47 @@ def time_candidates(fns: Sequence[Callable[[], object]], device: torch.device, r
         for i, s, e in ev:
             times[i].append(s.elapsed_time(e))
     return [statistics.median(t) if ok[i] else float("inf") for i, t in enumerate(times)]
+
+
+def time_graphs(fns: Sequence[Callable[[], object]], device: torch.device, repeat: int = 8,
+                reps: int = 7) -> list[float]:
+    """Per-call ms of each function as a step meets it: a CUDA graph of ``repeat`` back-to-back calls,
+    replayed in turns with the other candidates (median of ``reps`` replays, divided by ``repeat``). No
+    host launch overhead is timed (isolated event timing of a ~10 us launch mostly measured it). Data
+    smaller than L2 stay warm between the calls; callers with weights that must stream from HBM rotate
+    copies themselves (`skinny_gemm.time_in_graphs`). A function that fails to build or capture gets
+    infinity. Each function runs twice before capture (compile, workspaces, handles)."""
+    graphs: list = []
+    for fn in fns:
+        try:
+            side = torch.cuda.Stream(device=device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                fn()
+                fn()
+            torch.cuda.current_stream(device).wait_stream(side)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                for _ in range(repeat):
+                    fn()
+            g.replay()
+            graphs.append(g)
+        except Exception:                                     # noqa: BLE001 - this candidate loses
+            graphs.append(None)
+    torch.cuda.synchronize(device)
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(reps):
+        for i, g in enumerate(graphs):
+            if g is None:
+                continue
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            g.replay()
+            b.record()
+            b.synchronize()
+            times[i].append(a.elapsed_time(b) / repeat)
+    del graphs
+    return [statistics.median(t) if t else float("inf") for t in times]
 
 
 def choose(kind: str, key: Hashable, names: Sequence[str], fns: Sequence[Callable[[], object]],

@@ -10,6 +10,11 @@ step is made of: at production sizes the step is launch-bound, not bandwidth-bou
   (rounded once more to the weight/activation promotion dtype), exactly the reference's rounding points.
 * `rope_triton` — one program per (row, head) of q and k together: the rotate-half (NeoX) rotation in
   float32 with the caller's float32 cos/sin, rounded to the activation dtype.
+* `silu_mul_triton` — the MLP's ``silu(gate) * up`` in one launch instead of two (silu rounded to the
+  activation dtype before the product, as the reference's two ops round).
+* `rope_cos_sin_triton` — the step's RoPE table ``cos/sin(position * inv_freq) * scale`` in one launch
+  instead of six (the float32 product rounded as torch rounds it; cos/sin through libdevice, the CUDA
+  math library torch's own kernels use).
 
 Under ``torch.compile`` (vLLM compiles the drafter, then captures it in CUDA graphs) the kernels are the
 custom ops ``pedagle::rms_norm``, ``pedagle::fused_add_rms_norm`` and ``pedagle::rope``, opaque to dynamo
@@ -27,6 +32,7 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from triton.language.extra import libdevice
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -142,6 +148,81 @@ def rope_triton(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor,
     return q_out, k_out
 
 
+@triton.jit
+def _silu_mul_kernel(g_ptr, u_ptr, y_ptr, n_cols, g_stride, u_stride, BF16: tl.constexpr, ACCURATE: tl.constexpr,
+                     BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    m = cols < n_cols
+    g_raw = tl.load(g_ptr + row * g_stride + cols, mask=m, other=0.0)
+    g = g_raw.to(tl.float32)
+    u = tl.load(u_ptr + row * u_stride + cols, mask=m, other=0.0).to(tl.float32)
+    if ACCURATE:                        # expf and an IEEE division, as torch's silu (no fast-math)
+        s = tl.math.div_rn(g, 1.0 + libdevice.exp(-g))
+    else:                               # the interpreter (numpy float32)
+        s = tl.math.div_rn(g, 1.0 + tl.exp(-g))
+    s = _round(s, BF16)                                               # silu(gate) in the activation dtype
+    tl.store(y_ptr + row * n_cols + cols, _round(s * u, BF16).to(g_raw.dtype), mask=m)
+
+
+def silu_mul_triton(gate: Tensor, up: Tensor) -> Tensor:
+    """silu(gate) * up for gate, up [..., I] (e.g. the two halves of a fused gate/up product, strided
+    rows); returns a new contiguous [..., I] in gate's dtype."""
+    if gate.shape != up.shape or gate.dtype != up.dtype:
+        raise ValueError(f"silu_mul: gate {tuple(gate.shape)} {gate.dtype}, up {tuple(up.shape)} {up.dtype}")
+    I = gate.shape[-1]
+    g2, u2 = gate.reshape(-1, I), up.reshape(-1, I)
+    if g2.stride(-1) != 1:
+        g2 = g2.contiguous()
+    if u2.stride(-1) != 1:
+        u2 = u2.contiguous()
+    y = torch.empty(gate.shape, dtype=gate.dtype, device=gate.device)
+    rows = g2.shape[0]
+    if rows and I:
+        block = min(2048, triton.next_power_of_2(I))
+        _silu_mul_kernel[(rows, triton.cdiv(I, block))](g2, u2, y, I, g2.stride(0), u2.stride(0),
+                                                       BF16=gate.dtype == torch.bfloat16, ACCURATE=not INTERPRETED,
+                                                       BLOCK=block, num_warps=4)
+    return y
+
+
+@triton.jit
+def _rope_cos_sin_kernel(pos_ptr, inv_ptr, cos_ptr, sin_ptr, n_pos, scale, HALF: tl.constexpr,
+                         ACCURATE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+    t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    d = tl.arange(0, BLOCK_D)
+    t_ok = t < n_pos
+    m = t_ok[:, None] & (d < HALF)[None, :]
+    p = tl.load(pos_ptr + t, mask=t_ok, other=0).to(tl.float32)
+    f = p[:, None] * tl.load(inv_ptr + d, mask=d < HALF, other=0.0)[None, :]
+    if ACCURATE:                        # cosf/sinf of the CUDA math library, as torch's cos/sin
+        c, s = libdevice.cos(f), libdevice.sin(f)
+    else:
+        c, s = tl.cos(f), tl.sin(f)
+    sc = tl.cast(scale, tl.float32)
+    off = t[:, None].to(tl.int64) * HALF + d[None, :]
+    tl.store(cos_ptr + off, c * sc, mask=m)
+    tl.store(sin_ptr + off, s * sc, mask=m)
+
+
+def rope_cos_sin_triton(positions: Tensor, inv_freq: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    """positions [T] (integer), inv_freq [D/2] float32 -> (cos, sin) [T, D/2] float32, each
+    ``cos/sin(float(position) * inv_freq) * scale``."""
+    if positions.dim() != 1 or inv_freq.dim() != 1:
+        raise ValueError(f"rope_cos_sin: positions {tuple(positions.shape)}, inv_freq {tuple(inv_freq.shape)}")
+    T, half = positions.shape[0], inv_freq.shape[0]
+    inv = inv_freq.float().contiguous()
+    cos = torch.empty(T, half, dtype=torch.float32, device=positions.device)
+    sin = torch.empty_like(cos)
+    if T and half:
+        bd = triton.next_power_of_2(half)
+        bt = max(1, min(64, 4096 // bd))
+        _rope_cos_sin_kernel[(triton.cdiv(T, bt),)](positions.contiguous(), inv, cos, sin, T, float(scale),
+                                                    HALF=half, ACCURATE=not INTERPRETED, BLOCK_T=bt, BLOCK_D=bd,
+                                                    num_warps=4)
+    return cos, sin
+
+
 # ------------------------------------------------------------------------------------ custom ops
 # Opaque to torch.compile: dynamo records one node per call and inductor calls the op as it is. The fake
 # (meta) implementations give the outputs' shapes and dtypes: new contiguous tensors, as the kernels return.
@@ -178,6 +259,29 @@ def _(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
     return q.new_empty(q.shape), k.new_empty(k.shape)
 
 
+@torch.library.custom_op("pedagle::silu_mul", mutates_args=())
+def silu_mul_op(gate: Tensor, up: Tensor) -> Tensor:
+    """`silu_mul_triton`."""
+    return silu_mul_triton(gate, up)
+
+
+@silu_mul_op.register_fake
+def _(gate: Tensor, up: Tensor) -> Tensor:
+    return gate.new_empty(gate.shape)
+
+
+@torch.library.custom_op("pedagle::rope_cos_sin", mutates_args=())
+def rope_cos_sin_op(positions: Tensor, inv_freq: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    """`rope_cos_sin_triton`."""
+    return rope_cos_sin_triton(positions, inv_freq, scale)
+
+
+@rope_cos_sin_op.register_fake
+def _(positions: Tensor, inv_freq: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    shape = (positions.shape[0], inv_freq.shape[0])
+    return positions.new_empty(shape, dtype=torch.float32), positions.new_empty(shape, dtype=torch.float32)
+
+
 class TritonOps:
     """`pedagle_core.model.ElementwiseOps` through these kernels: the custom ops while torch.compile traces,
     the launchers otherwise."""
@@ -194,6 +298,43 @@ class TritonOps:
         if torch.compiler.is_compiling():
             return rope_op(q, k, cos, sin)
         return rope_triton(q, k, cos, sin)
+
+    def silu_mul(self, gate: Tensor, up: Tensor) -> Tensor:
+        if torch.compiler.is_compiling():
+            return silu_mul_op(gate, up)
+        return _guarded("silu_mul", silu_mul_triton, lambda g, u: torch.nn.functional.silu(g) * u, gate, up)
+
+    def rope_cos_sin(self, positions: Tensor, inv_freq: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+        if torch.compiler.is_compiling():
+            return rope_cos_sin_op(positions, inv_freq, float(scale))
+        return _guarded("rope_cos_sin", rope_cos_sin_triton, _cos_sin_torch, positions, inv_freq, scale)
+
+
+FAILED: dict[str, str] = {}
+"""Fusions whose kernel failed to build or run on this machine (name -> error): they run as plain PyTorch
+from then on, with a warning (the step still runs; reports list them)."""
+
+
+def _cos_sin_torch(positions: Tensor, inv_freq: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    f = positions.float()[:, None] * inv_freq[None, :]
+    return f.cos() * scale, f.sin() * scale
+
+
+def _guarded(name: str, kernel, torch_fn, *args):
+    """kernel(*args), or torch_fn(*args) once the kernel has failed (never while a graph is captured:
+    a failure there propagates)."""
+    if name in FAILED:
+        return torch_fn(*args)
+    try:
+        return kernel(*args)
+    except Exception as e:                                         # noqa: BLE001 - a build failure
+        if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+            raise
+        import warnings
+
+        FAILED[name] = repr(e)[:300]
+        warnings.warn(f"pedagle: the {name} kernel failed ({e!r}); using PyTorch for it from now on")
+        return torch_fn(*args)
 
 
 TRITON_OPS = TritonOps()

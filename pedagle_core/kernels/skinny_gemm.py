@@ -39,10 +39,12 @@ from .device_info import sm_count
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 MAX_ROWS = 256                   # the kernel's limit (one row block per program)
-# `linear` tries the kernel only up to this many rows: on the H200 (bench/results/skinny_gemm_h200.log,
-# products timed as CUDA graphs over rotating weights) it beat cuBLAS at 7-14 rows on lm_head, o, down,
-# fc and gate_up (by 3-15%) and lost on every shape at 112 rows (1.4-2.3x slower).
-DISPATCH_MAX_ROWS = 16
+# `linear` times the kernel against cuBLAS up to this many rows. On the H200 (bench/results/
+# skinny_gemm_h200.log, products timed as CUDA graphs over rotating weights) its 64-wide tiles beat cuBLAS
+# at 7-14 rows on lm_head, o, down, fc and gate_up (by 3-15%) and lost on every shape at 112 rows
+# (1.4-2.3x slower); the wider tiles of `candidates` above 64 rows are timed too, and a shape where
+# every variant loses stays on cuBLAS.
+DISPATCH_MAX_ROWS = MAX_ROWS
 _N_COUNTERS = 1 << 16
 
 
@@ -205,19 +207,23 @@ def skinny_linear_reference(x: Tensor, weight: Tensor, bias: Tensor | None = Non
 
 # ---------------------------------------------------------------------------------------------- dispatch
 def candidates(M: int, N: int, K: int, device: torch.device) -> list[dict]:
-    """The kernel variants timed against cuBLAS for one shape (a few tile widths and split counts)."""
-    base = launch_config(M, N, K, device)
+    """The kernel variants timed against cuBLAS for one shape: tile widths x split counts. Above 64 rows
+    wider tiles on 8 warps: each weight tile multiplies every row, and the rows' tile is re-read from L2
+    once per weight tile, so at 112 rows a 64-wide tile read twice the weight's bytes of rows."""
+    bm = block_m(M)
+    tiles = ((64, 4), (128, 4)) if bm <= 64 else ((64, 4), (128, 8), (256, 8)) if bm <= 128 else ((64, 8), (128, 8))
     out, seen = [], set()
-    widths = (64, 128) if block_m(M) <= 64 else (64,)
-    for bn in widths:
+    for bn, nw in tiles:
         c = launch_config(M, N, K, device, block_n=bn)
-        for s in {c["split_k"], max(1, c["split_k"] // 2), 2 * c["split_k"]}:
+        splits = [c["split_k"], max(1, c["split_k"] // 2), 2 * c["split_k"]][: 3 if bm <= 64 else 2]
+        for s in splits:
             c2 = launch_config(M, N, K, device, block_n=bn, split_k=s)
-            key = (bn, c2["split_k"], c2["BLOCK_K"])
-            if key not in seen and len(out) < 5:
+            key = (bn, nw, c2["split_k"], c2["BLOCK_K"])
+            if key not in seen and len(out) < 7:
                 seen.add(key)
-                out.append(dict(block_n=bn, split_k=c2["split_k"]))
-    return out or [dict(block_n=base["BLOCK_N"], split_k=base["split_k"])]
+                out.append(dict(block_n=bn, split_k=c2["split_k"]) if nw == 4 else
+                           dict(block_n=bn, split_k=c2["split_k"], num_warps=nw))
+    return out
 
 
 def _name(ov: dict) -> str:

@@ -1,0 +1,133 @@
+"""The MLP activation (silu(gate) * up) and the RoPE table (cos/sin of position x inv_freq) as one Triton launch
+each (pedagle_core/kernels/norm_rope.py) against their plain-PyTorch references in pedagle_core/model.py; on the
+CPU interpreted (tests/conftest.py sets TRITON_INTERPRET=1), on CUDA compiled. Also: the drafter routes both
+through its ops (`Drafter.use_ops`), and the custom ops pass torch's op checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pedagle_core import Drafter, DrafterConfig
+from pedagle_core.model import TORCH_OPS, rope_cos_sin_reference, rope_inv_freq, silu_mul_reference
+from helpers_kernels import DEVICE, kernel_module
+
+NR = kernel_module("norm_rope")
+pytestmark = pytest.mark.skipif(NR is None, reason="Triton elementwise kernels cannot run here")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows,I", [(1, 8), (7, 300), (14, 2100)])
+def test_silu_mul_matches_reference_on_the_halves_of_a_fused_product(dtype, rows, I):
+    g = torch.Generator().manual_seed(rows * I)
+    gate_up = (torch.randn(rows, 2 * I, generator=g) * 4).to(dtype).to(DEVICE)
+    gate, up = gate_up.chunk(2, dim=-1)                                 # strided rows, as the MLP has them
+    got, want = NR.silu_mul_triton(gate, up), silu_mul_reference(gate, up)
+    assert got.dtype == want.dtype and got.shape == want.shape and got.is_contiguous()
+    if dtype == torch.float32:
+        torch.testing.assert_close(got, want, rtol=2e-6, atol=1e-6)
+    else:                       # both round silu to bf16, then the product: equal but for exp's last fp32 bit
+        spacing = want.double().abs().clamp_min(1e-30) * torch.finfo(torch.bfloat16).eps
+        assert float(((got.double() - want.double()).abs() / spacing).max()) <= 1.01
+        assert (got == want).float().mean() > 0.99
+
+
+def test_silu_mul_errors_and_empty():
+    x = torch.randn(3, 8, device=DEVICE)
+    with pytest.raises(ValueError, match="silu_mul"):
+        NR.silu_mul_triton(x, x[:, :4])
+    assert NR.silu_mul_triton(x[:0], x[:0]).shape == (0, 8)
+
+
+@pytest.mark.parametrize("rope", [dict(rope_theta=10000.0), dict(rope_theta=150000.0, rope_type="yarn", factor=32.0,
+                                                                   original_max_position_embeddings=4096)])
+@pytest.mark.parametrize("D", [16, 64, 128])
+def test_rope_table_matches_reference(rope, D):
+    cfg = DrafterConfig(hidden_size=4 * D, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                        head_dim=D, intermediate_size=32, vocab_size=32, rope_parameters=rope,
+                        max_position_embeddings=131072)
+    inv, scale = rope_inv_freq(cfg)
+    pos = torch.tensor([0, 1, 7, 511, 4095, 8199, 32767, 131071, 3, 3], device=DEVICE)
+    got = NR.rope_cos_sin_triton(pos, inv.to(DEVICE), scale)
+    want = rope_cos_sin_reference(pos, inv.to(DEVICE), scale)
+    for a, b in zip(got, want):
+        assert a.dtype == torch.float32 and a.shape == (pos.shape[0], D // 2)
+        # the same float32 angle; cos/sin of large angles within a few float32 ulps of torch's
+        torch.testing.assert_close(a, b, rtol=0, atol=4e-6)
+    assert NR.rope_cos_sin_triton(pos[:0], inv.to(DEVICE), scale)[0].shape == (0, D // 2)
+
+
+def _drafter(dtype):
+    torch.manual_seed(0)
+    cfg = DrafterConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                        intermediate_size=48, vocab_size=40, target_hidden_size=16)
+    d = Drafter(cfg)
+    with torch.no_grad():
+        for n, p in d.named_parameters():
+            p.copy_(torch.rand_like(p) + 0.5 if "norm" in n else torch.randn_like(p) * 0.3)
+    return d.to(dtype).to(DEVICE).eval()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_drafter_routes_activation_and_rope_table_through_its_ops(dtype):
+    d = _drafter(dtype)
+    T = 6
+    ids = torch.randint(0, 40, (T,), device=DEVICE)
+    pos = torch.arange(100, 100 + T, device=DEVICE)
+    hid = torch.randn(T, d.config.hidden_size, device=DEVICE).to(dtype)
+    calls = []
+
+    class Spy(type(NR.TRITON_OPS)):
+        def silu_mul(self, gate, up):
+            calls.append("silu_mul")
+            return super().silu_mul(gate, up)
+
+        def rope_cos_sin(self, positions, inv_freq, scale):
+            calls.append("rope_cos_sin")
+            return super().rope_cos_sin(positions, inv_freq, scale)
+
+    def attn(layer, q, k, v, window):
+        r = q.shape[1] // k.shape[1]
+        return torch.nn.functional.scaled_dot_product_attention(
+            q.transpose(0, 1), k.repeat_interleave(r, 1).transpose(0, 1), v.repeat_interleave(r, 1).transpose(0, 1),
+            is_causal=True).transpose(0, 1)
+
+    with torch.no_grad():
+        d.use_ops(TORCH_OPS)
+        ref, _ = d(ids, pos, hid, attn)
+        d.use_ops(Spy())
+        got, _ = d(ids, pos, hid, attn)
+        d.use_ops(None)
+    assert calls.count("rope_cos_sin") == 1 and calls.count("silu_mul") == d.config.num_hidden_layers
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert float((got.double() - ref.double()).norm() / ref.double().norm()) < tol
+    assert all(m.ops is None for m in d.modules() if hasattr(m, "ops"))
+
+
+def test_backend_ops_without_the_new_methods_use_the_references():
+    """A backend's ops object with only rms_norm/rope (e.g. vLLM's CPU ops) keeps working: the activation
+    and the RoPE table fall back to the references."""
+    d = _drafter(torch.float32)
+
+    class Minimal:
+        rms_norm = TORCH_OPS.rms_norm
+        rope = TORCH_OPS.rope
+
+    pos = torch.arange(5, device=DEVICE)
+    d.use_ops(Minimal())
+    cos, sin = d.rope(pos)
+    want = rope_cos_sin_reference(pos, d.inv_freq, d.rope_scale)
+    assert torch.equal(cos, want[0]) and torch.equal(sin, want[1])
+    x = torch.randn(5, 32, device=DEVICE)
+    with torch.no_grad():
+        torch.testing.assert_close(d.layers[0].mlp(x), silu_mul_reference(
+            d.layers[0].mlp.gate_proj(x), d.layers[0].mlp.up_proj(x)) @ d.layers[0].mlp.down_proj.weight.T)
+    d.use_ops(None)
+
+
+def test_custom_ops_pass_torch_op_checks():
+    tests = ("test_schema", "test_faketensor", "test_aot_dispatch_static")
+    gu = torch.randn(3, 16, device=DEVICE).bfloat16()
+    torch.library.opcheck(torch.ops.pedagle.silu_mul.default, (gu[:, :8], gu[:, 8:]), test_utils=tests)
+    torch.library.opcheck(torch.ops.pedagle.rope_cos_sin.default,
+                          (torch.arange(4, device=DEVICE), torch.rand(8, device=DEVICE), 1.0), test_utils=tests)
