@@ -74,8 +74,9 @@ def test_rms_norm_strided_rows_and_empty():
 
 @needs_triton
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("hq,hk,D", [(4, 2, 64), (3, 1, 16), (8, 8, 128)])
-def test_rope_matches_reference(dtype, hq, hk, D):
+@pytest.mark.parametrize("hq,hk,D,block_h", [(4, 2, 64, None), (3, 1, 16, None), (8, 8, 128, None),
+                                             (5, 2, 16, 4), (64, 8, 64, None)])   # blocks mixing q and k heads
+def test_rope_matches_reference(dtype, hq, hk, D, block_h):
     g = torch.Generator().manual_seed(hq * D)
     T = 7
     qkv = torch.randn(T, (hq + 2 * hk) * D, generator=g).to(dtype).to(DEVICE)
@@ -85,7 +86,7 @@ def test_rope_matches_reference(dtype, hq, hk, D):
     inv = 1.0 / (10000 ** (torch.arange(0, D, 2).float() / D))
     f = pos[:, None] * inv[None]
     cos, sin = f.cos().to(DEVICE), f.sin().to(DEVICE)
-    gq, gk = NR.rope_triton(q, k, cos, sin)
+    gq, gk = NR.rope_triton(q, k, cos, sin, block_h=block_h)
     for a, b in ((gq, apply_rope(q, cos, sin)), (gk, apply_rope(k, cos, sin))):
         assert a.dtype == dtype and a.shape == b.shape
         if dtype == torch.float32:

@@ -8,8 +8,8 @@ step is made of: at production sizes the step is launch-bound, not bandwidth-bou
 * `rms_norm_triton` — one program per row: x (+ residual) summed in float32, the sum stored back in the
   activation dtype as the new residual, normalised in float32, rounded, then scaled by the weight
   (rounded once more to the weight/activation promotion dtype), exactly the reference's rounding points.
-* `rope_triton` — one program per (row, head) of q and k together: the rotate-half (NeoX) rotation in
-  float32 with the caller's float32 cos/sin, rounded to the activation dtype.
+* `rope_triton` — one program per row and block of heads of q and k together: the rotate-half (NeoX)
+  rotation in float32 with the caller's float32 cos/sin, rounded to the activation dtype.
 * `silu_mul_triton` — the MLP's ``silu(gate) * up`` in one launch instead of two (silu rounded to the
   activation dtype before the product, as the reference's two ops round).
 * `rope_cos_sin_triton` — the step's RoPE table ``cos/sin(position * inv_freq) * scale`` in one launch
@@ -107,28 +107,38 @@ def rms_norm_triton(x: Tensor, weight: Tensor, eps: float, residual: Tensor | No
 @triton.jit
 def _rope_kernel(q_ptr, k_ptr, cos_ptr, sin_ptr, q_out_ptr, k_out_ptr, q_row_stride, q_head_stride,
                  k_row_stride, k_head_stride, cs_stride, n_q_heads, n_k_heads,
-                 BF16: tl.constexpr, HALF: tl.constexpr, BLOCK: tl.constexpr):
+                 BF16: tl.constexpr, HALF: tl.constexpr, BLOCK: tl.constexpr, BLOCK_H: tl.constexpr):
+    """Program (t, j): heads j*BLOCK_H ... of row t, q heads then k heads, as one [BLOCK_H, HALF] tile."""
     t = tl.program_id(0).to(tl.int64)
-    h = tl.program_id(1)
+    h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     d = tl.arange(0, BLOCK)
-    m = d < HALF
-    c = tl.load(cos_ptr + t * cs_stride + d, mask=m, other=0.0)
-    s = tl.load(sin_ptr + t * cs_stride + d, mask=m, other=0.0)
-    if h < n_q_heads:
-        src = q_ptr + t * q_row_stride + h * q_head_stride
-        dst = q_out_ptr + (t * n_q_heads + h) * (2 * HALF)
-    else:
-        src = k_ptr + t * k_row_stride + (h - n_q_heads) * k_head_stride
-        dst = k_out_ptr + (t * n_k_heads + (h - n_q_heads)) * (2 * HALF)
-    x1_raw = tl.load(src + d, mask=m, other=0.0)
-    x1 = x1_raw.to(tl.float32)
-    x2 = tl.load(src + HALF + d, mask=m, other=0.0).to(tl.float32)
-    tl.store(dst + d, _round(x1 * c - x2 * s, BF16).to(x1_raw.dtype), mask=m)
-    tl.store(dst + HALF + d, _round(x2 * c + x1 * s, BF16).to(x1_raw.dtype), mask=m)
+    dm = d < HALF
+    c = tl.load(cos_ptr + t * cs_stride + d, mask=dm, other=0.0)[None, :]
+    s = tl.load(sin_ptr + t * cs_stride + d, mask=dm, other=0.0)[None, :]
+    hk = h - n_q_heads
+    mq = (h < n_q_heads)[:, None] & dm[None, :]
+    mk = ((hk >= 0) & (hk < n_k_heads))[:, None] & dm[None, :]
+    q_src = q_ptr + t * q_row_stride + h[:, None].to(tl.int64) * q_head_stride + d[None, :]
+    k_src = k_ptr + t * k_row_stride + hk[:, None].to(tl.int64) * k_head_stride + d[None, :]
+    x1 = tl.where(mq, tl.load(q_src, mask=mq, other=0.0).to(tl.float32),
+                  tl.load(k_src, mask=mk, other=0.0).to(tl.float32))
+    x2 = tl.where(mq, tl.load(q_src + HALF, mask=mq, other=0.0).to(tl.float32),
+                  tl.load(k_src + HALF, mask=mk, other=0.0).to(tl.float32))
+    y1 = _round(x1 * c - x2 * s, BF16)
+    y2 = _round(x2 * c + x1 * s, BF16)
+    q_dst = q_out_ptr + (t * n_q_heads + h[:, None].to(tl.int64)) * (2 * HALF) + d[None, :]
+    k_dst = k_out_ptr + (t * n_k_heads + hk[:, None].to(tl.int64)) * (2 * HALF) + d[None, :]
+    tl.store(q_dst, y1.to(q_out_ptr.dtype.element_ty), mask=mq)
+    tl.store(q_dst + HALF, y2.to(q_out_ptr.dtype.element_ty), mask=mq)
+    tl.store(k_dst, y1.to(k_out_ptr.dtype.element_ty), mask=mk)
+    tl.store(k_dst + HALF, y2.to(k_out_ptr.dtype.element_ty), mask=mk)
 
 
-def rope_triton(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
-    """q: [T, hq, D], k: [T, hk, D]; cos/sin: [T, D/2] float32. Returns rotated (q, k), contiguous."""
+def rope_triton(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, block_h: int | None = None
+                ) -> tuple[Tensor, Tensor]:
+    """q: [T, hq, D], k: [T, hk, D]; cos/sin: [T, D/2] float32. Returns rotated (q, k), contiguous.
+    One program per row and block of ``block_h`` heads (default: up to 2048 elements per program; one
+    program per (row, head) made 8064 one-warp programs at batch 8, K=7 of the GPT-OSS head)."""
     T, hq, D = q.shape
     hk = k.shape[1]
     if k.shape[0] != T or k.shape[2] != D or cos.shape != (T, D // 2) or sin.shape != cos.shape or D % 2:
@@ -142,9 +152,12 @@ def rope_triton(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor,
     q_out, k_out = torch.empty(q.shape, dtype=q.dtype, device=q.device), torch.empty(k.shape, dtype=k.dtype, device=k.device)
     if T:
         half = D // 2
-        _rope_kernel[(T, hq + hk)](q, k, cos, sin, q_out, k_out, q.stride(0), q.stride(1), k.stride(0),
-                                   k.stride(1), cos.stride(0), hq, hk, BF16=q.dtype == torch.bfloat16, HALF=half,
-                                   BLOCK=triton.next_power_of_2(half), num_warps=1)
+        block = triton.next_power_of_2(half)
+        bh = block_h or min(triton.next_power_of_2(hq + hk), max(1, 2048 // block))
+        _rope_kernel[(T, triton.cdiv(hq + hk, bh))](q, k, cos, sin, q_out, k_out, q.stride(0), q.stride(1),
+                                                    k.stride(0), k.stride(1), cos.stride(0), hq, hk,
+                                                    BF16=q.dtype == torch.bfloat16, HALF=half, BLOCK=block,
+                                                    BLOCK_H=bh, num_warps=4 if bh * block >= 1024 else 1)
     return q_out, k_out
 
 
