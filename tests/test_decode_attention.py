@@ -83,7 +83,8 @@ def test_kernel_matches_reference(case, dtype):
 
 @needs_triton
 @pytest.mark.parametrize("ov", [dict(max_block_m=256, block_n=32, num_warps=8, num_stages=2),
-                                dict(max_block_m=16, num_splits=2)])
+                                dict(max_block_m=16, num_splits=2), dict(max_block_m=128, interior=True),
+                                dict(max_block_m=256, interior=True, num_splits=3, block_n=8)])
 def test_tuning_variants_match_reference(ov):
     """Launch variants the tuner times (`VARIANTS`): all rows of a request in one wide q tile (K/V read
     once), and the opposite, many narrow q tiles; every variant computes the same attention."""
@@ -93,11 +94,31 @@ def test_tuning_variants_match_reference(ov):
     ref = DA.decode_attention_reference(q.double(), kc.double(), vc.double(), pos, ri, bt, bs, S, None)
     q, kc, vc, pos, ri, bt = (x.to(DEVICE) for x in (q, kc, vc, pos, ri, bt))
     table = DA.build_row_table(ri, B, max_rows)
-    cfg = DA.launch_config(q.shape[0], B, max_rows, Hq, Hkv, D, S, 4, q.device, **ov)
+    cfg = DA.launch_config(q.shape[0], B, max_rows, Hq, Hkv, D, S, 4, q.device,
+                           **{k: v for k, v in ov.items() if k != "interior"})
     assert max_rows > 16 and DA.launch_config(q.shape[0], B, max_rows, Hq, Hkv, D, S, 4, q.device)["n_qtiles"] == 2
-    assert cfg["n_qtiles"] == (1 if ov["max_block_m"] == 256 else -(-max_rows // 2))      # 8 heads x 2 rows
+    assert cfg["n_qtiles"] == {256: 1, 128: 2, 16: -(-max_rows // 2)}[ov["max_block_m"]]    # 8 heads x 2 rows
     out = DA.decode_attention(q, kc, vc, pos, table, bt, bs, S, None, **ov)
     assert rel_err(out.cpu(), ref) < 1e-5
+
+
+@needs_triton
+@pytest.mark.parametrize("splits", [1, 2])
+def test_interior_tiles_without_mask_equal_masked(splits):
+    """``interior=True`` skips the causal mask on tiles every row of the program sees whole; rows at late
+    positions make most tiles interior: the output equals the masked kernel's exactly, and the reference."""
+    gen = torch.Generator().manual_seed(13)
+    B, Hq, Hkv, D, S = 2, 8, 2, 16, 64
+    q, kc, vc, pos, ri, bt, bs, max_rows = random_case(gen, B, Hq, Hkv, D, S, 5, None, torch.float32)
+    pos = torch.randint(40, 60, pos.shape, generator=gen)                     # keys 0..39 seen by every row
+    ref = DA.decode_attention_reference(q.double(), kc.double(), vc.double(), pos, ri, bt, bs, S, None)
+    q, kc, vc, pos, ri, bt = (x.to(DEVICE) for x in (q, kc, vc, pos, ri, bt))
+    table = DA.build_row_table(ri, B, max_rows)
+    args = (q, kc, vc, pos, table, bt, bs, S, None)
+    masked = DA.decode_attention(*args, num_splits=splits, block_n=8)
+    interior = DA.decode_attention(*args, num_splits=splits, block_n=8, interior=True)
+    assert torch.equal(interior, masked)
+    assert rel_err(interior.cpu(), ref) < 1e-5
 
 
 @needs_triton

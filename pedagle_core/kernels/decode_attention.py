@@ -96,7 +96,7 @@ def _decode_attn_kernel(
     q_st, q_sh, c_ss, c_sh, bt_sb, o_st, o_sh, po_ss, po_st, po_sh, pl_ss, pl_st,
     G: tl.constexpr, G_PAD: tl.constexpr, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr, HAS_WINDOW: tl.constexpr, PAGED: tl.constexpr, SPLIT: tl.constexpr,
-    IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr, INTERIOR: tl.constexpr = False,
 ):
     BLOCK_M: tl.constexpr = ROWS * G_PAD
     qt = tl.program_id(0)
@@ -123,6 +123,7 @@ def _decode_attn_kernel(
     hi_p = tl.max(tl.where(valid, hi, -1), 0)
     lo_p = tl.minimum(tl.min(tl.where(valid, lo, 2147483647), 0), hi_p + 1)
     n_keys = hi_p + 1 - lo_p
+    hi_min = tl.min(tl.where(valid, hi, 2147483647), 0)                  # keys <= hi_min: seen by every row
     chunk = tl.cdiv(tl.cdiv(n_keys, n_splits), BLOCK_N) * BLOCK_N
     start = lo_p + split * chunk
     end = tl.minimum(start + chunk, hi_p + 1)
@@ -159,10 +160,15 @@ def _decode_attn_kernel(
         else:
             s = tl.dot(q, tl.trans(k.to(q.dtype)))
         s = s * qk_scale
-        vis = k_in[None, :] & (kpos[None, :] <= qpos[:, None])
-        if HAS_WINDOW:
-            vis = vis & (kpos[None, :] > qpos[:, None] - window)
-        s = tl.where(vis, s, float("-inf"))
+        if INTERIOR and not HAS_WINDOW:
+            # a tile every row sees whole (all but the last one or two at long contexts): no mask
+            if (n0 + BLOCK_N > end) | (n0 + BLOCK_N - 1 > hi_min):
+                s = tl.where(k_in[None, :] & (kpos[None, :] <= qpos[:, None]), s, float("-inf"))
+        else:
+            vis = k_in[None, :] & (kpos[None, :] <= qpos[:, None])
+            if HAS_WINDOW:
+                vis = vis & (kpos[None, :] > qpos[:, None] - window)
+            s = tl.where(vis, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp2(m_i - m_safe)
@@ -308,7 +314,10 @@ VARIANTS: list[dict] = [dict(), dict(num_splits=1), dict(num_splits=2), dict(num
                         dict(block_n=32, num_warps=4, num_stages=3), dict(block_n=32, num_warps=8, num_stages=2),
                         dict(block_n=64, num_warps=4, num_stages=3), dict(block_n=64, num_warps=8, num_stages=4),
                         # 17-32 rows of 8 heads per request (K=10 at batch 8): one q tile, K/V read once
-                        dict(max_block_m=256, block_n=32, num_warps=8, num_stages=2)]
+                        dict(max_block_m=256, block_n=32, num_warps=8, num_stages=2),
+                        # the causal mask only on the tiles that need it
+                        dict(interior=True), dict(interior=True, num_splits=2),
+                        dict(interior=True, block_n=32, num_warps=4, num_stages=3)]
 MARGIN = 0.03                    # a variant must beat the heuristic by this fraction (graph timings)
 TUNE = True                      # False: always the `launch_config` heuristic (the path before tuning; benchmarks)
 _CHOSEN: dict[tuple, dict] = {}
@@ -322,7 +331,7 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Ten
     positions [T]; row_table [B, max_rows] from `build_row_table`; block_table [B, max_blocks];
     ctx_limit: keys at positions >= ctx_limit are never seen; max_context: static bound on the keys a
     request reads (sizes the split-K grid only; default ctx_limit). overrides: num_splits, block_n,
-    num_warps, num_stages (tuning). Without overrides, on CUDA, the fastest of `VARIANTS` as timed for
+    num_warps, num_stages, max_block_m (see `launch_config`), interior (mask only the tiles that need it). Without overrides, on CUDA, the fastest of `VARIANTS` as timed for
     this launch shape on this device (once per shape). Returns [T, Hq, D] in q's dtype.
     """
     args = (q, k_cache, v_cache, positions, row_table, block_table, block_size, ctx_limit, window, max_context, out)
@@ -362,6 +371,7 @@ def _decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Te
     out = torch.empty_like(q) if out is None else out
     if T == 0:
         return out
+    interior = bool(overrides.pop("interior", False))
     cfg = launch_config(T, B, max_rows, Hq, Hkv, D, max_context or ctx_limit, k_cache.element_size(), q.device,
                         **overrides)
     splits = cfg["num_splits"]
@@ -382,7 +392,7 @@ def _decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Te
         G=cfg["G"], G_PAD=cfg["G_PAD"], ROWS=cfg["ROWS"], HEAD_DIM=D, D_PAD=cfg["D_PAD"], BLOCK_N=cfg["BLOCK_N"],
         HAS_WINDOW=window is not None, PAGED=paged, SPLIT=splits > 1,
         IEEE=q.dtype == torch.float32 or INTERPRETED, UPCAST=INTERPRETED and q.dtype != torch.float32,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        INTERIOR=interior, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     if splits > 1:
         block_h = min(triton.next_power_of_2(Hq), max(1, 2048 // cfg["D_PAD"]))
