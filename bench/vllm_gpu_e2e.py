@@ -9,29 +9,34 @@ Phases (each writes into --out; the run stops starting new phases past --budget-
 2. ``conformance`` (in the background, beside phase 3): ``pedagle conformance run --backends reference,vllm
    --device cuda`` over the bundled cases (float32, recorded on the CPU): vLLM + pedagle's plugin and
    pedagle's reference engine, both on the GPU, step by step against the recording with the near-tie policy.
-3. ``tiny``: the tiny-code family, bf16, vLLM's defaults (torch.compile + CUDA graphs), 8 prompts of
-   different lengths x --max-tokens: target only, vLLM's native P-EAGLE (K = 1, 3, 7) and EAGLE-3 (K = 3),
-   the same through pedagle's plugin. Native and plugin drafts are both recorded (native through the
-   plugin's record-only mode: vLLM's own proposer, recorder only). Checked: outputs equal target-only's;
-   accepted-per-position plugin vs native; every draft of both compared at the same (request, bonus
-   position), each difference traced to the reference engine's top-1 minus top-2 margin on the GPU
-   (pedagle's reference engine run on the same prompts, bf16): a near-tie when below the bf16 tie margin.
-4. ``bench``: tokens/s at batch 1 and 8, one process per configuration, run one after another (never
-   concurrently), order alternating between rounds: target only, native / plugin P-EAGLE (K = --k-bench),
-   native / plugin EAGLE-3 (K = 3); plugin/native ratios per round.
+3. ``tiny``: the tiny-code family, vLLM's defaults (torch.compile + CUDA graphs), 8 prompts of different
+   lengths x --max-tokens, in bfloat16 and float32 (--dtypes; float32 for P-EAGLE K in --f32-ks and
+   EAGLE-3): target only, vLLM's native P-EAGLE (K = 1, 3, 7) and EAGLE-3 (K = 3), the same through
+   pedagle's plugin; three children side by side. Native and plugin drafts are both recorded (native
+   through the plugin's record-only mode: vLLM's own proposer, recorder only). Checked: outputs equal
+   target-only's; accepted-per-position plugin vs native; every draft of both traced against pedagle's
+   reference forced onto the same (request, bonus position) on this GPU (`gpu_draft_trace.py`): at each
+   state both drafted from, each differing slot classified by the float32 reference's logits (gap between
+   the two choices and the float32 argmax vs the near-tie margin of the run's dtype at the logit's
+   magnitude, `pedagle_core.engine.lossless.near_tie_margin`), the bf16 reference's choice beside it;
+   and each engine's drafts against the reference at every state it drafted from.
+4. ``bench``: tokens/s at batch 1 and 8 (one child per configuration and round serves both, never two
+   children at once, order reversed every round): target only, native / plugin P-EAGLE (K = --k-bench),
+   native / plugin EAGLE-3 (K = 3); plugin/native ratios per round; spec-decode counters over the timed
+   runs (drafting steps, acceptance length); the last round's speculative children also profile one
+   generate() per batch size (torch.profiler tables beside their logs). The children reuse the tiny-code
+   children's compile caches (same engine configuration: max_model_len 320, 8 sequences, 512 MiB KV).
 
     python3 bench/vllm_gpu_e2e.py --out OUT [--phases kernels,conformance,tiny,bench] [--budget-s 540]
     python3 bench/vllm_gpu_e2e.py --reanalyze LOGS REFERENCE_JSON WHERE     # redo the draft comparisons
 
-On the lent H200 (2026-12-02): ../shared/gpu-carry/plan.sh download/build/split vllm here (PIECE_MIB=27 so
-that a piece plus this checkout stay under 64 MiB), two `run` calls stashing pieces p00, p01, then one call
-with p02: `gpu_assemble.sh stash && source gpu_assemble.sh install`. Its pedagle install step reads
-``project.version`` from pyproject.toml, which is dynamic now; instead /tmp/site-pedagle was made of
-symlinks to pedagle_core/, backends/ (as pedagle_backends) and conformance/ (as pedagle_conformance) plus
-a dist-info with the ``pedagle.backends`` and ``vllm.general_plugins`` entry points, and
-PYTHONPATH=/tmp/site-pedagle:/tmp/site-vllm, VLLM_USE_FLASHINFER_SAMPLER=0, VLLM_USE_V2_MODEL_RUNNER=0.
-The phases took 370 s (conformance and tiny-code side by side); each engine start with compilation
-took 55-107 s, so the bench needs its own call of ~10 minutes.
+On the lent H200: bench/vllm_gpu_run.sh is the device side (stash the carried pieces of
+../shared/gpu-carry's vLLM 0.26.0 bundle, unpack, bench/gpu_site.py for pedagle, this script under a
+timeout, results packed into $OUT). Carry: plan.sh download/build/split vllm here (its site_from_wheels
+needs ``--platform manylinux_2_31_x86_64`` for llguidance; PIECE_MIB=27 keeps a piece plus this checkout
+under 64 MiB), then back to back: ``run stash`` with p00, p01, ``run SECONDS --phases conformance,tiny``
+with p02, ``run SECONDS --phases bench``. Engine starts with compilation took 55-107 s each on
+2026-12-02 (first engine of a process, cold caches).
 """
 
 from __future__ import annotations
@@ -50,6 +55,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 FAMILY = Path(os.environ.get("PEDAGLE_SRC", ROOT)) / "models" / "tiny-code"
 BF16_TIE = 0.1                               # the conformance suite's bfloat16 tie margin
+MAX_MODEL_LEN = 320          # tiny-code runs and bench alike (prompts <= 128 + 128 tokens + 64): one compile
+#                              cache serves both (vLLM's compile hash covers the engine configuration)
+KV_BYTES = 512 << 20
+TRACE_DEVICE = os.environ.get("PEDAGLE_TRACE_DEVICE", "cuda")   # where the forced reference runs
 T0 = time.monotonic()
 
 
@@ -152,75 +161,90 @@ def compare_drafts(a: dict, b: dict, ref: dict, tie: float) -> dict[str, Any]:
             "unexplained": sum(1 for d in diffs if not d["near_tie"])}
 
 
-def phase_tiny(out: Path, ks: list[int], max_tokens: int, util: float) -> dict[str, Any]:
+def phase_tiny(out: Path, ks: list[int], max_tokens: int, util: float, dtypes: list[str],
+               f32_ks: list[int]) -> dict[str, Any]:
+    """Target only / native / plugin children (concurrently), then every recorded draft traced against
+    pedagle's reference forced onto the same state (`gpu_draft_trace`), on this GPU."""
+    from gpu_draft_trace import ForcedReference, trace_states
+
     P = prompts()
-    mml = max(map(len, P)) + max_tokens + 64
-    base = {"prompts": P, "max_tokens": max_tokens, "max_model_len": mml, "dtype": "bfloat16",
-            "enforce_eager": False, "max_num_seqs": len(P), "kv_cache_memory_bytes": 512 << 20}
+    base = {"prompts": P, "max_tokens": max_tokens, "max_model_len": MAX_MODEL_LEN, "enforce_eager": False,
+            "max_num_seqs": len(P), "kv_cache_memory_bytes": KV_BYTES}
     cfgs = tiny_configs(ks)
+    runs = [(c, dt) for dt in dtypes for c in cfgs if dt == "bfloat16" or c["K"] in f32_ks or not c["parallel"]]
     logs = out / "logs"
     logs.mkdir(exist_ok=True)
+    mk = lambda who: [{**base, "dtype": dt, "target": str(FAMILY / "target"), "drafter": c["drafter"],  # noqa: E731
+                       "K": c["K"], "parallel": c["parallel"],
+                       "record": str(logs / f"{who}_{c['name']}_{dt}.jsonl")} for c, dt in runs]
     procs = {
-        "target": spawn_jobs([{**base, "target": str(FAMILY / "target"), "drafter": None}], False, False, util,
-                             logs / "tiny_target.log"),
-        "native": spawn_jobs([{**base, "target": str(FAMILY / "target"), "drafter": c["drafter"], "K": c["K"],
-                               "parallel": c["parallel"], "record": str(logs / f"native_{c['name']}.jsonl")}
-                              for c in cfgs], True, True, util, logs / "tiny_native.log"),
-        "plugin": spawn_jobs([{**base, "target": str(FAMILY / "target"), "drafter": c["drafter"], "K": c["K"],
-                               "parallel": c["parallel"], "record": str(logs / f"plugin_{c['name']}.jsonl")}
-                              for c in cfgs], True, False, util, logs / "tiny_plugin.log"),
+        "target": spawn_jobs([{**base, "dtype": dt, "target": str(FAMILY / "target"), "drafter": None}
+                              for dt in dtypes], False, False, util, logs / "tiny_target.log"),
+        "native": spawn_jobs(mk("native"), True, True, util, logs / "tiny_native.log"),
+        "plugin": spawn_jobs(mk("plugin"), True, False, util, logs / "tiny_plugin.log"),
     }
-    # pedagle's reference engine on the GPU, same prompts, bf16 (in this process, meanwhile)
-    from pedagle_core.engine.backend import ReferenceBackend
-
-    refs = {}
-    for c in cfgs:
-        t = time.perf_counter()
-        refs[c["name"]] = ReferenceBackend().run_case(str(FAMILY / "target"), c["drafter"], P, c["K"],
-                                                      mode="parallel" if c["parallel"] else "autoregressive",
-                                                      steps=max_tokens, dtype="bfloat16", device="cuda")
-        log(f"reference {c['name']}: {time.perf_counter() - t:.1f} s")
     for name, p in procs.items():
         p.wait()
         log(f"tiny {name} child exited {p.returncode}")
-    target = results_of(logs / "tiny_target.log")[0]
-    native = dict(zip([c["name"] for c in cfgs], results_of(logs / "tiny_native.log")))
-    plugin = dict(zip([c["name"] for c in cfgs], results_of(logs / "tiny_plugin.log")))
-    (out / "reference_cuda.json").write_text(json.dumps({k: {f: v[f] for f in ("drafts", "margins", "accepted")}
-                                                        for k, v in refs.items()}))
-    report: dict[str, Any] = {"prompt_lengths": list(map(len, P)), "max_tokens": max_tokens, "dtype": "bfloat16",
+    target = dict(zip(dtypes, results_of(logs / "tiny_target.log")))
+    native, plugin = results_of(logs / "tiny_native.log"), results_of(logs / "tiny_plugin.log")
+    report: dict[str, Any] = {"prompt_lengths": list(map(len, P)), "max_tokens": max_tokens,
                               "vllm_defaults": "torch.compile + CUDA graphs (enforce_eager=False)",
-                              "target_error": target.get("error"), "configs": {}}
-    for c in cfgs:
-        n, p = native.get(c["name"], {"error": "missing"}), plugin.get(c["name"], {"error": "missing"})
-        row: dict[str, Any] = {"K": c["K"], "parallel": c["parallel"]}
-        if "error" in n or "error" in p or "error" in target:
-            row["error"] = {"native": n.get("error"), "plugin": p.get("error"), "target": target.get("error")}
+                              "reference": "pedagle's reference target + drafter forced onto each recorded state "
+                                           "(bench/gpu_draft_trace.py), on this GPU: float32 classifies, bfloat16 "
+                                           "reported beside it",
+                              "target_error": {dt: t.get("error") for dt, t in target.items()}, "configs": {}}
+    refs: dict[tuple[str, str], Any] = {}
+    for i, (c, dt) in enumerate(runs):
+        key = f"{c['name']}-{dt}"
+        n = native[i] if i < len(native) else {"error": "missing"}
+        p = plugin[i] if i < len(plugin) else {"error": "missing"}
+        t = target.get(dt, {"error": "missing"})
+        row: dict[str, Any] = {"K": c["K"], "parallel": c["parallel"], "dtype": dt}
+        if "error" in n or "error" in p or "error" in t:
+            row["error"] = {"native": n.get("error"), "plugin": p.get("error"), "target": t.get("error")}
             row["traceback"] = (p.get("traceback") or n.get("traceback") or "")[-3000:]
-            report["configs"][c["name"]] = row
+            report["configs"][key] = row
+            log(f"tiny {key}: error {row['error']}")
             continue
-        ref = reference_by_position(refs[c["name"]], P)
-        ref_drafts = {r: {pos: v[0] for pos, v in d.items()} for r, d in ref.items()}
         nd, pd = by_position(n["drafts"] or []), by_position(p["drafts"] or [])
         row.update({
-            "outputs_plugin_eq_target": p["outputs"] == target["outputs"],
-            "outputs_native_eq_target": n["outputs"] == target["outputs"],
+            "outputs_plugin_eq_target": p["outputs"] == t["outputs"],
+            "outputs_native_eq_target": n["outputs"] == t["outputs"],
             "outputs_plugin_eq_native": p["outputs"] == n["outputs"],
             "accepted_per_position": {"native": n["metrics"]["accepted_per_pos"],
                                       "plugin": p["metrics"]["accepted_per_pos"]},
             "num_drafts": {"native": n["metrics"]["num_drafts"], "plugin": p["metrics"]["num_drafts"]},
-            "drafts_native_vs_plugin": compare_drafts(nd, pd, ref, BF16_TIE),
-            "drafts_plugin_vs_reference": compare_drafts(pd, ref_drafts, ref, BF16_TIE),
-            "drafts_native_vs_reference": compare_drafts(nd, ref_drafts, ref, BF16_TIE),
             "init_s": {"native": n["init_s"], "plugin": p["init_s"]},
         })
-        report["configs"][c["name"]] = row
-        d = row["drafts_native_vs_plugin"]
-        log(f"tiny {c['name']}: outputs plugin==target {row['outputs_plugin_eq_target']}, native==target "
-            f"{row['outputs_native_eq_target']}; accepted/pos native {row['accepted_per_position']['native']} plugin "
-            f"{row['accepted_per_position']['plugin']}; drafts native vs plugin {d['equal']}/{d['compared']} equal, "
-            f"{len(d['differences'])} differ ({d['unexplained']} not near-ties); plugin vs reference "
-            f"{row['drafts_plugin_vs_reference']['equal']}/{row['drafts_plugin_vs_reference']['compared']}")
+        try:
+            t0 = time.perf_counter()
+            for rdt in ["float32"] + ([dt] if dt != "float32" else []):
+                if (c["drafter"], rdt) not in refs:
+                    refs[(c["drafter"], rdt)] = ForcedReference(str(FAMILY / "target"), c["drafter"], c["parallel"],
+                                                                rdt, TRACE_DEVICE)
+            use = {rdt: refs[(c["drafter"], rdt)] for rdt in ["float32"] + ([dt] if dt != "float32" else [])}
+            seqs = {r: list(P[r]) + list(p["outputs"][r]) for r in range(len(P))}
+            row["trace"] = trace_states(use, seqs, c["K"], dt, nd, pd)
+            row["trace_s"] = time.perf_counter() - t0
+        except Exception as e:   # noqa: BLE001 - keep the rest
+            import traceback
+
+            row["trace"] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-3000:]}
+        report["configs"][key] = row
+        tr = row["trace"]
+        if "error" in tr:
+            log(f"tiny {key}: trace failed {tr['error']}")
+            continue
+        log(f"tiny {key}: outputs plugin==target {row['outputs_plugin_eq_target']}, native==target "
+            f"{row['outputs_native_eq_target']}; accepted/pos native {row['accepted_per_position']['native']} "
+            f"plugin {row['accepted_per_position']['plugin']}; drafts at common states {tr['equal']}/"
+            f"{tr['states_both']} equal, {len(tr['differences'])} slot differences ({tr['unexplained']} not "
+            f"near-ties); vs forced reference: native {tr['native_vs_reference']['equal']}/"
+            f"{tr['native_vs_reference']['slots']} (+{tr['native_vs_reference']['near_ties']} near-ties, "
+            f"{len(tr['native_vs_reference']['unexplained'])} other), plugin {tr['plugin_vs_reference']['equal']}/"
+            f"{tr['plugin_vs_reference']['slots']} (+{tr['plugin_vs_reference']['near_ties']} near-ties, "
+            f"{len(tr['plugin_vs_reference']['unexplained'])} other) [{row['trace_s']:.1f} s]")
     return report
 
 
@@ -247,13 +271,34 @@ def reanalyze(logs: Path, reference: Path, where: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- bench
+def profile_generate(llm: Any, ps: list, sp: Any, path: str) -> str:
+    """One generate() under torch.profiler (after the timed runs): the top ops by self CPU and by self CUDA
+    time, written to ``path`` (returns it)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            llm.generate(ps, sp, use_tqdm=False)
+        ka = prof.key_averages()
+        Path(path).write_text("== by self CPU time\n" + ka.table(sort_by="self_cpu_time_total", row_limit=45)
+                              + "\n== by self device time\n" + ka.table(sort_by="self_device_time_total",
+                                                                         row_limit=45))
+    except Exception as e:   # noqa: BLE001 - a profiler failure must not lose the timings
+        Path(path).write_text(f"profiler failed: {type(e).__name__}: {e}\n")
+    return path
+
+
 def bench_child(spec: dict) -> dict:
-    """One configuration in this process: one vllm.LLM, timed generate() at each batch size."""
+    """One configuration in this process: one vllm.LLM, timed generate() at each batch size (spec-decode
+    counters over the timed runs; optionally one profiled generate() per batch size afterwards)."""
     from vllm import LLM, SamplingParams
+
+    from pedagle_backends.vllm.runner import _delta, _spec_metrics
 
     kw: dict[str, Any] = dict(model=spec["target"], skip_tokenizer_init=True, dtype="bfloat16", seed=0,
                               max_model_len=spec["max_model_len"], max_num_seqs=max(spec["batches"]),
-                              gpu_memory_utilization=spec["util"], disable_log_stats=False)
+                              gpu_memory_utilization=spec["util"], disable_log_stats=False,
+                              kv_cache_memory_bytes=spec["kv_cache_memory_bytes"])
     if spec.get("drafter"):
         kw["speculative_config"] = {"method": "eagle3", "model": spec["drafter"], "num_speculative_tokens": spec["K"]}
         if spec["parallel"]:
@@ -267,13 +312,22 @@ def bench_child(spec: dict) -> dict:
         ps = [{"prompt_token_ids": p} for p in spec["prompts"][:b]]
         for _ in range(spec["warmup"]):
             llm.generate(ps, sp, use_tqdm=False)
+        before = _spec_metrics(llm) if spec.get("drafter") else {}
         times = []
         for _ in range(spec["repeat"]):
             t = time.perf_counter()
             outs = llm.generate(ps, sp, use_tqdm=False)
             times.append(time.perf_counter() - t)
         ntok = sum(len(o.outputs[0].token_ids) for o in outs)
-        res["batches"][str(b)] = {"tokens": ntok, "seconds": times, "tokens_per_s": ntok / statistics.median(times)}
+        row = {"tokens": ntok, "seconds": times, "tokens_per_s": ntok / statistics.median(times)}
+        if spec.get("drafter"):
+            m = _delta(_spec_metrics(llm), before)          # over the timed runs
+            row["spec_metrics"] = m
+            row["drafting_steps_per_run"] = m["num_drafts"] / spec["repeat"]
+            row["mean_acceptance_length"] = 1 + m["num_accepted_tokens"] / max(m["num_drafts"], 1)
+        res["batches"][str(b)] = row
+        if spec.get("profile"):
+            res["batches"][str(b)]["profile"] = profile_generate(llm, ps, sp, spec["profile"] + f"_b{b}.txt")
     return res
 
 
@@ -282,7 +336,8 @@ def run_bench_child(spec: dict, plugin: bool, logf: Path, util: float) -> dict:
 
     sf = logf.with_suffix(".spec.json")
     sf.write_text(json.dumps(spec))
-    tag = "bench_" + logf.stem.split("_", 2)[-1]        # one compile cache per configuration, reused by later rounds
+    # the tiny-code children's compile caches (same engine configurations), reused by every round
+    tag = "tiny_" + ("plugin" if plugin else "native" if spec.get("drafter") else "target")
     env = runner_env(plugin, record=False, extra=child_env(False, util, tag))
     with open(logf, "w") as f:
         rc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--bench-child", str(sf)], env=env,
@@ -294,10 +349,16 @@ def run_bench_child(spec: dict, plugin: bool, logf: Path, util: float) -> dict:
 
 
 def phase_bench(out: Path, k_peagle: int, max_tokens: int, rounds: int, deadline: float,
-                only: list[str] | None = None) -> dict[str, Any]:
+                only: list[str] | None = None, target_rounds: int = 1, child_s: float = 70.0,
+                repeat: int = 5) -> dict[str, Any]:
+    """One child process per configuration and round (batch 1 then 8 in it), never two at once; the order
+    reverses every round; target-only in the first ``target_rounds`` rounds; no child is started with less
+    than ``child_s`` seconds left before ``deadline``. The last round's speculative children also write a
+    torch.profiler table of one generate() per batch size."""
     P = prompts(8, 128)
     base = {"target": str(FAMILY / "target"), "prompts": P, "max_tokens": max_tokens, "batches": [1, 8],
-            "max_model_len": 128 + max_tokens + 64, "warmup": 1, "repeat": 3, "util": 0.3}
+            "max_model_len": MAX_MODEL_LEN, "warmup": 2, "repeat": repeat, "util": 0.3,
+            "kv_cache_memory_bytes": KV_BYTES}
     cfgs = {
         "target-only": ({**base, "drafter": None}, False),
         "native-peagle": ({**base, "drafter": str(FAMILY / "peagle"), "K": k_peagle, "parallel": True}, False),
@@ -308,12 +369,16 @@ def phase_bench(out: Path, k_peagle: int, max_tokens: int, rounds: int, deadline
     orders = [list(cfgs), ["plugin-peagle", "native-peagle", "plugin-eagle3", "native-eagle3", "target-only"]]
     runs: list[dict] = []
     for rnd in range(rounds):
-        for name in [n for n in orders[rnd % 2] if not only or n in only]:
-            if time.monotonic() > deadline:
+        for name in [n for n in orders[rnd % 2] if (not only or n in only)
+                     and (n != "target-only" or rnd < target_rounds)]:
+            if time.monotonic() > deadline - child_s:
                 log(f"bench: out of time before round {rnd} {name}")
                 break
             spec, plugin = cfgs[name]
-            r = run_bench_child(spec, plugin, out / "logs" / f"bench_r{rnd}_{name}.log", spec["util"])
+            logf = out / "logs" / f"bench_r{rnd}_{name}.log"
+            if rnd == rounds - 1 and name != "target-only":
+                spec = {**spec, "profile": str(logf.with_suffix(""))}
+            r = run_bench_child(spec, plugin, logf, spec["util"])
             runs.append({"round": rnd, "config": name, **r})
             (out / "bench_runs.json").write_text(json.dumps(runs, indent=1))          # kept if the call is cut
             log(f"bench r{rnd} {name}: " + (r.get("error") or ", ".join(
@@ -365,13 +430,19 @@ def env_info() -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=False)
-    ap.add_argument("--phases", default="kernels,conformance,tiny,bench")
+    ap.add_argument("--phases", default="conformance,tiny,bench", help="of kernels,conformance,tiny,bench")
     ap.add_argument("--budget-s", type=float, default=540.0, help="start no phase (or bench child) after this")
     ap.add_argument("--ks", type=int, nargs="+", default=[1, 3, 7])
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--k-bench", type=int, default=7)
     ap.add_argument("--bench-tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--target-rounds", type=int, default=1, help="bench target-only in this many rounds")
+    ap.add_argument("--repeat", type=int, default=5, help="timed generate() calls per batch size")
+    ap.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"], help="tiny-code runs")
+    ap.add_argument("--f32-ks", type=int, nargs="+", default=[3, 7],
+                    help="P-EAGLE K of the float32 tiny-code runs (EAGLE-3 K=3 always)")
+    ap.add_argument("--json-name", default="vllm_gpu_h200.json")
     ap.add_argument("--bench-configs", nargs="+", default=None, help="bench only these configurations")
     ap.add_argument("--util", type=float, default=0.08, help="GPU memory share of each concurrent engine")
     ap.add_argument("--bench-child", type=Path, help=argparse.SUPPRESS)
@@ -391,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     deadline = T0 + args.budget_s
     phases = args.phases.split(",")
     result: dict[str, Any] = {"env": env_info(), "phases": phases}
-    save = lambda: (out / "vllm_gpu_h200.json").write_text(json.dumps(result, indent=1))  # noqa: E731
+    save = lambda: (out / args.json_name).write_text(json.dumps(result, indent=1))  # noqa: E731
     save()
     log("env", json.dumps(result["env"]))
     conf = kern = None
@@ -409,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
         result["conformance"] = {"command": "pedagle conformance run --backends reference,vllm --device cuda"}
     if "tiny" in phases and time.monotonic() < deadline:
         try:
-            result["tiny"] = phase_tiny(out, args.ks, args.max_tokens, args.util)
+            result["tiny"] = phase_tiny(out, args.ks, args.max_tokens, args.util, args.dtypes, args.f32_ks)
         except Exception as e:   # noqa: BLE001 - keep the other phases' results
             import traceback
 
@@ -431,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
         save()
     if "bench" in phases and time.monotonic() < deadline:
         result["bench"] = phase_bench(out, args.k_bench, args.bench_tokens, args.rounds, deadline,
-                                      args.bench_configs)
+                                      args.bench_configs, args.target_rounds, repeat=args.repeat)
         log("bench tokens/s:", json.dumps(result["bench"]["tokens_per_s"]), "ratios:",
             json.dumps({k: round(v["median"], 3) for k, v in result["bench"]["plugin_vs_native"].items()}))
     result["wall_s"] = time.monotonic() - T0
