@@ -45,6 +45,8 @@ CASES = [
     (7, 130, 512, dict(block_n=128, split_k=4)),
     (33, 48, 192, dict(split_k=3)),
     (100, 300, 192, dict(block_n=256, split_k=2, num_warps=8)),      # the wide tiles tried above 64 rows
+    (7, 50, 600, dict(block_n=16, block_k=256, split_k=1)),           # narrow deep tiles, ragged K
+    (9, 40, 1024, dict(block_n=32, block_k=256, split_k=2)),
 ]
 
 

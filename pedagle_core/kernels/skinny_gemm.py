@@ -209,20 +209,34 @@ def skinny_linear_reference(x: Tensor, weight: Tensor, bias: Tensor | None = Non
 def candidates(M: int, N: int, K: int, device: torch.device) -> list[dict]:
     """The kernel variants timed against cuBLAS for one shape: tile widths x split counts. Above 64 rows
     wider tiles on 8 warps: each weight tile multiplies every row, and the rows' tile is re-read from L2
-    once per weight tile, so at 112 rows a 64-wide tile read twice the weight's bytes of rows."""
+    once per weight tile, so at 112 rows a 64-wide tile read twice the weight's bytes of rows. Up to 32
+    rows also narrow, deep tiles (16/32 features x 256 of K): many programs without split-K, so no
+    reduction tail, for the small weights (o, q/k/v) whose split-K tail is a large part of the time."""
     bm = block_m(M)
-    tiles = ((64, 4), (128, 4)) if bm <= 64 else ((64, 4), (128, 8), (256, 8)) if bm <= 128 else ((64, 8), (128, 8))
+    if bm <= 64:
+        tiles = [(64, 4, None), (128, 4, None)] + ([(16, 4, 256), (32, 4, 256)] if bm <= 32 else [])
+    elif bm <= 128:
+        tiles = [(64, 4, None), (128, 8, None), (256, 8, None)]
+    else:
+        tiles = [(64, 8, None), (128, 8, None)]
     out, seen = [], set()
-    for bn, nw in tiles:
-        c = launch_config(M, N, K, device, block_n=bn)
-        splits = [c["split_k"], max(1, c["split_k"] // 2), 2 * c["split_k"]][: 3 if bm <= 64 else 2]
+    for bn, nw, bk in tiles:
+        c = launch_config(M, N, K, device, block_n=bn, block_k=bk)
+        if bk is not None:                        # no split (the point of these tiles) and the default split
+            splits = [1, c["split_k"]]
+        else:
+            splits = [c["split_k"], max(1, c["split_k"] // 2), 2 * c["split_k"]][: 3 if bm <= 64 else 2]
         for s in splits:
-            c2 = launch_config(M, N, K, device, block_n=bn, split_k=s)
+            c2 = launch_config(M, N, K, device, block_n=bn, block_k=bk, split_k=s)
             key = (bn, nw, c2["split_k"], c2["BLOCK_K"])
-            if key not in seen and len(out) < 7:
+            if key not in seen and len(out) < 10:
                 seen.add(key)
-                out.append(dict(block_n=bn, split_k=c2["split_k"]) if nw == 4 else
-                           dict(block_n=bn, split_k=c2["split_k"], num_warps=nw))
+                ov = dict(block_n=bn, split_k=c2["split_k"])
+                if bk is not None:
+                    ov["block_k"] = bk
+                if nw != 4:
+                    ov["num_warps"] = nw
+                out.append(ov)
     return out
 
 
