@@ -13,7 +13,9 @@
 #   tiny_code_bench_<gpu>_b{1,8}.json/.png, tiny_code_al_<gpu>.json   (pedagle bench, bench/al_from_bench.py)
 #   env_<gpu>.txt                 (nvidia-smi state at start)
 # PACK=1 also packs them all into RESULTS_DIR/perf_<gpu>.tgz (the device tool returns at most 8 files).
-# SKIP_TESTS=1 skips the pytest step; SKIP_TINY=1 the tiny-code benchmark; BENCH_ARGS passes options to
+# SKIP_TESTS=1 skips the pytest step; SKIP_TINY=1 the tiny-code benchmark; SKIP_SPEEDUP=1 the speedup model
+# (issue 13's goal run: SKIP_TINY=1 SKIP_SPEEDUP=1 BENCH_ARGS="--pairs 1:512,8:8192 --ks 1,7,10 --modes parallel
+# --no-micro"); BENCH_ARGS passes options to
 # bench_drafter.py (e.g. "--budget-s 200"). The drafter table holds three paths per config (plain PyTorch,
 # the path before issue 13, the new default path), side by side.
 # The JSONs carry the commit: set PEDAGLE_COMMIT=<sha> when the tree travels without .git.
@@ -59,9 +61,12 @@ if [ -z "${SKIP_TINY:-}" ] && [ -z "$DRY" ]; then
   AL_JSON="${AL_JSON:-$OUT_DIR/tiny_code_al_$TAG.json}"
 fi
 t2a=$(date +%s)
-$PY bench/speedup_model.py $DRY --drafter-json "$OUT_DIR/drafter_$TAG.json" --out "$OUT_DIR/speedup_$TAG.json" \
-  ${AL_JSON:+--al-json "$AL_JSON"} > "$OUT_DIR/speedup_$TAG.log" 2>&1
-rc2=$?
+rc2=0
+if [ -z "${SKIP_SPEEDUP:-}" ]; then
+  $PY bench/speedup_model.py $DRY --drafter-json "$OUT_DIR/drafter_$TAG.json" --out "$OUT_DIR/speedup_$TAG.json" \
+    ${AL_JSON:+--al-json "$AL_JSON"} > "$OUT_DIR/speedup_$TAG.log" 2>&1
+  rc2=$?
+fi
 t2=$(date +%s)
 # The GPU tests last (the measurements above come back even if the tests run out of time).
 rc0=0
