@@ -195,7 +195,7 @@ def apply_linear(fn: LinearFn | None, m: nn.Module, x: Tensor) -> Tensor:
     module (another type) runs its own forward."""
     if type(m) is not nn.Linear:
         return m(x)
-    return (fn or auto_linear)(x, m.weight, m.bias)
+    return (auto_linear if fn is None else fn)(x, m.weight, m.bias)
 
 
 class Attention(nn.Module):
@@ -251,7 +251,9 @@ class MLP(nn.Module):
         else:
             gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
         fn = getattr(self.ops or auto_ops(gate, self.down_proj.weight), "silu_mul", None)
-        return apply_linear(self.linear, self.down_proj, fn(gate, up) if fn else silu_mul_reference(gate, up))
+        # `is None`, not truthiness: torch 2.11's dynamo cannot branch on a bound method (graph break)
+        return apply_linear(self.linear, self.down_proj,
+                            silu_mul_reference(gate, up) if fn is None else fn(gate, up))
 
 
 class DecoderLayer(nn.Module):
@@ -355,7 +357,7 @@ class Drafter(nn.Module):
     def rope(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         """positions [T] -> (cos, sin) [T, D/2] float32 (one launch with the Triton ops)."""
         fn = getattr(self.ops or auto_ops(positions), "rope_cos_sin", None)
-        return (fn or rope_cos_sin_reference)(positions, self.inv_freq, self.rope_scale)
+        return (rope_cos_sin_reference if fn is None else fn)(positions, self.inv_freq, self.rope_scale)
 
     @torch.no_grad()
     def fuse_projections(self, linear: Callable[[Tensor, Tensor | None], Linear] = dispatch_linear) -> None:
