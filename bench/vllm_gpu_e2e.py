@@ -161,10 +161,17 @@ def compare_drafts(a: dict, b: dict, ref: dict, tie: float) -> dict[str, Any]:
             "unexplained": sum(1 for d in diffs if not d["near_tie"])}
 
 
+def jobs_of(logf: Path) -> list[dict]:
+    f = logf.with_suffix(".jobs.json")
+    return json.loads(f.read_text())["jobs"] if f.is_file() else []
+
+
 def phase_tiny(out: Path, ks: list[int], max_tokens: int, util: float, dtypes: list[str],
-               f32_ks: list[int]) -> dict[str, Any]:
+               f32_ks: list[int], reuse: Path | None = None) -> dict[str, Any]:
     """Target only / native / plugin children (concurrently), then every recorded draft traced against
-    pedagle's reference forced onto the same state (`gpu_draft_trace`), on this GPU."""
+    pedagle's reference forced onto the same state (`gpu_draft_trace`), on this GPU. ``reuse``: the logs
+    directory of an earlier run whose target-only and native results (no pedagle code in them: native
+    drafts come from vLLM's proposer, recorder only) stand in for those two children."""
     from gpu_draft_trace import ForcedReference, trace_states
 
     P = prompts()
@@ -177,17 +184,25 @@ def phase_tiny(out: Path, ks: list[int], max_tokens: int, util: float, dtypes: l
     mk = lambda who: [{**base, "dtype": dt, "target": str(FAMILY / "target"), "drafter": c["drafter"],  # noqa: E731
                        "K": c["K"], "parallel": c["parallel"],
                        "record": str(logs / f"{who}_{c['name']}_{dt}.jsonl")} for c, dt in runs]
-    procs = {
-        "target": spawn_jobs([{**base, "dtype": dt, "target": str(FAMILY / "target"), "drafter": None}
-                              for dt in dtypes], False, False, util, logs / "tiny_target.log"),
-        "native": spawn_jobs(mk("native"), True, True, util, logs / "tiny_native.log"),
-        "plugin": spawn_jobs(mk("plugin"), True, False, util, logs / "tiny_plugin.log"),
-    }
+    procs = {"plugin": spawn_jobs(mk("plugin"), True, False, util, logs / "tiny_plugin.log")}
+    if reuse is not None:       # target-only and native results of an earlier run (they do not run pedagle's code)
+        import shutil
+
+        for f in list(reuse.glob("tiny_target.*")) + list(reuse.glob("tiny_native.*")) + list(reuse.glob("native_*")):
+            shutil.copy(f, logs / f.name)
+        log(f"tiny: target-only and native results reused from {reuse}")
+    else:
+        procs["target"] = spawn_jobs([{**base, "dtype": dt, "target": str(FAMILY / "target"), "drafter": None}
+                                      for dt in dtypes], False, False, util, logs / "tiny_target.log")
+        procs["native"] = spawn_jobs(mk("native"), True, True, util, logs / "tiny_native.log")
     for name, p in procs.items():
         p.wait()
         log(f"tiny {name} child exited {p.returncode}")
-    target = dict(zip(dtypes, results_of(logs / "tiny_target.log")))
-    native, plugin = results_of(logs / "tiny_native.log"), results_of(logs / "tiny_plugin.log")
+    target = {j["dtype"]: r for j, r in zip(jobs_of(logs / "tiny_target.log"), results_of(logs / "tiny_target.log"))}
+    native = {Path(j["record"]).stem.split("_", 1)[1]: r
+              for j, r in zip(jobs_of(logs / "tiny_native.log"), results_of(logs / "tiny_native.log"))}
+    plugin = {Path(j["record"]).stem.split("_", 1)[1]: r
+              for j, r in zip(jobs_of(logs / "tiny_plugin.log"), results_of(logs / "tiny_plugin.log"))}
     report: dict[str, Any] = {"prompt_lengths": list(map(len, P)), "max_tokens": max_tokens,
                               "vllm_defaults": "torch.compile + CUDA graphs (enforce_eager=False)",
                               "reference": "pedagle's reference target + drafter forced onto each recorded state "
@@ -195,10 +210,10 @@ def phase_tiny(out: Path, ks: list[int], max_tokens: int, util: float, dtypes: l
                                            "reported beside it",
                               "target_error": {dt: t.get("error") for dt, t in target.items()}, "configs": {}}
     refs: dict[tuple[str, str], Any] = {}
-    for i, (c, dt) in enumerate(runs):
+    for c, dt in runs:
         key = f"{c['name']}-{dt}"
-        n = native[i] if i < len(native) else {"error": "missing"}
-        p = plugin[i] if i < len(plugin) else {"error": "missing"}
+        n = native.get(f"{c['name']}_{dt}", {"error": "missing"})
+        p = plugin.get(f"{c['name']}_{dt}", {"error": "missing"})
         t = target.get(dt, {"error": "missing"})
         row: dict[str, Any] = {"K": c["K"], "parallel": c["parallel"], "dtype": dt}
         if "error" in n or "error" in p or "error" in t:
@@ -443,6 +458,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--f32-ks", type=int, nargs="+", default=[3, 7],
                     help="P-EAGLE K of the float32 tiny-code runs (EAGLE-3 K=3 always)")
     ap.add_argument("--json-name", default="vllm_gpu_h200.json")
+    ap.add_argument("--reuse", type=Path, default=None,
+                    help="logs directory of an earlier run: its target-only and native tiny-code results are used")
+    ap.add_argument("--conf-cases", nargs="+", default=None, help="conformance: only these cases")
     ap.add_argument("--bench-configs", nargs="+", default=None, help="bench only these configurations")
     ap.add_argument("--util", type=float, default=0.08, help="GPU memory share of each concurrent engine")
     ap.add_argument("--bench-child", type=Path, help=argparse.SUPPRESS)
@@ -475,12 +493,15 @@ def main(argv: list[str] | None = None) -> int:
     if "conformance" in phases:
         cmd = [sys.executable, "-m", "pedagle_conformance", "run", "--backends", "reference,vllm", "--device", "cuda",
                "--json", str(out / "conformance_cuda.json"), "--report", str(out / "conformance_cuda.md")]
+        for name in args.conf_cases or []:
+            cmd += ["--case", name]
         conf = subprocess.Popen(cmd, env={**os.environ, **child_env(False, args.util, "conformance")},
                                 stdout=open(out / "logs" / "conformance.log", "w"), stderr=subprocess.STDOUT)
         result["conformance"] = {"command": "pedagle conformance run --backends reference,vllm --device cuda"}
     if "tiny" in phases and time.monotonic() < deadline:
         try:
-            result["tiny"] = phase_tiny(out, args.ks, args.max_tokens, args.util, args.dtypes, args.f32_ks)
+            result["tiny"] = phase_tiny(out, args.ks, args.max_tokens, args.util, args.dtypes, args.f32_ks,
+                                        args.reuse)
         except Exception as e:   # noqa: BLE001 - keep the other phases' results
             import traceback
 
