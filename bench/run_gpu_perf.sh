@@ -13,7 +13,8 @@
 #   tiny_code_bench_<gpu>_b{1,8}.json/.png, tiny_code_al_<gpu>.json   (pedagle bench, bench/al_from_bench.py)
 #   env_<gpu>.txt                 (nvidia-smi state at start)
 # PACK=1 also packs them all into RESULTS_DIR/perf_<gpu>.tgz (the device tool returns at most 8 files).
-# SKIP_TESTS=1 skips the pytest step; SKIP_TINY=1 the tiny-code benchmark; SKIP_SPEEDUP=1 the speedup model
+# SKIP_TESTS=1 skips the pytest step (TESTS=<files> narrows it); SKIP_SKINNY=1 the skinny-GEMM benchmark;
+# SKIP_TINY=1 the tiny-code benchmark; SKIP_SPEEDUP=1 the speedup model
 # (issue 13's goal run: SKIP_TINY=1 SKIP_SPEEDUP=1 BENCH_ARGS="--pairs 1:512,8:8192 --ks 1,7,10 --modes parallel
 # --no-micro"); BENCH_ARGS passes options to
 # bench_drafter.py (e.g. "--budget-s 200"). The drafter table holds three paths per config (plain PyTorch,
@@ -41,8 +42,10 @@ else:
  $PY -c "import torch, triton, sys; print('torch', torch.__version__, 'triton', triton.__version__, 'python', sys.version.split()[0])"
 ) > "$OUT_DIR/env_$TAG.txt" 2>&1 || true
 
-$PY bench/bench_skinny_gemm.py --rows 7,14,112 --out "$OUT_DIR/skinny_gemm_$TAG.json" > "$OUT_DIR/skinny_gemm_$TAG.log" 2>&1 \
-  || echo "bench_skinny_gemm failed" >> "$OUT_DIR/skinny_gemm_$TAG.log"
+if [ -z "${SKIP_SKINNY:-}" ]; then
+  $PY bench/bench_skinny_gemm.py --rows 7,14,112 --out "$OUT_DIR/skinny_gemm_$TAG.json" > "$OUT_DIR/skinny_gemm_$TAG.log" 2>&1 \
+    || echo "bench_skinny_gemm failed" >> "$OUT_DIR/skinny_gemm_$TAG.log"
+fi
 t0=$(date +%s)
 $PY bench/bench_drafter.py $DRY ${BENCH_ARGS:-} --out "$OUT_DIR/drafter_$TAG.json" --plot "$OUT_DIR/drafter_$TAG.png" \
   > "$OUT_DIR/drafter_$TAG.log" 2>&1
@@ -71,9 +74,9 @@ t2=$(date +%s)
 # The GPU tests last (the measurements above come back even if the tests run out of time).
 rc0=0
 if [ -z "${SKIP_TESTS:-}" ]; then
-  timeout "${TEST_TIMEOUT_S:-240}" $PY -m pytest -q -p no:cacheprovider tests/test_skinny_gemm.py tests/test_fused_elementwise.py \
-    tests/test_decode_attention.py tests/test_norm_rope.py tests/test_top2.py tests/test_attention.py tests/test_engine_gpu.py \
-    > "$OUT_DIR/tests_$TAG.log" 2>&1
+  TESTS="${TESTS:-tests/test_skinny_gemm.py tests/test_fused_elementwise.py tests/test_decode_attention.py \
+    tests/test_norm_rope.py tests/test_top2.py tests/test_attention.py tests/test_engine_gpu.py}"
+  timeout "${TEST_TIMEOUT_S:-240}" $PY -m pytest -q -p no:cacheprovider $TESTS > "$OUT_DIR/tests_$TAG.log" 2>&1
   rc0=$?
 fi
 t3=$(date +%s)
@@ -89,7 +92,7 @@ for b in 1 8; do tail -n 14 "$OUT_DIR/tiny_code_bench_${TAG}_b$b.log" 2>/dev/nul
 echo "== speedup_model rc=$rc2 ($((t2 - t2a)) s)"
 grep -E "VERIFY-FAIL|Traceback|Error" "$OUT_DIR/speedup_$TAG.log" | head -10
 [ $rc2 -ne 0 ] && tail -30 "$OUT_DIR/speedup_$TAG.log"
-echo "== GEMMs (CUDA graphs over rotating weights)"; tail -n 32 "$OUT_DIR/skinny_gemm_$TAG.log"
+echo "== GEMMs (CUDA graphs over rotating weights)"; tail -n 32 "$OUT_DIR/skinny_gemm_$TAG.log" 2>/dev/null
 echo "== drafter: goals, profiles, three paths"
 grep -E "^(goal|profile|attn):" "$OUT_DIR/drafter_$TAG.log"
 awk '/^family  .* mode /{p=1} p' "$OUT_DIR/drafter_$TAG.log" | grep -E " (1|8) +(512|8192) +(1|7|10) \|" | cut -c1-150
