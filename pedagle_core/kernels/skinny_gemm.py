@@ -43,7 +43,9 @@ MAX_ROWS = 256                   # the kernel's limit (one row block per program
 # skinny_gemm_h200.log, products timed as CUDA graphs over rotating weights) its 64-wide tiles beat cuBLAS
 # at 7-14 rows on lm_head, o, down, fc and gate_up (by 3-15%) and lost on every shape at 112 rows
 # (1.4-2.3x slower); the wider tiles of `candidates` above 64 rows are timed too, and a shape where
-# every variant loses stays on cuBLAS.
+# every variant loses stays on cuBLAS (H200 at 0c05d98, bench/results/drafter_h200_fused.json: at 112
+# rows every shape still stayed on cuBLAS, the best kernel variant 1.3-2x slower; at 14 rows the kernel
+# won on o, gate_up, down, fc and lm_head, the narrow deep tiles on Qwen3's o).
 DISPATCH_MAX_ROWS = MAX_ROWS
 _N_COUNTERS = 1 << 16
 
