@@ -52,6 +52,16 @@ class ForcedReference:
         self.drafter = load_drafter_for(drafter_dir, hf, "parallel" if parallel else "autoregressive", dt, device)
         self.tm = TargetModel(hf, aux_layer_ids=self.drafter.config.aux_layer_ids)
         self.device = torch.device(device)
+        # plain PyTorch everywhere: every state has its own row count, and the CUDA kernels' dispatch times
+        # its variants for each new shape (on the H200, 2026-12-02: 180 s for 283 states of one config)
+        import torch.nn.functional as F
+
+        from pedagle_core.model import TORCH_OPS
+
+        self.drafter.use_linear(F.linear)
+        for m in self.drafter.modules():
+            if hasattr(m, "ops"):
+                m.ops = TORCH_OPS
         vd = int(self.drafter.config.draft_vocab_size)
         tgt = self.drafter.to_target_ids(torch.arange(vd, device=self.device)).tolist()
         self.t2d = {int(t): i for i, t in enumerate(tgt)}
@@ -63,7 +73,7 @@ class ForcedReference:
         key = tuple(int(t) for t in seq)
         if key not in self._aux:
             T = len(key)
-            self.tm.allocate(1, T + 8)
+            self.tm.allocate(1, T + 8).impl = "torch"
             ids = torch.tensor(key, device=self.device)
             pos = torch.arange(T, device=self.device)
             zero = torch.zeros(T, dtype=torch.long, device=self.device)
@@ -82,7 +92,7 @@ class ForcedReference:
         dev = self.device
         mml = len(seq) + K + 8
         cache = ContiguousKVCache(c.num_hidden_layers, 1, mml, c.num_key_value_heads, int(c.head_dim),
-                                  dtype=d.fc.weight.dtype, device=dev).for_requests(
+                                  dtype=d.fc.weight.dtype, device=dev, impl="torch").for_requests(
                                       torch.zeros(1, dtype=torch.long, device=dev), mml)
         step = StepInput(torch.tensor([int(t) for t in seq[:T]], device=dev), torch.arange(T, device=dev),
                          torch.tensor([0, T], device=dev), None, torch.tensor([int(seq[T])], device=dev), aux[:T])
@@ -123,7 +133,8 @@ class ForcedReference:
 
 def classify(sl: SlotLogits, a: int, b: int, run_dtype: str) -> dict[str, Any]:
     """A differing draft (tokens ``a`` and ``b`` at one slot) against the forced reference's logits."""
-    va, vb = sl.values.get(int(a)), sl.values.get(int(b))
+    va = sl.top1_value if int(a) == sl.top1 else sl.values.get(int(a))
+    vb = sl.top1_value if int(b) == sl.top1 else sl.values.get(int(b))
     if va is None or vb is None:
         return {"gap": None, "threshold": None, "near_tie": False, "why": "a token outside the draft vocabulary"}
     gap = sl.top1_value - min(va, vb)

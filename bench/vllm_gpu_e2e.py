@@ -172,7 +172,6 @@ def phase_tiny(out: Path, ks: list[int], max_tokens: int, util: float, dtypes: l
     pedagle's reference forced onto the same state (`gpu_draft_trace`), on this GPU. ``reuse``: the logs
     directory of an earlier run whose target-only and native results (no pedagle code in them: native
     drafts come from vLLM's proposer, recorder only) stand in for those two children."""
-    from gpu_draft_trace import ForcedReference, trace_states
 
     P = prompts()
     base = {"prompts": P, "max_tokens": max_tokens, "max_model_len": MAX_MODEL_LEN, "enforce_eager": False,
@@ -198,6 +197,15 @@ def phase_tiny(out: Path, ks: list[int], max_tokens: int, util: float, dtypes: l
     for name, p in procs.items():
         p.wait()
         log(f"tiny {name} child exited {p.returncode}")
+    return analyze_tiny(logs, P, runs, max_tokens, ref_dtypes=None)
+
+
+def analyze_tiny(logs: Path, P: list[list[int]], runs: list[tuple[dict, str]], max_tokens: int,
+                 ref_dtypes: list[str] | None = None) -> dict[str, Any]:
+    """The checks of phase 3 from the children's result files in ``logs``. ``ref_dtypes``: the forced
+    reference's dtypes (first classifies; default float32 plus the run's dtype)."""
+    from gpu_draft_trace import ForcedReference, trace_states
+
     target = {j["dtype"]: r for j, r in zip(jobs_of(logs / "tiny_target.log"), results_of(logs / "tiny_target.log"))}
     native = {Path(j["record"]).stem.split("_", 1)[1]: r
               for j, r in zip(jobs_of(logs / "tiny_native.log"), results_of(logs / "tiny_native.log"))}
@@ -206,8 +214,8 @@ def phase_tiny(out: Path, ks: list[int], max_tokens: int, util: float, dtypes: l
     report: dict[str, Any] = {"prompt_lengths": list(map(len, P)), "max_tokens": max_tokens,
                               "vllm_defaults": "torch.compile + CUDA graphs (enforce_eager=False)",
                               "reference": "pedagle's reference target + drafter forced onto each recorded state "
-                                           "(bench/gpu_draft_trace.py), on this GPU: float32 classifies, bfloat16 "
-                                           "reported beside it",
+                                           f"(bench/gpu_draft_trace.py) on {TRACE_DEVICE}, plain PyTorch: "
+                                           f"{ref_dtypes or ['float32', 'the run dtype']} (the first classifies)",
                               "target_error": {dt: t.get("error") for dt, t in target.items()}, "configs": {}}
     refs: dict[tuple[str, str], Any] = {}
     for c, dt in runs:
@@ -234,11 +242,12 @@ def phase_tiny(out: Path, ks: list[int], max_tokens: int, util: float, dtypes: l
         })
         try:
             t0 = time.perf_counter()
-            for rdt in ["float32"] + ([dt] if dt != "float32" else []):
+            rdts = ref_dtypes or ["float32"] + ([dt] if dt != "float32" else [])
+            for rdt in rdts:
                 if (c["drafter"], rdt) not in refs:
                     refs[(c["drafter"], rdt)] = ForcedReference(str(FAMILY / "target"), c["drafter"], c["parallel"],
                                                                 rdt, TRACE_DEVICE)
-            use = {rdt: refs[(c["drafter"], rdt)] for rdt in ["float32"] + ([dt] if dt != "float32" else [])}
+            use = {rdt: refs[(c["drafter"], rdt)] for rdt in rdts}
             seqs = {r: list(P[r]) + list(p["outputs"][r]) for r in range(len(P))}
             row["trace"] = trace_states(use, seqs, c["K"], dt, nd, pd)
             row["trace_s"] = time.perf_counter() - t0
@@ -261,6 +270,19 @@ def phase_tiny(out: Path, ks: list[int], max_tokens: int, util: float, dtypes: l
             f"{tr['plugin_vs_reference']['slots']} (+{tr['plugin_vs_reference']['near_ties']} near-ties, "
             f"{len(tr['plugin_vs_reference']['unexplained'])} other) [{row['trace_s']:.1f} s]")
     return report
+
+
+def retrace(logs: Path, ref_dtypes: list[str]) -> dict[str, Any]:
+    """Phase 3's checks again from a run's logs (the configurations its plugin child ran), the forced
+    reference on $PEDAGLE_TRACE_DEVICE in ``ref_dtypes``."""
+    jobs = jobs_of(logs / "tiny_plugin.log")
+    P = jobs[0]["prompts"]
+    cfgs = {c["name"]: c for c in tiny_configs([1, 3, 7])}
+    runs = []
+    for j in jobs:
+        name, dt = Path(j["record"]).stem.split("_", 1)[1].rsplit("_", 1)
+        runs.append(({**cfgs[name], "drafter": str(FAMILY / Path(j["drafter"]).name)}, dt))
+    return analyze_tiny(logs, P, runs, int(jobs[0]["max_tokens"]), ref_dtypes)
 
 
 def reanalyze(logs: Path, reference: Path, where: str) -> dict[str, Any]:
@@ -461,6 +483,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reuse", type=Path, default=None,
                     help="logs directory of an earlier run: its target-only and native tiny-code results are used")
     ap.add_argument("--conf-cases", nargs="+", default=None, help="conformance: only these cases")
+    ap.add_argument("--retrace", type=Path, metavar="LOGS", help="phase 3's checks again from a run's logs (forced "
+                    "reference on $PEDAGLE_TRACE_DEVICE in --ref-dtypes); writes --out/--json-name")
+    ap.add_argument("--ref-dtypes", nargs="+", default=["float32"])
     ap.add_argument("--bench-configs", nargs="+", default=None, help="bench only these configurations")
     ap.add_argument("--util", type=float, default=0.08, help="GPU memory share of each concurrent engine")
     ap.add_argument("--bench-child", type=Path, help=argparse.SUPPRESS)
@@ -476,6 +501,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(reanalyze(Path(args.reanalyze[0]), Path(args.reanalyze[1]), args.reanalyze[2]), indent=1))
         return 0
     out = args.out
+    if args.retrace:
+        out.mkdir(parents=True, exist_ok=True)
+        res = {"retrace_of": str(args.retrace), "trace_device": TRACE_DEVICE,
+               "tiny": retrace(args.retrace, args.ref_dtypes)}
+        (out / args.json_name).write_text(json.dumps(res, indent=1))
+        return 0
     (out / "logs").mkdir(parents=True, exist_ok=True)
     deadline = T0 + args.budget_s
     phases = args.phases.split(",")
