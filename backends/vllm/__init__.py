@@ -17,7 +17,9 @@ same checkpoint). Nothing in this package imports vLLM at import time except the
 
 SUPPORTED_VLLM = ">=0.26.0,<0.33"
 """The vLLM releases this backend supports: every proposer hook it patches, and every vLLM class and
-attribute it uses, has the same signature in 0.26 and 0.32 (both are tested in CI with vLLM's CPU build;
-0.26.0 also on an H200). Only the mask-token lookup order differs (`model.vllm_mask_token`)."""
+attribute it uses, has the same signature from 0.26 to 0.32 (both ends are tested in CI with vLLM's CPU
+build: the full suite on 0.32, its version-dependent subset on 0.26; 0.26.0 also on an H200). The two
+behaviours that differ (the mask-token lookup, the K of a speculators checkpoint served as the model) are
+followed per installed version in `compat`."""
 
 __all__ = ["SUPPORTED_VLLM"]

