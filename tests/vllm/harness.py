@@ -3,10 +3,22 @@ and the comparisons of their outputs, acceptance counts and per-step drafts."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
+
+SUBSET = "all"
+"""``--vllm-cases`` (set by conftest.py): "all", or "hooks" (the version-dependent subset)."""
+
+
+def installed_vllm() -> tuple[int, int, int]:
+    from pedagle_backends.vllm.plugin import vllm_version
+    from pedagle_core.versions import parse_version
+
+    return parse_version(vllm_version())
 
 
 @dataclass
@@ -35,6 +47,18 @@ class Run:
     records: list[dict[str, Any]] = field(default_factory=list)                     # vLLM's raw records
     margins: dict[int, list[list[float]]] = field(default_factory=dict)             # reference: per step, per draft
     drafter_skips: int = 0          # reference: steps after which vLLM's max_model_len rule skipped the drafter
+
+
+def engine_K(case: Case, fam: dict[str, str]) -> int:
+    """The K the installed vLLM drafts with for ``case``: ``case.K``, except for a speculators checkpoint
+    served as the model, where vLLM before 0.29 takes the checkpoint's ``speculative_tokens`` instead
+    (`pedagle_backends.vllm.compat`)."""
+    if not case.speculators:
+        return case.K
+    from pedagle_backends.vllm.compat import checkpoint_speculative_tokens, speculators_num_speculative_tokens
+
+    config = json.loads((Path(fam[case.drafter]) / "config.json").read_text())
+    return speculators_num_speculative_tokens(case.K, checkpoint_speculative_tokens(config), installed_vllm())
 
 
 def vllm_job(case: Case, fam: dict[str, str], prompts: list[list[int]], max_tokens: int,

