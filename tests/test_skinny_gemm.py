@@ -172,6 +172,45 @@ def test_measured_choice_picks_the_fastest_beyond_the_margin(monkeypatch):
     assert MC.decisions() == []
 
 
+def test_time_in_graphs_times_every_weight_copy_per_variant(monkeypatch):
+    """The GEMM timing hands `measured_choice.time_graphs` one function per variant that runs the product over
+    all R weight copies (R from the L2 size), and reports per-product times (no GPU needed: the graph timing
+    and the device query are replaced; the products run on the CPU)."""
+    import types
+
+    from pedagle_core.kernels import measured_choice as MC
+
+    l2 = 1 << 14                                        # a weight of 4 KiB: R = ceil(3 * 16 KiB / 4 KiB) = 12 -> 8
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda dev: types.SimpleNamespace(L2_cache_size=l2))
+    seen: list[tuple] = []
+    real_linear = F.linear
+
+    def spy_linear(x, w, b=None):
+        seen.append(("cublas", w.data_ptr()))
+        return real_linear(x, w, b)
+
+    def spy_skinny(x, w, b=None, **ov):
+        seen.append((ov["tag"], w.data_ptr()))
+        return real_linear(x, w, b)
+
+    def fake_time_graphs(fns, device, repeat=8, reps=7):
+        assert repeat == 1
+        out = []
+        for i, fn in enumerate(fns):
+            seen.clear()
+            fn()
+            out.append(10.0 * (i + 1))
+            assert [s[0] for s in seen] == [["cublas", "k1"][i]] * 8, seen
+            assert len({s[1] for s in seen}) == 8      # eight distinct weight copies
+        return out
+
+    monkeypatch.setattr(SG.F, "linear", spy_linear)
+    monkeypatch.setattr(SG, "skinny_linear", spy_skinny)
+    monkeypatch.setattr(MC, "time_graphs", fake_time_graphs)
+    x, w = torch.randn(3, 32), torch.randn(32, 32)     # 32 x 32 float32 = 4 KiB
+    assert SG.time_in_graphs(x, w, None, [None, {"tag": "k1"}]) == [10.0 / 8, 20.0 / 8]
+
+
 def test_apply_linear_leaves_backend_modules_alone():
     """A backend's own linear module (a subclass, e.g. vLLM's CPU GEMM wrapper) runs its own forward;
     a plain nn.Linear goes through the function given (or auto_linear)."""

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import os
-import statistics
 from typing import Callable
 
 import torch
@@ -259,39 +258,18 @@ def time_in_graphs(x: Tensor, weight: Tensor, bias: Tensor | None, variants: lis
     wbytes = weight.numel() * weight.element_size()
     R = max(1, min(8, math.ceil(3 * torch.cuda.get_device_properties(dev).L2_cache_size / max(1, wbytes))))
     ws = [weight] + [weight.clone() for _ in range(R - 1)]
-    graphs: list[torch.cuda.CUDAGraph | None] = []
-    for v in variants:
-        def run(w: Tensor, v=v) -> Tensor:
-            return F.linear(x, w, bias) if v is None else skinny_linear(x, w, bias, **v)
-        try:
-            side = torch.cuda.Stream(device=dev)
-            side.wait_stream(torch.cuda.current_stream(dev))
-            with torch.cuda.stream(side):                     # compile, handles, workspaces: before capture
-                for w in ws:
-                    run(w)
-            torch.cuda.current_stream(dev).wait_stream(side)
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
-                for w in ws:
-                    run(w)
-            g.replay()
-            graphs.append(g)
-        except Exception:                                     # noqa: BLE001 - this variant loses
-            graphs.append(None)
-    torch.cuda.synchronize(dev)
-    times: list[list[float]] = [[] for _ in variants]
-    for _ in range(reps):
-        for i, g in enumerate(graphs):
-            if g is None:
-                continue
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            g.replay()
-            b.record()
-            b.synchronize()
-            times[i].append(a.elapsed_time(b) / R)
-    del graphs, ws
-    return [statistics.median(t) if t else float("inf") for t in times]
+
+    def run_all(v: dict | None) -> Callable[[], object]:
+        def run() -> None:
+            for w in ws:
+                if v is None:
+                    F.linear(x, w, bias)
+                else:
+                    skinny_linear(x, w, bias, **v)
+        return run
+
+    times = measured_choice.time_graphs([run_all(v) for v in variants], dev, repeat=1, reps=reps)
+    return [t / R for t in times]
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
