@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import torch
 
 from pedagle_core.attention import ContiguousKVCache
-from pedagle_core.draft import StepInput, _forward_expanded
+from pedagle_core.draft import StepInput, forward_expanded
 from pedagle_core.engine.backend import load_drafter_for
 from pedagle_core.engine.lossless import TIE_MARGINS, near_tie_margin
 from pedagle_core.engine.target import TargetModel, load_hf_target, resolve_dtype
@@ -98,9 +98,9 @@ class ForcedReference:
                          torch.tensor([0, T], device=dev), None, torch.tensor([int(seq[T])], device=dev), aux[:T])
         if self.parallel and K > 1:
             mask_id = c.mask_token_id if c.mask_token_id is not None else 0
-            batch, out, _ = _forward_expanded(d, step, K, cache, mask_id)
+            batch, out, _ = forward_expanded(d, step, K, cache, mask_id)
             return d.compute_logits(out[batch.sample_rows]).double().cpu()
-        batch, out, feedback = _forward_expanded(d, step, 1, cache, 0)
+        batch, out, feedback = forward_expanded(d, step, 1, cache, 0)
         rows = batch.sample_rows
         logits = [d.compute_logits(out[rows])]
         positions, hidden = batch.positions[rows], feedback[rows]

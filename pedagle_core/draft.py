@@ -112,8 +112,12 @@ def check_k(drafter: Drafter, K: int, parallel: bool) -> None:
                           "depth are likely to be rejected", stacklevel=3)
 
 
-def _forward_expanded(drafter: Drafter, step: StepInput, K: int, cache: DraftCache,
-                      mask_token_id: int) -> tuple[ExpandedBatch, Tensor, Tensor]:
+def forward_expanded(drafter: Drafter, step: StepInput, K: int, cache: DraftCache,
+                     mask_token_id: int) -> tuple[ExpandedBatch, Tensor, Tensor]:
+    """One drafter forward over ``step`` expanded for K drafts (the bonus slot, K-1 MASK slots when K > 1):
+    returns (the expanded batch, the drafter's output rows [T', H], the hidden states fed back [T', H]).
+    The building block of `draft_parallel` / `draft_autoregressive`; also used by tests and tools that
+    drive the drafter at a forced state."""
     batch = expand_metadata(step.token_ids, step.positions, step.query_start_loc, step.num_rejected,
                             step.next_token_ids, K, mask_token_id, cache.block_table, cache.block_size,
                             cache.max_model_len)
@@ -131,7 +135,7 @@ def draft_parallel(drafter: Drafter, step: StepInput, K: int, cache: DraftCache,
     """P-EAGLE: K drafts per request from ONE drafter forward."""
     check_k(drafter, K, parallel=True)
     mask_id = drafter.config.mask_token_id if drafter.config.mask_token_id is not None else 0
-    batch, out, _ = _forward_expanded(drafter, step, K, cache, mask_id)
+    batch, out, _ = forward_expanded(drafter, step, K, cache, mask_id)
     ids, margins, probs, draft_ids = readout(drafter, out[batch.sample_rows], temperature, generator)
     B = step.batch_size
     return DraftOutput(ids.view(B, K), margins.view(B, K),
@@ -144,7 +148,7 @@ def draft_autoregressive(drafter: Drafter, step: StepInput, K: int, cache: Draft
     """EAGLE-3 chain drafting: the first forward over the expanded step (no mask slots), then K-1
     single-row forwards per request, each taking the previous draft and the fed-back drafter hidden."""
     check_k(drafter, K, parallel=False)
-    batch, out, feedback = _forward_expanded(drafter, step, 1, cache, 0)
+    batch, out, feedback = forward_expanded(drafter, step, 1, cache, 0)
     rows = batch.sample_rows                                                       # [B]
     ids, margins, probs, draft_ids = readout(drafter, out[rows], temperature, generator)
     all_ids, all_margins, all_probs, all_draft = [ids], [margins], [probs], [draft_ids]

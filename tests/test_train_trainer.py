@@ -160,7 +160,7 @@ def test_ttt_matches_autoregressive_inference():
     tokens, the drafter's own fed-back hidden, the reference KV cache)."""
     from pedagle_core import Drafter, DrafterConfig
     from pedagle_core.attention import ContiguousKVCache
-    from pedagle_core.draft import StepInput, _forward_expanded
+    from pedagle_core.draft import StepInput, forward_expanded
     from pedagle_core.expand import compute_slot_mapping
     from pedagle_core.train.cod import sample_cod
     from pedagle_core.train.loss import kl_per_element
@@ -193,7 +193,7 @@ def test_ttt_matches_autoregressive_inference():
             T = a + 1
             step = StepInput(x[:T], torch.arange(T), torch.tensor([0, T]), None, x[T:T + 1], aux[:T])
             cache = ContiguousKVCache(2, 1, 64, 2, 8, dtype=torch.float64).for_requests(torch.tensor([0]))
-            batch, out, fb = _forward_expanded(dr, step, 1, cache, 0)
+            batch, out, fb = forward_expanded(dr, step, 1, cache, 0)
             r = batch.sample_rows
             pos, hid, o = batch.positions[r], fb[r], out[r]
             for j in range(steps):

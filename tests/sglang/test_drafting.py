@@ -118,10 +118,10 @@ class SglangSide:
 
 def reference_logits(drafter, step, K, cache, rows):
     """Logits of the sample rows through the core's reference path (same expansion, reference cache)."""
-    from pedagle_core.draft import _forward_expanded
+    from pedagle_core.draft import forward_expanded
 
     with torch.no_grad():
-        batch, out, _ = _forward_expanded(drafter, step, K, cache.for_requests(rows), MASK_ID)
+        batch, out, _ = forward_expanded(drafter, step, K, cache.for_requests(rows), MASK_ID)
         return drafter.compute_logits(out[batch.sample_rows])
 
 
