@@ -44,3 +44,21 @@ def test_rope_table_and_mlp_trace_fullgraph_with_plain_ops() -> None:
     x = torch.randn(3, d.config.hidden_size)
     got = torch.compile(lambda t: mlp(t), fullgraph=True, backend="eager")(x)
     torch.testing.assert_close(got, mlp(x))
+
+
+def test_fused_projections_trace_fullgraph() -> None:
+    """The backends fuse q/k/v and gate/up on CUDA (functions over concatenated weights, not modules): those
+    products must trace without a graph break under the torch of every supported vLLM."""
+    torch.manual_seed(0)
+    d = tiny_drafter(tiny_target(dtype=torch.float32), dtype=torch.float32)
+    mlp = next(m for m in d.modules() if isinstance(m, M.MLP))
+    attn = next(m for m in d.modules() if isinstance(m, M.Attention))
+    x = torch.randn(3, d.config.hidden_size)
+    xa = torch.randn(3, attn.q_proj.in_features)
+    want_mlp = mlp(x)
+    want_qkv = torch.cat([attn.q_proj(xa), attn.k_proj(xa), attn.v_proj(xa)], -1)
+    d.fuse_projections()
+    torch._dynamo.reset()
+    torch.testing.assert_close(torch.compile(lambda t: mlp(t), fullgraph=True, backend="eager")(x), want_mlp)
+    got_qkv = torch.compile(lambda t: attn.qkv_proj(t), fullgraph=True, backend="eager")(xa)
+    torch.testing.assert_close(got_qkv, want_qkv)

@@ -138,6 +138,11 @@ class PedagleSglangDrafter(nn.Module):
         tensors = load_into_drafter(self.drafter, read)
         self.has_own_embed_tokens = "embed_tokens.weight" in tensors
         self.has_own_lm_head = "lm_head.weight" in tensors
+        if self.drafter.fc.weight.device.type == "cuda":
+            # q/k/v and gate/up in one product each, as SGLang's own drafters compute them, through pedagle's
+            # skinny-GEMM kernels where they win (`pedagle_core.model.auto_linear`); on the CPU the
+            # products stay as they are (torch's GEMM, one per projection)
+            self.drafter.fuse_projections()
         logger.info("pedagle: loaded drafter %s (%s format, %d tensors)", read.path, read.format, len(tensors))
 
     def share_from_target(self, embed_weight: torch.Tensor | None, lm_head_weight: torch.Tensor | None) -> None:

@@ -12,8 +12,9 @@ interface flags; none of their layers is built. Instead:
   layers are, so vLLM allocates their KV cache in the target's cache group, builds their metadata and
   runs its paged-attention backend; under tensor parallelism each rank attends with its own heads and
   the outputs are all-gathered (the drafter's projections are replicated on every rank);
-* on vLLM's CPU build, once the weights are loaded, its linear layers run on vLLM's CPU GEMM with q/k/v
-  and gate/up fused, as vLLM's own drafters do (``cpu.py``);
+* once the weights are loaded, q/k/v and gate/up are computed with one product each, as vLLM's own
+  drafters do: on vLLM's CPU build with vLLM's CPU GEMM for every linear layer (``cpu.py``), on CUDA with
+  pedagle's skinny-GEMM kernels where they win (`use_platform_linears`);
 * weights are read and validated by `pedagle_core.formats` (either format, strict: a missing, misshapen
   or non-finite tensor raises `CheckpointError`); only ``embed_tokens`` / ``lm_head`` may be absent, and
   then vLLM's proposer shares the target's (``has_own_embed_tokens`` / ``has_own_lm_head``).
@@ -286,14 +287,9 @@ class _PedagleEagle3Mixin:
             # vLLM's proposer replaces self.lm_head (and self.model.embed_tokens) with the target's; drop the
             # drafter's own copy now so that it is freed then.
             self.model.lm_head = _SharedWithTarget("lm_head")
-        if _on_cpu():
-            # vLLM's CPU GEMM for every linear layer, q/k/v and gate/up fused, as in vLLM's own drafters
-            # (cpu.py)
-            from .cpu import use_vllm_cpu_kernels
-
-            use_vllm_cpu_kernels(self.model)
-            if self.has_own_lm_head:
-                self.lm_head = self.model.lm_head
+        use_platform_linears(self.model)
+        if _on_cpu() and self.has_own_lm_head:
+            self.lm_head = self.model.lm_head
         logger.info("pedagle: loaded drafter %s (%s format, %d tensors%s)", read.path, read.format, len(tensors),
                     "" if self.has_own_embed_tokens and self.has_own_lm_head else
                     "; sharing " + ", ".join(n for n, own in zip(SHARED, (self.has_own_embed_tokens,
@@ -319,6 +315,18 @@ def _on_cpu() -> bool:
     from vllm.platforms import current_platform
 
     return current_platform.is_cpu()
+
+
+def use_platform_linears(drafter: Drafter) -> None:
+    """Once the weights are loaded: q/k/v and gate/up in one product each, as vLLM's own drafters compute
+    them; on vLLM's CPU build every linear layer on vLLM's CPU GEMM (``cpu.py``), on CUDA pedagle's
+    skinny-GEMM kernels where they win and cuBLAS elsewhere (`pedagle_core.model.auto_linear`)."""
+    if _on_cpu():
+        from .cpu import use_vllm_cpu_kernels
+
+        use_vllm_cpu_kernels(drafter)
+    else:
+        drafter.fuse_projections()
 
 
 def is_pedagle_drafter(model: Any) -> bool:

@@ -66,3 +66,19 @@ def test_drafter_on_vllm_cpu_kernels(dtype):
     got = _draft(d, dtype)
     tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=0.05, atol=0.02)
     torch.testing.assert_close(got.probs.float(), want.probs.float(), **tol)
+
+
+@pytest.mark.parametrize("on_cpu", [True, False])
+def test_platform_linears_fuse_qkv_and_gate_up_on_every_platform(monkeypatch, on_cpu):
+    """vLLM computes its own drafters' q/k/v and gate/up with one product each; pedagle's drafter does the
+    same on both platforms (on CUDA with pedagle's default linear, here exercised on the CPU: torch's GEMM)."""
+    import pedagle_backends.vllm.model as vm
+    from pedagle_backends.vllm.cpu import VllmCpuLinear
+
+    monkeypatch.setattr(vm, "_on_cpu", lambda: on_cpu)
+    d = _drafter(torch.float32)
+    want = _draft(d, torch.float32)
+    vm.use_platform_linears(d)
+    assert all(layer.self_attn.qkv_proj is not None and layer.mlp.gate_up_proj is not None for layer in d.layers)
+    assert isinstance(d.lm_head, VllmCpuLinear) is on_cpu             # vLLM's CPU GEMM on the CPU build only
+    torch.testing.assert_close(_draft(d, torch.float32).probs, want.probs, rtol=1e-4, atol=1e-5)
