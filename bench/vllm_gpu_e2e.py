@@ -308,9 +308,10 @@ def reanalyze(logs: Path, reference: Path, where: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- bench
-def profile_generate(llm: Any, ps: list, sp: Any, path: str) -> str:
+def profile_generate(llm: Any, ps: list, sp: Any, path: str) -> dict[str, Any]:
     """One generate() under torch.profiler (after the timed runs): the top ops by self CPU and by self CUDA
-    time, written to ``path`` (returns it)."""
+    time, written to ``path``; returns the path and the totals (ms of GPU time per generate() is steadier
+    than tokens/s on a host-bound target)."""
     from torch.profiler import ProfilerActivity, profile
 
     try:
@@ -320,9 +321,11 @@ def profile_generate(llm: Any, ps: list, sp: Any, path: str) -> str:
         Path(path).write_text("== by self CPU time\n" + ka.table(sort_by="self_cpu_time_total", row_limit=45)
                               + "\n== by self device time\n" + ka.table(sort_by="self_device_time_total",
                                                                          row_limit=45))
+        return {"path": path, "self_cpu_ms": sum(e.self_cpu_time_total for e in ka) / 1e3,
+                "self_cuda_ms": sum(e.self_device_time_total for e in ka) / 1e3}
     except Exception as e:   # noqa: BLE001 - a profiler failure must not lose the timings
         Path(path).write_text(f"profiler failed: {type(e).__name__}: {e}\n")
-    return path
+        return {"path": path, "error": f"{type(e).__name__}: {e}"}
 
 
 def bench_child(spec: dict) -> dict:
@@ -437,6 +440,13 @@ def phase_bench(out: Path, k_peagle: int, max_tokens: int, rounds: int, deadline
                     per_round.append(p[0]["batches"][b]["tokens_per_s"] / n[0]["batches"][b]["tokens_per_s"])
             if per_round:
                 ratios[f"{kind}_b{b}"] = {"per_round": per_round, "median": statistics.median(per_round)}
+            prof = {side: r["batches"][b]["profile"] for side in ("native", "plugin") for r in runs
+                    if r["round"] == rounds - 1 and r["config"] == f"{side}-{kind}" and "batches" in r
+                    and "self_cuda_ms" in r["batches"][b].get("profile", {})}
+            if len(prof) == 2:      # GPU time per generate(), last round's profiles
+                ratios[f"{kind}_b{b}"] = {**ratios.get(f"{kind}_b{b}", {}), "gpu_ms_native": prof["native"]["self_cuda_ms"],
+                                          "gpu_ms_plugin": prof["plugin"]["self_cuda_ms"],
+                                          "gpu_time_ratio": prof["plugin"]["self_cuda_ms"] / prof["native"]["self_cuda_ms"]}
     return {"k_peagle": k_peagle, "k_eagle3": 3, "max_tokens": max_tokens, "prompt_lengths": list(map(len, P)),
             "tokens_per_s": table, "plugin_vs_native": ratios, "runs": runs}
 
