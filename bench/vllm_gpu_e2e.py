@@ -54,7 +54,6 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILY = Path(os.environ.get("PEDAGLE_SRC", ROOT)) / "models" / "tiny-code"
-BF16_TIE = 0.1                               # the conformance suite's bfloat16 tie margin
 MAX_MODEL_LEN = 320          # tiny-code runs and bench alike (prompts <= 128 + 128 tokens + 64): one compile
 #                              cache serves both (vLLM's compile hash covers the engine configuration)
 KV_BYTES = 512 << 20
@@ -290,6 +289,8 @@ def reanalyze(logs: Path, reference: Path, where: str) -> dict[str, Any]:
     reference engine result file ({config: {drafts, margins, accepted}}, e.g. the reference rerun on another
     device when a run's own reference was not kept): per config, native vs plugin drafts at the same
     (request, bonus position), each difference with the reference's margin there."""
+    from pedagle_core.engine.lossless import TIE_MARGINS
+
     P = json.loads((logs / "tiny_plugin.jobs.json").read_text())["jobs"][0]["prompts"]
     refs = json.loads(reference.read_text())
     out: dict[str, Any] = {"reference": where, "configs": {}}
@@ -301,9 +302,10 @@ def reanalyze(logs: Path, reference: Path, where: str) -> dict[str, Any]:
         nd, pd = by_position(rec(f"native_{name}.jsonl")), by_position(rec(f"plugin_{name}.jsonl"))
         ref = reference_by_position(refs[name], P)
         ref_drafts = {r: {pos: v[0] for pos, v in d.items()} for r, d in ref.items()}
-        out["configs"][name] = {"drafts_native_vs_plugin": compare_drafts(nd, pd, ref, BF16_TIE),
-                                "drafts_plugin_vs_reference": compare_drafts(pd, ref_drafts, ref, BF16_TIE),
-                                "drafts_native_vs_reference": compare_drafts(nd, ref_drafts, ref, BF16_TIE)}
+        tie = TIE_MARGINS["bfloat16"]
+        out["configs"][name] = {"drafts_native_vs_plugin": compare_drafts(nd, pd, ref, tie),
+                                "drafts_plugin_vs_reference": compare_drafts(pd, ref_drafts, ref, tie),
+                                "drafts_native_vs_reference": compare_drafts(nd, ref_drafts, ref, tie)}
     return out
 
 

@@ -31,21 +31,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from pedagle_core.engine.lossless import TIE_MARGINS
+
 SCHEMA = "pedagle-conformance-case/1"
 MODES = ("parallel", "autoregressive")
 
-# Near-tie margins (reference top-1 minus top-2 drafter logit) under which a differing draft is a
-# near-tie, not a failure. Two correct implementations round differently (other reduction orders,
-# fused kernels, paged vs contiguous attention); the logit error that leaves is a few units in the
-# last place of the compute dtype, times the depth of the computation, at the logits' magnitude
-# (|logit| ~ 5..30 for these heads):
-#   float32  eps 1.2e-7: 30 * 1.2e-7 * ~30 accumulated roundings ~ 1e-4
-#   float16  eps 9.8e-4 (logits kept in fp16): ~1e-2
-#   bfloat16 eps 7.8e-3: one rounding of a logit of 8..16 is up to 0.03..0.06; with the accumulated
-#            error of a few layers, 0.1
-#   float64  ~1e-9
+# Near-tie margins (reference top-1 minus top-2 drafter logit) under which a differing draft is a near-tie,
+# not a failure, by compute dtype: `pedagle_core.engine.lossless.TIE_MARGINS` (the rationale is there).
 # A case may set its own ``tie_margin``; ``run --tie-margin`` overrides both.
-DEFAULT_TIE_MARGINS = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 0.1, "float64": 1e-9}
+DEFAULT_TIE_MARGINS = TIE_MARGINS
 # How a fresh recording is compared with a committed one (`compare.compare_recordings`: ``record --verify``
 # and the test suite). Ids (drafts, accepted counts, emitted tokens), the max_model_len and the model
 # fingerprints must be equal; the recorded margins (and min_margin) may differ by

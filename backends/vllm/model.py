@@ -225,11 +225,9 @@ class _PedagleEagle3Mixin:
                 raise bad(f"vLLM reads {name} = {getattr(hf, name)} but pedagle reads {getattr(cfg, name)}",
                           "one value")
         if self.use_parallel_drafting:
-            from pedagle_core.versions import parse_version
+            from .plugin import installed_version
 
-            from .plugin import vllm_version
-
-            vllm_mask = vllm_mask_token(hf, parse_version(vllm_version()))
+            vllm_mask = vllm_mask_token(hf, installed_version())
             if vllm_mask != cfg.mask_token_id:
                 raise bad(f"vLLM's mask token is {vllm_mask} but pedagle's is {cfg.mask_token_id}", "one mask token")
 

@@ -25,7 +25,7 @@ import logging
 import os
 import threading
 
-from pedagle_core.versions import version_in_range
+from pedagle_core.versions import parse_version, version_in_range
 
 from . import SUPPORTED_VLLM
 
@@ -69,6 +69,11 @@ def vllm_version() -> str:
     import vllm                                              # a source checkout without metadata
 
     return vllm.__version__
+
+
+def installed_version() -> tuple[int, int, int]:
+    """`vllm_version` as (major, minor, patch), for the comparisons of ``compat.py``."""
+    return parse_version(vllm_version())
 
 
 def version_supported(version: str) -> bool:

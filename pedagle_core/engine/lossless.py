@@ -17,8 +17,8 @@ i.e. how far the worse of the two choices lies below the float32 argmax. A diver
 ``gap < tie`` is a **near-tie** (either choice is the target's to within rounding); anything else is a
 **failure** (a token the target would not have chosen: a real losslessness bug). When the two tokens
 are the float32 top-2, ``gap`` is the float32 top-1 minus top-2 margin: the same rule and the same
-thresholds the conformance suite applies to drafts (`TIE_MARGINS` == ``pedagle_conformance.case.
-DEFAULT_TIE_MARGINS``, checked by the tests).
+thresholds the conformance suite applies to drafts (``pedagle_conformance.case.DEFAULT_TIE_MARGINS`` is
+`TIE_MARGINS`).
 
 `run_grid` runs the reference engine over prompts x modes x K and classifies every differing output;
 ``tests/test_lossless_bf16.py`` and ``bench/lossless_bf16.py`` use it.
@@ -34,8 +34,16 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-# top-1 minus top-2 logit margin under which a differing greedy choice is a near-tie, by compute dtype
-# (the conformance suite's defaults; rationale in conformance/case.py).
+# Top-1 minus top-2 logit margins under which a differing greedy choice (or draft) is a near-tie, not a
+# failure, by compute dtype (also the conformance suite's defaults, `DEFAULT_TIE_MARGINS`). Two correct
+# implementations round differently (other reduction orders, fused kernels, paged vs contiguous
+# attention); the logit error that leaves is a few units in the last place of the compute dtype, times
+# the depth of the computation, at the logits' magnitude (|logit| ~ 5..30 for these heads):
+#   float32  eps 1.2e-7: 30 * 1.2e-7 * ~30 accumulated roundings ~ 1e-4
+#   float16  eps 9.8e-4 (logits kept in fp16): ~1e-2
+#   bfloat16 eps 7.8e-3: one rounding of a logit of 8..16 is up to 0.03..0.06; with the accumulated
+#            error of a few layers, 0.1
+#   float64  ~1e-9
 TIE_MARGINS = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 0.1, "float64": 1e-9}
 # ... but never less than this many units in the last place of the compute dtype at the logit's own
 # magnitude: a bf16 logit of 16..32 is stored to 0.125, so two logits one ulp apart there are 0.125 apart

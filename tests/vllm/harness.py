@@ -15,10 +15,9 @@ SUBSET = "all"
 
 
 def installed_vllm() -> tuple[int, int, int]:
-    from pedagle_backends.vllm.plugin import vllm_version
-    from pedagle_core.versions import parse_version
+    from pedagle_backends.vllm.plugin import installed_version
 
-    return parse_version(vllm_version())
+    return installed_version()
 
 
 @dataclass
