@@ -10,14 +10,10 @@ from typing import Any
 
 import torch
 
+from pedagle_backends.vllm.plugin import installed_version as installed_vllm
+
 SUBSET = "all"
 """``--vllm-cases`` (set by conftest.py): "all", or "hooks" (the version-dependent subset)."""
-
-
-def installed_vllm() -> tuple[int, int, int]:
-    from pedagle_backends.vllm.plugin import installed_version
-
-    return installed_version()
 
 
 @dataclass
