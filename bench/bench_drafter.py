@@ -62,8 +62,10 @@ from contextlib import contextmanager  # noqa: E402
 #   today - the path before issue 13: every linear on cuBLAS (F.linear, unfused), the attention's launch
 #           heuristic, Triton norm/RoPE/top-2 (`PreIssue13Ops`);
 #   torch - plain PyTorch: F.linear, the torch attention (sync-free, static hints), the reference
-#           norm/RoPE (TORCH_OPS) and the argmax/topk readout.
-PATHS = ("new", "today", "torch")
+#           norm/RoPE (TORCH_OPS) and the argmax/topk readout;
+#   nopdl - the new path with programmatic dependent launch off (`pedagle_core.kernels.pdl`): what PDL
+#           buys, measured beside it. (today and torch run without PDL too.)
+PATHS = ("new", "today", "torch", "nopdl")
 
 
 class PreIssue13Ops:
@@ -78,13 +80,14 @@ class PreIssue13Ops:
 
 @contextmanager
 def use_path(drafter: Drafter, cache: ContiguousKVCache, path: str):
-    from pedagle_core.kernels import decode_attention as DA
+    from pedagle_core.kernels import decode_attention as DA, pdl
 
     if path not in PATHS:
         raise ValueError(f"path {path!r}; expected one of {PATHS}")
-    saved = (cache.impl, DA.TUNE, draft_mod.top2)
+    saved = (cache.impl, DA.TUNE, draft_mod.top2, pdl.ENABLED)
     try:
-        if path == "new":
+        pdl.ENABLED = path == "new"
+        if path in ("new", "nopdl"):
             drafter.use_linear(None)
             drafter.fuse_projections()
         else:
@@ -99,7 +102,7 @@ def use_path(drafter: Drafter, cache: ContiguousKVCache, path: str):
             draft_mod.top2 = draft_mod.top2_reference
         yield
     finally:
-        cache.impl, DA.TUNE, draft_mod.top2 = saved
+        cache.impl, DA.TUNE, draft_mod.top2, pdl.ENABLED = saved
         drafter.use_ops(None)
         drafter.use_linear(None)
         drafter.unfuse_projections()
@@ -803,8 +806,8 @@ def _get_path(res: dict, path: str, fam: str, mode: str, B: int, ctx: int, K: in
 
 def paths_table(res: dict) -> str:
     """Per config: plain PyTorch, today's path, the new path, the floors, and the ratios (one run)."""
-    lines = [f"{'family':20s} {'mode':5s} {'B':>3s} {'ctx':>5s} {'K':>2s} | {'torch':>7s} {'today':>7s} {'new':>7s} | "
-             f"{'w-floor':>7s} {'floor':>7s} | new/w-fl today/w-fl new/floor new/today"]
+    lines = [f"{'family':20s} {'mode':5s} {'B':>3s} {'ctx':>5s} {'K':>2s} | {'torch':>7s} {'today':>7s} {'no-PDL':>7s} "
+             f"{'new':>7s} | {'w-floor':>7s} {'floor':>7s} | new/w-fl today/w-fl new/floor new/today new/no-PDL"]
     lines.append("-" * len(lines[0]))
     slower = []
     for r in res["results"]:
@@ -813,11 +816,13 @@ def paths_table(res: dict) -> str:
         key = (r["family"], r["mode"], r["B"], r["ctx"], r["K"])
         t = _get_path(res, "torch", *key)
         o = _get_path(res, "today", *key)
+        npdl = _get_path(res, "nopdl", *key)
         f = lambda x: f"{x['median_ms']:7.3f}" if x else "      -"  # noqa: E731
-        lines.append(f"{key[0]:20s} {key[1][:5]:5s} {key[2]:3d} {key[3]:5d} {key[4]:2d} | {f(t)} {f(o)} {f(r)} | "
+        lines.append(f"{key[0]:20s} {key[1][:5]:5s} {key[2]:3d} {key[3]:5d} {key[4]:2d} | {f(t)} {f(o)} {f(npdl)} {f(r)} | "
                      f"{r['weight_floor_ms']:7.3f} {r['floor_ms']:7.3f} | {r['median_ms'] / r['weight_floor_ms']:8.2f} "
                      + (f"{o['median_ms'] / r['weight_floor_ms']:10.2f} " if o else "         - ")
-                     + f"{r['median_ms'] / r['floor_ms']:9.2f} " + (f"{r['median_ms'] / o['median_ms']:9.3f}" if o else "        -"))
+                     + f"{r['median_ms'] / r['floor_ms']:9.2f} " + (f"{r['median_ms'] / o['median_ms']:9.3f}" if o else "        -")
+                     + (f" {r['median_ms'] / npdl['median_ms']:10.3f}" if npdl else "          -"))
         if o and r["median_ms"] > 1.03 * o["median_ms"]:
             slower.append(f"{key}: new {r['median_ms']:.3f} ms vs today {o['median_ms']:.3f} ms")
     lines.append("(ms per draft step, CUDA-graph replay medians; w-floor = weights read once at the copy bandwidth; "

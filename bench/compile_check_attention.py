@@ -46,32 +46,29 @@ def compile_one(fn, sig: dict, const: dict, div16=(), num_warps=4, num_stages=3)
 def main() -> None:
     print("triton", triton.__version__, "target sm_90")
     sig = {n: "*bf16" for n in ["q_ptr", "kc_ptr", "vc_ptr", "out_ptr"]}
-    sig.update(pos_ptr="*i64", table_ptr="*i32", bt_ptr="*i64", po_ptr="*fp32", plse_ptr="*fp32", qk_scale="fp32")
+    sig.update(pos_ptr="*i64", table_ptr="*i32", bt_ptr="*i64", po_ptr="*fp32", plse_ptr="*fp32", cnt_ptr="*i32",
+               qk_scale="fp32")
     for n in ["window", "ctx_limit", "block_size", "max_rows", "n_splits", "n_kv_heads", "q_st", "q_sh", "c_ss",
               "c_sh", "bt_sb", "o_st", "o_sh", "po_ss", "po_st", "po_sh", "pl_ss", "pl_st"]:
         sig[n] = "i32"
-    div = ["q_ptr", "kc_ptr", "vc_ptr", "out_ptr", "po_ptr", "plse_ptr", "pos_ptr", "table_ptr", "bt_ptr", "q_st",
+    div = ["q_ptr", "kc_ptr", "vc_ptr", "out_ptr", "po_ptr", "plse_ptr", "cnt_ptr", "pos_ptr", "table_ptr", "bt_ptr", "q_st",
            "q_sh", "c_ss", "c_sh", "o_st", "o_sh", "po_ss", "po_st", "po_sh", "pl_ss", "pl_st", "block_size"]
     # (head_dim, group, rows per tile): the drafter heads' launches (launch_config's defaults), both split modes.
     for D, G, rows_req in [(64, 8, 14), (64, 8, 1), (128, 8, 14), (128, 8, 1), (64, 8, 20)]:
         lc = da.launch_config(rows_req, 1, rows_req, 8 * G, 8, D, 8192, 2, __import__("torch").device("cpu"), num_splits=2)
         for split in (True, False):
             const = dict(G=G, G_PAD=lc["G_PAD"], ROWS=lc["ROWS"], HEAD_DIM=D, D_PAD=lc["D_PAD"], BLOCK_N=lc["BLOCK_N"],
-                         HAS_WINDOW=False, PAGED=False, SPLIT=split, IEEE=False, UPCAST=False)
+                         HAS_WINDOW=False, PAGED=False, SPLIT=split, IEEE=False, UPCAST=False,
+                         INTERIOR=False, PDL=True)
             print(compile_one(da._decode_attn_kernel, sig, const, div, lc["num_warps"], lc["num_stages"]))
     const = dict(G=8, G_PAD=8, ROWS=16, HEAD_DIM=64, D_PAD=64, BLOCK_N=64, HAS_WINDOW=True, PAGED=True, SPLIT=True,
-                 IEEE=False, UPCAST=False)                                   # sliding window over a paged cache
+                 IEEE=False, UPCAST=False, INTERIOR=False, PDL=True)                                   # sliding window over a paged cache
     print(compile_one(da._decode_attn_kernel, sig, const, div, 8, 3) + "  (window, paged)")
-    print(compile_one(da._combine_kernel, dict(po_ptr="*fp32", plse_ptr="*fp32", out_ptr="*bf16", n_splits="i32",
-                                               n_heads="i32", po_ss="i32", po_st="i32", po_sh="i32", pl_ss="i32",
-                                               pl_st="i32", o_st="i32", o_sh="i32"),
-                      dict(HEAD_DIM=64, D_PAD=64, BLOCK_H=32),
-                      ["po_ptr", "plse_ptr", "out_ptr", "po_ss", "po_st", "po_sh", "pl_ss", "pl_st", "o_st", "o_sh"]))
     print(compile_one(da._row_table_kernel, dict(req_ptr="*i64", table_ptr="*i32", n_rows="i32", max_rows="i32"),
-                      dict(BLOCK=128), ["req_ptr", "table_ptr"]))
+                      dict(BLOCK=128, PDL=True), ["req_ptr", "table_ptr"]))
     print(compile_one(da._write_kv_kernel, dict(k_ptr="*bf16", v_ptr="*bf16", slot_ptr="*i64", kc_ptr="*bf16",
                                                 vc_ptr="*bf16", k_stride="i32", v_stride="i32", c_stride="i32"),
-                      dict(ROW=512, BLOCK=512), ["k_ptr", "v_ptr", "slot_ptr", "kc_ptr", "vc_ptr", "k_stride",
+                      dict(ROW=512, BLOCK=512, PDL=True), ["k_ptr", "v_ptr", "slot_ptr", "kc_ptr", "vc_ptr", "k_stride",
                                                  "v_stride", "c_stride"]))
 
 

@@ -74,8 +74,8 @@ t2=$(date +%s)
 # The GPU tests last (the measurements above come back even if the tests run out of time).
 rc0=0
 if [ -z "${SKIP_TESTS:-}" ]; then
-  TESTS="${TESTS:-tests/test_skinny_gemm.py tests/test_fused_elementwise.py tests/test_decode_attention.py \
-    tests/test_norm_rope.py tests/test_top2.py tests/test_attention.py tests/test_engine_gpu.py}"
+  TESTS="${TESTS:-tests/test_kernels_pdl.py tests/test_skinny_gemm.py tests/test_fused_elementwise.py \
+    tests/test_decode_attention.py tests/test_norm_rope.py tests/test_top2.py tests/test_attention.py tests/test_engine_gpu.py}"
   timeout "${TEST_TIMEOUT_S:-240}" $PY -m pytest -q -p no:cacheprovider $TESTS > "$OUT_DIR/tests_$TAG.log" 2>&1
   rc0=$?
 fi

@@ -253,6 +253,23 @@ class CacheAttention:
         c.k_store[layer_idx].index_copy_(0, slots, k.to(c.k.dtype))
         c.v_store[layer_idx].index_copy_(0, slots, v.to(c.v.dtype))
 
+    def kv_cache_slots(self, layer_idx: int) -> tuple[Tensor, Tensor, Tensor] | None:
+        """(slot_mapping, k_cache, v_cache) of ``layer_idx`` for a caller that writes this forward's k/v
+        itself (the drafter's RoPE + cache-write launch, then `attend_written`), on the Triton path outside
+        torch.compile; else None (call the provider with k and v)."""
+        if self.impl != "triton" or torch.compiler.is_compiling():
+            return None
+        return self.slot_mapping, self.cache.k[layer_idx], self.cache.v[layer_idx]
+
+    def attend_written(self, layer_idx: int, q: Tensor, window: int | None) -> Tensor:
+        """Attention of q [T, Hq, D] over the cache after the caller wrote this forward's k/v at the slots
+        of `kv_cache_slots` (the Triton path of ``__call__`` without its write)."""
+        from .kernels.decode_attention import decode_attention
+
+        c = self.cache
+        return decode_attention(q, c.k[layer_idx], c.v[layer_idx], self.positions, self.row_table, self.block_table,
+                                c.max_seq_len, c.max_seq_len, window, max_context=self.max_context)
+
     def __call__(self, layer_idx: int, q: Tensor, k: Tensor, v: Tensor, window: int | None,
                  scale: float | None = None, sinks: Tensor | None = None) -> Tensor:
         """q: [T, Hq, D], k/v: [T, Hkv, D] -> [T, Hq, D]. For target modules (the reference engine's
@@ -262,12 +279,10 @@ class CacheAttention:
         c = self.cache
         plain = sinks is None and (scale is None or abs(scale * q.shape[-1] ** 0.5 - 1.0) < 1e-6)
         if self.impl == "triton" and plain:
-            from .kernels.decode_attention import decode_attention, write_kv
+            from .kernels.decode_attention import write_kv
 
-            kc, vc = c.k[layer_idx], c.v[layer_idx]                       # [N, Hkv, D], contiguous
-            write_kv(k, v, self.slot_mapping, kc, vc)
-            return decode_attention(q, kc, vc, self.positions, self.row_table, self.block_table, c.max_seq_len,
-                                    c.max_seq_len, window, max_context=self.max_context)
+            write_kv(k, v, self.slot_mapping, c.k[layer_idx], c.v[layer_idx])  # [N, Hkv, D], contiguous
+            return self.attend_written(layer_idx, q, window)
         self._write(layer_idx, k, v)
         B = self.cache_rows.shape[0]
         kc = c.k[layer_idx].view(c.max_batch, c.max_seq_len, *c.k.shape[2:])[self.cache_rows, : self.s_max]

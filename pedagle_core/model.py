@@ -62,6 +62,11 @@ class ElementwiseOps(Protocol):
     def rope(self, q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]: ...
 
 
+# Optional further ops method, used with a provider that offers its cache (``kv_cache_slots``, see
+# `pedagle_core.attention.CacheAttention`): ``rope_write_kv(q, k, v, cos, sin, slot_mapping, k_cache,
+# v_cache) -> q rotated``, RoPE on q and k with rotated k and v written to the cache (slot -1: nothing).
+
+
 class TorchOps:
     """This file's plain-PyTorch math (the reference)."""
 
@@ -185,6 +190,21 @@ def auto_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor
     return skinny_gemm.linear(x, weight, bias) if skinny_gemm.can_run(x.device) else F.linear(x, weight, bias)
 
 
+def auto_gated_linear(gu: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor | None:
+    """``F.linear(silu(gate) * up, weight, bias)`` for gu [T, 2I] = gate | up, where the kernels run (CUDA
+    inference outside torch.compile): `kernels/skinny_gemm.gated_linear`, the activation computed as the
+    down projection streams its weight when that was measured faster. None elsewhere (the caller runs
+    the activation and the product itself)."""
+    if (not gu.is_cuda or torch.compiler.is_compiling()
+            or (torch.is_grad_enabled() and (gu.requires_grad or weight.requires_grad))):
+        return None
+    try:
+        from .kernels import skinny_gemm
+    except ImportError:                                # no triton
+        return None
+    return skinny_gemm.gated_linear(gu, weight, bias) if skinny_gemm.can_run(gu.device) else None
+
+
 def dispatch_linear(weight: Tensor, bias: Tensor | None) -> Linear:
     """x -> `auto_linear` (x, weight, bias): the default of `Drafter.fuse_projections`."""
     return partial(auto_linear, weight=weight, bias=bias)
@@ -229,8 +249,15 @@ class Attention(nn.Module):
         v = v.view(T, self.n_kv, self.head_dim)
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = (self.ops or auto_ops(q, self.q_proj.weight)).rope(q, k, cos, sin)
-        o = attn(self.layer_idx, q, k, v, self.window)                      # [T, n_heads, head_dim]
+        ops = self.ops or auto_ops(q, self.q_proj.weight)
+        write = getattr(ops, "rope_write_kv", None)          # optional: RoPE and the cache write in one launch
+        slots = getattr(attn, "kv_cache_slots", None)        # optional: the provider's cache, written by us
+        target = slots(self.layer_idx) if write is not None and slots is not None else None
+        if target is not None:
+            o = attn.attend_written(self.layer_idx, write(q, k, v, cos, sin, *target), self.window)
+        else:
+            q, k = ops.rope(q, k, cos, sin)
+            o = attn(self.layer_idx, q, k, v, self.window)                  # [T, n_heads, head_dim]
         return apply_linear(self.linear, self.o_proj, o.reshape(T, -1))
 
 
@@ -249,7 +276,12 @@ class MLP(nn.Module):
         if self.gate_up_proj is None:
             gate, up = apply_linear(self.linear, self.gate_proj, x), apply_linear(self.linear, self.up_proj, x)
         else:
-            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+            gu = self.gate_up_proj(x)                                      # [T, 2I]: gate | up
+            if self.linear is None and self.ops is None and type(self.down_proj) is nn.Linear:
+                y = auto_gated_linear(gu, self.down_proj.weight, self.down_proj.bias)
+                if y is not None:
+                    return y
+            gate, up = gu.chunk(2, dim=-1)
         fn = getattr(self.ops or auto_ops(gate, self.down_proj.weight), "silu_mul", None)
         # `is None`, not truthiness: torch 2.11's dynamo cannot branch on a bound method (graph break)
         return apply_linear(self.linear, self.down_proj,

@@ -79,6 +79,11 @@ def test_kernel_matches_reference(case, dtype):
         DA.decode_attention(q, kc, vc, pos, table, bt, bs, S, window, out=out, num_splits=n_splits)
         tol = 1e-5 if dtype == torch.float32 else 2e-2
         assert rel_err(out.cpu(), ref) < tol, (n_splits, rel_err(out.cpu(), ref))
+        # split programs merge in the kernel (the last one of each group): counters back at zero, and the
+        # same bits on a second launch whichever program finished last
+        assert int(DA._counters(q.device).abs().sum()) == 0
+        if n_splits > 1:
+            assert torch.equal(DA.decode_attention(q, kc, vc, pos, table, bt, bs, S, window, num_splits=n_splits), out)
 
 
 @needs_triton

@@ -131,3 +131,69 @@ def test_custom_ops_pass_torch_op_checks():
     torch.library.opcheck(torch.ops.pedagle.silu_mul.default, (gu[:, :8], gu[:, 8:]), test_utils=tests)
     torch.library.opcheck(torch.ops.pedagle.rope_cos_sin.default,
                           (torch.arange(4, device=DEVICE), torch.rand(8, device=DEVICE), 1.0), test_utils=tests)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("hq,hk,D", [(4, 2, 16), (8, 1, 64), (6, 6, 32)])
+def test_rope_write_kv_equals_rope_then_cache_write(dtype, hq, hk, D):
+    """One launch: q rotated as `rope_triton` rotates it, rotated k and v in the cache at the row's slot as
+    `decode_attention.write_kv` writes them; rows with slot -1 write nothing."""
+    DA = kernel_module("decode_attention")
+    g = torch.Generator().manual_seed(hq * 100 + D)
+    T, N = 7, 20
+    qkv = (torch.randn(T, (hq + 2 * hk) * D, generator=g) * 2).to(dtype).to(DEVICE)
+    q, k, v = qkv.split([hq * D, hk * D, hk * D], dim=-1)                  # strided views, as the model has them
+    q, k, v = q.view(T, hq, D), k.view(T, hk, D), v.view(T, hk, D)
+    f = torch.rand(T, D // 2, generator=g) * 6
+    cos, sin = f.cos().to(DEVICE), f.sin().to(DEVICE)
+    slots = torch.tensor([3, -1, 0, 19, 7, -1, 11], device=DEVICE)
+    kc, vc = (torch.full((N, hk, D), 5.0, dtype=dtype, device=DEVICE) for _ in range(2))
+    kc2, vc2 = kc.clone(), vc.clone()
+    q_got = NR.rope_write_kv_triton(q, k, v, cos, sin, slots, kc, vc)
+    q_want, k_rot = NR.rope_triton(q, k, cos, sin)
+    DA.write_kv(k_rot, v, slots, kc2, vc2)
+    assert torch.equal(q_got, q_want) and torch.equal(kc, kc2) and torch.equal(vc, vc2)
+    assert bool((kc[[1, 2, 4, 5, 6, 8]] == 5.0).all())                     # slots nobody writes: untouched
+    with pytest.raises(ValueError, match="rope_write_kv"):
+        NR.rope_write_kv_triton(q, k, v, cos, sin, slots[:3], kc, vc)
+    with pytest.raises(ValueError, match="caches"):
+        NR.rope_write_kv_triton(q, k, v, cos, sin, slots, kc.new_zeros(N, hk + 1, D), vc.new_zeros(N, hk + 1, D))
+
+
+def test_drafter_writes_the_cache_with_rope_when_the_provider_offers_it():
+    """A provider with ``kv_cache_slots`` (the core's Triton cache attention) and ops with ``rope_write_kv``:
+    RoPE and the cache write in one launch per layer; the step's output and the cache equal those of the
+    two-launch path (ops without the method), and the torch-attention path within tolerance."""
+    from pedagle_core.attention import ContiguousKVCache
+
+    DA = kernel_module("decode_attention")
+    if DA is None:
+        pytest.skip("Triton decode attention cannot run here")
+    d = _drafter(torch.float32)
+    T, calls = 5, []
+
+    class Spy(type(NR.TRITON_OPS)):
+        def rope_write_kv(self, *a):
+            calls.append("rope_write_kv")
+            return super().rope_write_kv(*a)
+
+    class NoFusion:
+        rms_norm, rope = NR.TRITON_OPS.rms_norm, NR.TRITON_OPS.rope
+        silu_mul, rope_cos_sin = NR.TRITON_OPS.silu_mul, NR.TRITON_OPS.rope_cos_sin
+
+    ids = torch.randint(0, 40, (T,), device=DEVICE)
+    pos = torch.arange(3, 3 + T, device=DEVICE)
+    hid = torch.randn(T, 32, device=DEVICE)
+    outs, caches = [], []
+    for impl, ops in (("triton", Spy()), ("triton", NoFusion()), ("torch", NoFusion())):
+        cache = ContiguousKVCache(2, 1, 16, 2, 8, device=DEVICE, impl=impl)
+        view = cache.for_requests(torch.zeros(1, dtype=torch.long, device=DEVICE), max_query_len=T, max_context=16)
+        attn = view.attention(pos, pos.clone(), torch.zeros(T, dtype=torch.long, device=DEVICE))
+        d.use_ops(ops)
+        with torch.no_grad():
+            outs.append(d(ids, pos, hid, attn)[0])
+        caches.append((cache.k.clone(), cache.v.clone()))
+    d.use_ops(None)
+    assert calls == ["rope_write_kv"] * d.config.num_hidden_layers
+    assert torch.equal(outs[0], outs[1]) and all(torch.equal(a, b) for a, b in zip(caches[0], caches[1]))
+    torch.testing.assert_close(outs[0], outs[2], rtol=1e-5, atol=1e-5)

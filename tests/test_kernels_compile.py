@@ -140,7 +140,7 @@ from pedagle_core.kernels.norm_rope import _rms_norm_kernel
 
 sig = {"x_ptr": "*bf16", "res_ptr": "*bf16", "w_ptr": "*bf16", "y_ptr": "*bf16", "res_out_ptr": "*bf16",
        "n_cols": "i32", "x_stride": "i32", "res_stride": "i32", "eps": "fp64", "HAS_RESIDUAL": "constexpr",
-       "X_BF16": "constexpr", "OUT_BF16": "constexpr", "BLOCK": "constexpr"}
+       "X_BF16": "constexpr", "OUT_BF16": "constexpr", "BLOCK": "constexpr", "PDL": "constexpr"}
 target = GPUTarget("cuda", 90, 32)
 be = CUDABackend(target)
 opts = be.parse_options({})
@@ -148,7 +148,7 @@ for has_res in (True, False):
     ctx = ir.context()
     ir.load_dialects(ctx)
     be.load_dialects(ctx)
-    src = ASTSource(_rms_norm_kernel, sig, {(9,): has_res, (10,): True, (11,): True, (12,): 128})
+    src = ASTSource(_rms_norm_kernel, sig, {(9,): has_res, (10,): True, (11,): True, (12,): 128, (13,): False})
     mod = src.make_ir(target, opts, be.get_codegen_implementation(opts), be.get_module_map(), ctx)
     print("TTIR", "f64" in str(mod), "tt.bitcast" in str(mod))
 """

@@ -77,6 +77,10 @@ class RowwiseCacheAttention(CacheAttention):
     reduction order then depends on that length and on the row count, which moves bf16 results by an ulp.)
     One `_sdpa_scaled` call (the batched path's, sinks included) per row and layer: slow, meant for checking bitwise losslessness."""
 
+    def kv_cache_slots(self, layer_idx: int) -> None:
+        """Never: every call goes through the row-wise ``__call__``."""
+        return None
+
     def __call__(self, layer_idx: int, q: Tensor, k: Tensor, v: Tensor, window: int | None,
                  scale: float | None = None, sinks: Tensor | None = None) -> Tensor:
         self._write(layer_idx, k, v)

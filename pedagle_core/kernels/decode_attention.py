@@ -20,7 +20,9 @@ Design (flash-decoding over the cache, no gather copy, no repeat_interleave):
   every query row and head that uses it (GQA without copies). The program's key range (the union of
   its rows' visible ranges) is split evenly among ``splits`` programs (split-K / flash-decoding), so a
   few long requests still fill the GPU. Online softmax in fp32 (exp2).
-* `_combine_kernel` — when splits > 1: the log-sum-exp merge of the per-split partial outputs.
+  With splits > 1 each program stores its partial (o, log-sum-exp), takes a ticket from its group's
+  counter, and the last one merges the group's partials in split order (one launch: the separate merge
+  kernel of earlier versions cost ~3.5 us per layer at batch 1).
 * Launch variants (split count, tiles) chosen per shape by timing `VARIANTS` once on the device, each as a
   CUDA graph of back-to-back calls (`measured_choice.time_graphs`); no single heuristic won everywhere in
   the variant sweeps of `bench/bench_drafter.py`.
@@ -41,8 +43,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from . import measured_choice
+from . import measured_choice, pdl
 from .device_info import sm_count
+from .jit_math import gdc_wait_and_release
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _LOG2E = 1.4426950408889634
@@ -57,9 +60,10 @@ def can_run(device: torch.device | str) -> bool:
 
 # ---------------------------------------------------------------------------------------------- kernels
 @triton.jit(do_not_specialize=["n_rows", "max_rows"])
-def _row_table_kernel(req_ptr, table_ptr, n_rows, max_rows, BLOCK: tl.constexpr):
+def _row_table_kernel(req_ptr, table_ptr, n_rows, max_rows, BLOCK: tl.constexpr, PDL: tl.constexpr = False):
     """Program b: table[b, :] = the rows t with request_index[t] == b in increasing t, then -1."""
     b = tl.program_id(0)
+    gdc_wait_and_release(PDL)
     count = tl.sum(tl.zeros([BLOCK], dtype=tl.int32), 0)
     for start in range(0, n_rows, BLOCK):
         offs = start + tl.arange(0, BLOCK)
@@ -77,9 +81,10 @@ def _row_table_kernel(req_ptr, table_ptr, n_rows, max_rows, BLOCK: tl.constexpr)
 
 @triton.jit
 def _write_kv_kernel(k_ptr, v_ptr, slot_ptr, kc_ptr, vc_ptr, k_stride, v_stride, c_stride,
-                     ROW: tl.constexpr, BLOCK: tl.constexpr):
+                     ROW: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = False):
     """Program t: cache[slot[t]] = k[t], v[t] (ROW = Hkv * D contiguous elements) unless slot[t] < 0."""
     t = tl.program_id(0).to(tl.int64)
+    gdc_wait_and_release(PDL)
     slot = tl.load(slot_ptr + t).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     m = offs < tl.where(slot >= 0, ROW, 0)
@@ -91,17 +96,18 @@ def _write_kv_kernel(k_ptr, v_ptr, slot_ptr, kc_ptr, vc_ptr, k_stride, v_stride,
 
 @triton.jit(do_not_specialize=["window", "ctx_limit", "max_rows", "n_splits", "n_kv_heads"])
 def _decode_attn_kernel(
-    q_ptr, kc_ptr, vc_ptr, pos_ptr, table_ptr, bt_ptr, out_ptr, po_ptr, plse_ptr,
+    q_ptr, kc_ptr, vc_ptr, pos_ptr, table_ptr, bt_ptr, out_ptr, po_ptr, plse_ptr, cnt_ptr,
     qk_scale, window, ctx_limit, block_size, max_rows, n_splits, n_kv_heads,
     q_st, q_sh, c_ss, c_sh, bt_sb, o_st, o_sh, po_ss, po_st, po_sh, pl_ss, pl_st,
     G: tl.constexpr, G_PAD: tl.constexpr, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr, HAS_WINDOW: tl.constexpr, PAGED: tl.constexpr, SPLIT: tl.constexpr,
-    IEEE: tl.constexpr, UPCAST: tl.constexpr, INTERIOR: tl.constexpr = False,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr, INTERIOR: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
     BLOCK_M: tl.constexpr = ROWS * G_PAD
     qt = tl.program_id(0)
     pid1 = tl.program_id(1)
     split = tl.program_id(2)
+    gdc_wait_and_release(PDL)
     b = pid1 // n_kv_heads
     hkv = pid1 % n_kv_heads
 
@@ -185,41 +191,35 @@ def _decode_attn_kernel(
     o = acc / l_safe[:, None]
     st_mask = valid[:, None] & d_ok[None, :]
     if SPLIT:
+        # partial (o, lse) -> po/plse[split]; the last of the group's split programs to finish merges them
         lse = tl.where(l_i > 0, m_i + tl.log2(l_safe), float("-inf"))
-        sp = split.to(tl.int64)
-        tl.store(po_ptr + sp * po_ss + row64[:, None] * po_st + head[:, None] * po_sh + d[None, :], o, mask=st_mask)
-        tl.store(plse_ptr + sp * pl_ss + row64 * pl_st + head, lse, mask=valid)
+        po_tile = po_ptr + row64[:, None] * po_st + head[:, None] * po_sh + d[None, :]
+        pl_tile = plse_ptr + row64 * pl_st + head
+        tl.store(po_tile + split.to(tl.int64) * po_ss, o, mask=st_mask)
+        tl.store(pl_tile + split.to(tl.int64) * pl_ss, lse, mask=valid)
+        tl.debug_barrier()                  # every thread's partial stored before the ticket is taken
+        group = qt * tl.num_programs(1) + pid1
+        ticket = tl.atomic_add(cnt_ptr + group, 1, sem="acq_rel", scope="gpu")
+        if ticket == n_splits - 1:
+            # the log-sum-exp merge, in split order (the same sum whichever program finishes last)
+            m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+            for s in range(0, n_splits):
+                m = tl.maximum(m, tl.load(pl_tile + s * pl_ss, mask=valid, other=float("-inf"), cache_modifier=".cg"))
+            m_safe = tl.where(m == float("-inf"), 0.0, m)
+            acc = tl.zeros([BLOCK_M, D_PAD], tl.float32)
+            w_sum = tl.zeros([BLOCK_M], tl.float32)
+            for s in range(0, n_splits):
+                w = tl.exp2(tl.load(pl_tile + s * pl_ss, mask=valid, other=float("-inf"), cache_modifier=".cg") - m_safe)
+                part = tl.load(po_tile + s * po_ss, mask=st_mask & (w[:, None] > 0), other=0.0, cache_modifier=".cg")
+                acc += w[:, None] * part
+                w_sum += w
+            o = acc / tl.where(w_sum > 0, w_sum, 1.0)[:, None]
+            tl.store(out_ptr + row64[:, None] * o_st + head[:, None] * o_sh + d[None, :],
+                     o.to(out_ptr.dtype.element_ty), mask=st_mask)
+            tl.atomic_xchg(cnt_ptr + group, 0, sem="relaxed", scope="gpu")   # zero for the next launch
     else:
         tl.store(out_ptr + row64[:, None] * o_st + head[:, None] * o_sh + d[None, :],
                  o.to(out_ptr.dtype.element_ty), mask=st_mask)
-
-
-@triton.jit(do_not_specialize=["n_splits"])
-def _combine_kernel(po_ptr, plse_ptr, out_ptr, n_splits, n_heads,
-                    po_ss, po_st, po_sh, pl_ss, pl_st, o_st, o_sh,
-                    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_H: tl.constexpr):
-    t = tl.program_id(0).to(tl.int64)
-    h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    h_ok = h < n_heads
-    d = tl.arange(0, D_PAD)
-    d_ok = d < HEAD_DIM
-    m = tl.full([BLOCK_H], float("-inf"), tl.float32)
-    for s in range(0, n_splits):
-        lse = tl.load(plse_ptr + s * pl_ss + t * pl_st + h, mask=h_ok, other=float("-inf"))
-        m = tl.maximum(m, lse)
-    m_safe = tl.where(m == float("-inf"), 0.0, m)
-    acc = tl.zeros([BLOCK_H, D_PAD], tl.float32)
-    w_sum = tl.zeros([BLOCK_H], tl.float32)
-    for s in range(0, n_splits):
-        lse = tl.load(plse_ptr + s * pl_ss + t * pl_st + h, mask=h_ok, other=float("-inf"))
-        w = tl.exp2(lse - m_safe)
-        o = tl.load(po_ptr + s * po_ss + t * po_st + h[:, None] * po_sh + d[None, :],
-                    mask=h_ok[:, None] & d_ok[None, :] & (w[:, None] > 0), other=0.0)
-        acc += w[:, None] * o
-        w_sum += w
-    o = acc / tl.where(w_sum > 0, w_sum, 1.0)[:, None]
-    tl.store(out_ptr + t * o_st + h[:, None] * o_sh + d[None, :], o.to(out_ptr.dtype.element_ty),
-             mask=h_ok[:, None] & d_ok[None, :])
 
 
 # ---------------------------------------------------------------------------------------------- host side
@@ -239,7 +239,9 @@ def build_row_table(request_index: Tensor, n_requests: int, max_rows: int) -> Te
         counts = torch.bincount(request_index.long(), minlength=n_requests)
         if int(counts.max()) > max_rows:
             raise ValueError(f"max_query_len = {max_rows}; a request has {int(counts.max())} query rows")
-    _row_table_kernel[(n_requests,)](request_index, table, T, max_rows, BLOCK=128)    # one compile for all T
+    kw = pdl.launch_kwargs(table.device)
+    _row_table_kernel[(n_requests,)](request_index, table, T, max_rows, BLOCK=128,     # one compile for all T
+                                     PDL=bool(kw), **kw)
     return table
 
 
@@ -259,8 +261,9 @@ def write_kv(k: Tensor, v: Tensor, slot_mapping: Tensor, k_cache: Tensor, v_cach
         raise ValueError("write_kv: expected contiguous per-layer caches [N, Hkv, D]")
     k, v = _row_major(k), _row_major(v)
     row = k.shape[1] * k.shape[2]
+    kw = pdl.launch_kwargs(k.device)
     _write_kv_kernel[(T,)](k, v, slot_mapping, k_cache, v_cache, k.stride(0), v.stride(0), k_cache.stride(0),
-                           ROW=row, BLOCK=triton.next_power_of_2(row))
+                           ROW=row, BLOCK=triton.next_power_of_2(row), PDL=bool(kw), **kw)
 
 
 
@@ -376,14 +379,21 @@ def _decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Te
                         **overrides)
     splits = cfg["num_splits"]
     paged = block_table.shape[1] > 1 or block_size < ctx_limit
+    n_groups = cfg["n_qtiles"] * B * Hkv
+    if splits > 1 and n_groups > _N_COUNTERS:                   # more merge groups than counters: no split
+        cfg = launch_config(T, B, max_rows, Hq, Hkv, D, max_context or ctx_limit, k_cache.element_size(), q.device,
+                            **dict(overrides, num_splits=1))
+        splits = 1
     if splits > 1:
         po = torch.empty(splits, T, Hq, D, dtype=torch.float32, device=q.device)
         plse = torch.empty(splits, T, Hq, dtype=torch.float32, device=q.device)
+        cnt = _counters(q.device)
     else:
-        po, plse = out, out                                       # never touched (SPLIT=False)
+        po, plse, cnt = out, out, out                             # never touched (SPLIT=False)
+    kw = pdl.launch_kwargs(q.device)
     grid = (cfg["n_qtiles"], B * Hkv, splits)
     _decode_attn_kernel[grid](
-        q, k_cache, v_cache, positions, row_table, block_table, out, po, plse,
+        q, k_cache, v_cache, positions, row_table, block_table, out, po, plse, cnt,
         _LOG2E / math.sqrt(D), int(window or 0), int(ctx_limit), int(block_size), max_rows, splits, Hkv,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), block_table.stride(0),
         out.stride(0), out.stride(1),
@@ -392,15 +402,21 @@ def _decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Te
         G=cfg["G"], G_PAD=cfg["G_PAD"], ROWS=cfg["ROWS"], HEAD_DIM=D, D_PAD=cfg["D_PAD"], BLOCK_N=cfg["BLOCK_N"],
         HAS_WINDOW=window is not None, PAGED=paged, SPLIT=splits > 1,
         IEEE=q.dtype == torch.float32 or INTERPRETED, UPCAST=INTERPRETED and q.dtype != torch.float32,
-        INTERIOR=interior, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        INTERIOR=interior, PDL=bool(kw), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **kw,
     )
-    if splits > 1:
-        block_h = min(triton.next_power_of_2(Hq), max(1, 2048 // cfg["D_PAD"]))
-        _combine_kernel[(T, triton.cdiv(Hq, block_h))](
-            po, plse, out, splits, Hq, po.stride(0), po.stride(1), po.stride(2), plse.stride(0), plse.stride(1),
-            out.stride(0), out.stride(1), HEAD_DIM=D, D_PAD=cfg["D_PAD"], BLOCK_H=block_h, num_warps=4,
-        )
     return out
+
+
+_N_COUNTERS = 1 << 16
+_COUNTERS: dict[tuple, Tensor] = {}
+
+
+def _counters(device: torch.device) -> Tensor:
+    """Per-device merge counters, zero between launches (the merging program zeroes its own)."""
+    key = (device.type, device.index)
+    if key not in _COUNTERS:
+        _COUNTERS[key] = torch.zeros(_N_COUNTERS, dtype=torch.int32, device=device)
+    return _COUNTERS[key]
 
 
 # ---------------------------------------------------------------------------------------------- reference

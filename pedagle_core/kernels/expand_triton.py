@@ -24,6 +24,8 @@ import triton.language as tl
 from torch import Tensor
 
 from ..expand_spec import PADDING_SLOT_ID, ExpandedBatch, validate_expand_args, validate_place_args
+from . import pdl
+from .jit_math import gdc_wait_and_release
 
 # The interpreter is chosen when @triton.jit runs, i.e. when this module is imported.
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -52,11 +54,12 @@ def _expand_metadata_kernel(
     out_ids_ptr, out_pos_ptr, out_rejected_ptr, out_masked_ptr, out_sample_ptr,               # outputs
     out_src_ptr, out_dst_ptr, out_qsl_ptr, out_slot_ptr, out_req_ptr,
     num_requests, K, mask_token_id, pad_token_id, block_size, max_model_len, bt_stride0, bt_stride1,
-    HAS_REJECTED: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_REJECTED: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = False,
 ):
     r = tl.program_id(0).to(tl.int64)
     p = tl.program_id(1).to(tl.int64)
     num_p = tl.num_programs(1).to(tl.int64)
+    gdc_wait_and_release(PDL)
 
     s = tl.load(qsl_ptr + r).to(tl.int64)                    # first target row of request r
     e = tl.load(qsl_ptr + r + 1).to(tl.int64)
@@ -111,8 +114,9 @@ def _expand_metadata_kernel(
 def _place_hidden_kernel(
     fc_ptr, mask_vec_ptr, src_ptr, masked_ptr, out_ptr,
     n_rows, hidden, fc_stride, out_stride,
-    BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr, PDL: tl.constexpr = False,
 ):
+    gdc_wait_and_release(PDL)
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)     # [BLOCK_R]
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)                  # [BLOCK_H]
     row_ok = rows < n_rows
@@ -165,6 +169,7 @@ def expand_metadata_triton(token_ids: Tensor, positions: Tensor, query_start_loc
     max_seg = max_q + K - 1
     BLOCK = min(max(triton.next_power_of_2(max_seg), 16), 256)
     P = min(triton.cdiv(max_seg, BLOCK), _MAX_ROW_PROGRAMS)
+    kw = pdl.launch_kwargs(token_ids.device)
 
     _expand_metadata_kernel[(B, P)](
         token_ids, positions, query_start_loc,
@@ -173,7 +178,7 @@ def expand_metadata_triton(token_ids: Tensor, positions: Tensor, query_start_loc
         out.input_ids, out.positions, out.is_rejected.view(torch.uint8), out.is_masked.view(torch.uint8),
         out.sample_rows, out.hidden_src, out.hidden_dst, out.query_start_loc, out.slot_mapping, out.request_index,
         B, K, mask_token_id, pad_token_id, block_size, max_model_len, block_table.stride(0), block_table.stride(1),
-        HAS_REJECTED=num_rejected is not None, BLOCK=BLOCK, num_warps=_metadata_warps(BLOCK),
+        HAS_REJECTED=num_rejected is not None, BLOCK=BLOCK, num_warps=_metadata_warps(BLOCK), PDL=bool(kw), **kw,
     )
     return out
 
@@ -194,10 +199,11 @@ def place_hidden_triton(fc_out: Tensor, batch: ExpandedBatch, mask_vec: Tensor,
     BLOCK_H = min(triton.next_power_of_2(H), 1024)
     BLOCK_R = max(_PLACE_TILE_ELEMS // BLOCK_H, 1)
     grid = (triton.cdiv(n_out, BLOCK_R), triton.cdiv(H, BLOCK_H))
+    kw = pdl.launch_kwargs(fc_out.device)
     _place_hidden_kernel[grid](
         fc_out, mask_vec, batch.hidden_src, batch.is_masked.view(torch.uint8), out,
         n_out, H, fc_out.stride(0), out.stride(0),
-        BLOCK_R=BLOCK_R, BLOCK_H=BLOCK_H, num_warps=_PLACE_WARPS,
+        BLOCK_R=BLOCK_R, BLOCK_H=BLOCK_H, num_warps=_PLACE_WARPS, PDL=bool(kw), **kw,
     )
     return out
 
@@ -208,9 +214,10 @@ def place_hidden_triton(fc_out: Tensor, batch: ExpandedBatch, mask_vec: Tensor,
 # --------------------------------------------------------------------------------------------------
 
 
-def compile_for_target(arch: int = 90, hidden_dtype: str = "bf16", block_h: int = 1024) -> dict:
+def compile_for_target(arch: int = 90, hidden_dtype: str = "bf16", block_h: int = 1024, pdl_on: bool = False) -> dict:
     """Compiles every kernel variant for sm_<arch> with the specialisations a real launch gets
-    (16-byte aligned pointers, 16-divisible hidden size and strides). Returns {name: CompiledKernel}.
+    (16-byte aligned pointers, 16-divisible hidden size and strides; ``pdl_on``: the waits of a
+    programmatic dependent launch). Returns {name: CompiledKernel}.
     Needs the module imported without TRITON_INTERPRET."""
     if INTERPRETED:
         raise RuntimeError("compile_for_target needs the kernels defined without TRITON_INTERPRET=1")
@@ -228,20 +235,21 @@ def compile_for_target(arch: int = 90, hidden_dtype: str = "bf16", block_h: int 
     sig = {n: ptr_types.get(n, "*i64" if n.endswith("_ptr") else "i32") for n in meta.arg_names}
     for has_rej in (True, False):
         for block in (16, 256):
-            sig_v = dict(sig, HAS_REJECTED="constexpr", BLOCK="constexpr")
+            sig_v = dict(sig, HAS_REJECTED="constexpr", BLOCK="constexpr", PDL="constexpr")
             attrs = {(i,): aligned for i, n in enumerate(meta.arg_names) if n.endswith("_ptr")}
-            src = ASTSource(meta, sig_v, constexprs={"HAS_REJECTED": has_rej, "BLOCK": block}, attrs=attrs)
+            src = ASTSource(meta, sig_v, constexprs={"HAS_REJECTED": has_rej, "BLOCK": block, "PDL": pdl_on},
+                            attrs=attrs)
             out[f"expand_metadata[rejected={has_rej},BLOCK={block}]"] = triton.compile(
                 src, target=target, options={"num_warps": _metadata_warps(block)})
 
     place = _place_hidden_kernel
     sig = {"fc_ptr": f"*{hidden_dtype}", "mask_vec_ptr": f"*{hidden_dtype}", "src_ptr": "*i64", "masked_ptr": "*u8",
            "out_ptr": f"*{hidden_dtype}", "n_rows": "i32", "hidden": "i32", "fc_stride": "i32", "out_stride": "i32",
-           "BLOCK_R": "constexpr", "BLOCK_H": "constexpr"}
+           "BLOCK_R": "constexpr", "BLOCK_H": "constexpr", "PDL": "constexpr"}
     divisible = {"fc_ptr", "mask_vec_ptr", "src_ptr", "masked_ptr", "out_ptr", "hidden", "fc_stride", "out_stride"}
     attrs = {(i,): aligned for i, n in enumerate(place.arg_names) if n in divisible}
-    src = ASTSource(place, sig, constexprs={"BLOCK_R": max(_PLACE_TILE_ELEMS // block_h, 1), "BLOCK_H": block_h},
-                    attrs=attrs)
+    src = ASTSource(place, sig, constexprs={"BLOCK_R": max(_PLACE_TILE_ELEMS // block_h, 1), "BLOCK_H": block_h,
+                                            "PDL": pdl_on}, attrs=attrs)
     out[f"place_hidden[{hidden_dtype},BLOCK_H={block_h}]"] = triton.compile(
         src, target=target, options={"num_warps": _PLACE_WARPS})
     return out

@@ -34,6 +34,9 @@ import triton.language as tl
 from torch import Tensor
 from triton.language.extra import libdevice
 
+from . import pdl
+from .jit_math import gdc_wait_and_release, rne_bf16 as _round, silu as _silu
+
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
@@ -43,22 +46,11 @@ def can_run(device: torch.device) -> bool:
 
 
 @triton.jit
-def _round(x, TO_BF16: tl.constexpr):
-    """float32 -> the nearest bfloat16 value (ties to even), still float32, when TO_BF16. Done with integer
-    ops because Triton's interpreter truncates in float32 -> bfloat16 casts; then the final cast is exact
-    on the GPU and in the interpreter alike."""
-    if TO_BF16:
-        b = x.to(tl.uint32, bitcast=True)
-        b = (b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF0000
-        x = b.to(tl.float32, bitcast=True)
-    return x
-
-
-@triton.jit
 def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, y_ptr, res_out_ptr, n_cols, x_stride, res_stride, eps,
                      HAS_RESIDUAL: tl.constexpr, X_BF16: tl.constexpr, OUT_BF16: tl.constexpr,
-                     BLOCK: tl.constexpr):
+                     BLOCK: tl.constexpr, PDL: tl.constexpr = False):
     row = tl.program_id(0).to(tl.int64)
+    gdc_wait_and_release(PDL)
     cols = tl.arange(0, BLOCK)
     m = cols < n_cols
     x_raw = tl.load(x_ptr + row * x_stride + cols, mask=m, other=0.0)
@@ -96,26 +88,33 @@ def rms_norm_triton(x: Tensor, weight: Tensor, eps: float, residual: Tensor | No
     res_out = torch.empty_like(x) if residual is not None else y
     if rows:
         block = triton.next_power_of_2(H)
+        kw = pdl.launch_kwargs(x.device)
         _rms_norm_kernel[(rows,)](x2, r2 if r2 is not None else x2, weight, y, res_out, H, x2.stride(0),
                                   r2.stride(0) if r2 is not None else 0, float(eps),
                                   HAS_RESIDUAL=residual is not None, X_BF16=x.dtype == torch.bfloat16,
                                   OUT_BF16=y.dtype == torch.bfloat16, BLOCK=block,
-                                  num_warps=min(16, max(1, block // 256)))
+                                  num_warps=min(16, max(1, block // 256)), PDL=bool(kw), **kw)
     return y if residual is None else (y, res_out)
 
 
 @triton.jit
-def _rope_kernel(q_ptr, k_ptr, cos_ptr, sin_ptr, q_out_ptr, k_out_ptr, q_row_stride, q_head_stride,
-                 k_row_stride, k_head_stride, cs_stride, n_q_heads, n_k_heads,
-                 BF16: tl.constexpr, HALF: tl.constexpr, BLOCK: tl.constexpr, BLOCK_H: tl.constexpr):
-    """Program (t, j): heads j*BLOCK_H ... of row t, q heads then k heads, as one [BLOCK_H, HALF] tile."""
+def _rope_kernel(q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, q_out_ptr, k_out_ptr, slot_ptr, kc_ptr, vc_ptr,
+                 q_row_stride, q_head_stride, k_row_stride, k_head_stride, v_row_stride, v_head_stride,
+                 cs_stride, c_stride, n_q_heads, n_k_heads,
+                 BF16: tl.constexpr, HALF: tl.constexpr, BLOCK: tl.constexpr, BLOCK_H: tl.constexpr,
+                 WRITE_KV: tl.constexpr = False, PDL: tl.constexpr = False):
+    """Program (t, j): heads j*BLOCK_H ... of row t, q heads then k heads (then, with WRITE_KV, v heads),
+    as one [BLOCK_H, HALF] tile. WRITE_KV: rotated k and v go to cache slot slot[t] (none for slot < 0)
+    instead of k_out."""
     t = tl.program_id(0).to(tl.int64)
+    gdc_wait_and_release(PDL)
     h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     d = tl.arange(0, BLOCK)
     dm = d < HALF
     c = tl.load(cos_ptr + t * cs_stride + d, mask=dm, other=0.0)[None, :]
     s = tl.load(sin_ptr + t * cs_stride + d, mask=dm, other=0.0)[None, :]
     hk = h - n_q_heads
+    hv = hk - n_k_heads
     mq = (h < n_q_heads)[:, None] & dm[None, :]
     mk = ((hk >= 0) & (hk < n_k_heads))[:, None] & dm[None, :]
     q_src = q_ptr + t * q_row_stride + h[:, None].to(tl.int64) * q_head_stride + d[None, :]
@@ -127,11 +126,42 @@ def _rope_kernel(q_ptr, k_ptr, cos_ptr, sin_ptr, q_out_ptr, k_out_ptr, q_row_str
     y1 = _round(x1 * c - x2 * s, BF16)
     y2 = _round(x2 * c + x1 * s, BF16)
     q_dst = q_out_ptr + (t * n_q_heads + h[:, None].to(tl.int64)) * (2 * HALF) + d[None, :]
-    k_dst = k_out_ptr + (t * n_k_heads + hk[:, None].to(tl.int64)) * (2 * HALF) + d[None, :]
     tl.store(q_dst, y1.to(q_out_ptr.dtype.element_ty), mask=mq)
     tl.store(q_dst + HALF, y2.to(q_out_ptr.dtype.element_ty), mask=mq)
-    tl.store(k_dst, y1.to(k_out_ptr.dtype.element_ty), mask=mk)
-    tl.store(k_dst + HALF, y2.to(k_out_ptr.dtype.element_ty), mask=mk)
+    if WRITE_KV:
+        slot = tl.load(slot_ptr + t + tl.zeros_like(h)).to(tl.int64)     # [BLOCK_H], all slot[t]
+        ok = (slot >= 0)[:, None]
+        mk = mk & ok
+        mv = ((hv >= 0) & (hv < n_k_heads))[:, None] & dm[None, :] & ok
+        k_dst = kc_ptr + slot[:, None] * c_stride + hk[:, None].to(tl.int64) * (2 * HALF) + d[None, :]
+        tl.store(k_dst, y1.to(kc_ptr.dtype.element_ty), mask=mk)
+        tl.store(k_dst + HALF, y2.to(kc_ptr.dtype.element_ty), mask=mk)
+        v_src = v_ptr + t * v_row_stride + hv[:, None].to(tl.int64) * v_head_stride + d[None, :]
+        v_dst = vc_ptr + slot[:, None] * c_stride + hv[:, None].to(tl.int64) * (2 * HALF) + d[None, :]
+        tl.store(v_dst, tl.load(v_src, mask=mv, other=0.0).to(vc_ptr.dtype.element_ty), mask=mv)
+        tl.store(v_dst + HALF, tl.load(v_src + HALF, mask=mv, other=0.0).to(vc_ptr.dtype.element_ty), mask=mv)
+    else:
+        k_dst = k_out_ptr + (t * n_k_heads + hk[:, None].to(tl.int64)) * (2 * HALF) + d[None, :]
+        tl.store(k_dst, y1.to(k_out_ptr.dtype.element_ty), mask=mk)
+        tl.store(k_dst + HALF, y2.to(k_out_ptr.dtype.element_ty), mask=mk)
+
+
+def _launch_rope(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, q_out: Tensor, k_out: Tensor,
+                 kv: tuple | None, block_h: int | None) -> None:
+    """One `_rope_kernel` launch; kv = (v, slot_mapping, k_cache, v_cache) for the cache-writing form."""
+    T, hq, D = q.shape
+    hk = k.shape[1]
+    half = D // 2
+    block = triton.next_power_of_2(half)
+    heads = hq + hk * (2 if kv is not None else 1)
+    bh = block_h or min(triton.next_power_of_2(heads), max(1, 2048 // block))
+    kw = pdl.launch_kwargs(q.device)
+    v, slots, kc, vc = kv if kv is not None else (k, cos, k_out, k_out)        # unused without WRITE_KV
+    _rope_kernel[(T, triton.cdiv(heads, bh))](
+        q, k, v, cos, sin, q_out, k_out, slots, kc, vc, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+        v.stride(0), v.stride(1), cos.stride(0), kc.stride(0), hq, hk,
+        BF16=q.dtype == torch.bfloat16, HALF=half, BLOCK=block, BLOCK_H=bh, WRITE_KV=kv is not None,
+        num_warps=4 if bh * block >= 1024 else 1, PDL=bool(kw), **kw)
 
 
 def rope_triton(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, block_h: int | None = None
@@ -151,30 +181,44 @@ def rope_triton(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, block_h: int | N
     cos, sin = cos.float().contiguous(), sin.float().contiguous()
     q_out, k_out = torch.empty(q.shape, dtype=q.dtype, device=q.device), torch.empty(k.shape, dtype=k.dtype, device=k.device)
     if T:
-        half = D // 2
-        block = triton.next_power_of_2(half)
-        bh = block_h or min(triton.next_power_of_2(hq + hk), max(1, 2048 // block))
-        _rope_kernel[(T, triton.cdiv(hq + hk, bh))](q, k, cos, sin, q_out, k_out, q.stride(0), q.stride(1),
-                                                    k.stride(0), k.stride(1), cos.stride(0), hq, hk,
-                                                    BF16=q.dtype == torch.bfloat16, HALF=half, BLOCK=block,
-                                                    BLOCK_H=bh, num_warps=4 if bh * block >= 1024 else 1)
+        _launch_rope(q, k, cos, sin, q_out, k_out, None, block_h)
     return q_out, k_out
+
+
+def rope_write_kv_triton(q: Tensor, k: Tensor, v: Tensor, cos: Tensor, sin: Tensor, slot_mapping: Tensor,
+                         k_cache: Tensor, v_cache: Tensor) -> Tensor:
+    """`rope_triton` on q and k, with rotated k and v written to the cache at slot_mapping [T] (slot -1:
+    not written) in the same launch (`decode_attention.write_kv`'s semantics). q/k/v: [T, h, D];
+    k_cache/v_cache: [N, hk, D] contiguous. Returns the rotated q [T, hq, D], contiguous."""
+    T, hq, D = q.shape
+    if (k.shape[0] != T or v.shape != k.shape or k.shape[2] != D or cos.shape != (T, D // 2) or sin.shape != cos.shape
+            or D % 2 or slot_mapping.shape != (T,)):
+        raise ValueError(f"rope_write_kv: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}, cos "
+                         f"{tuple(cos.shape)}, slot_mapping {tuple(slot_mapping.shape)}; expected k/v [T, hk, D], "
+                         "cos/sin [T, D/2], slot_mapping [T], D even")
+    if not (k_cache.is_contiguous() and v_cache.is_contiguous()) or k_cache.shape[1:] != k.shape[1:] \
+            or v_cache.shape != k_cache.shape:
+        raise ValueError(f"rope_write_kv: caches {tuple(k_cache.shape)}/{tuple(v_cache.shape)}; expected "
+                         f"contiguous [N, {k.shape[1]}, {D}]")
+    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
+    cos, sin = cos.float().contiguous(), sin.float().contiguous()
+    q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    if T:
+        _launch_rope(q, k, cos, sin, q_out, q_out, (v, slot_mapping, k_cache, v_cache), None)
+    return q_out
 
 
 @triton.jit
 def _silu_mul_kernel(g_ptr, u_ptr, y_ptr, n_cols, g_stride, u_stride, BF16: tl.constexpr, ACCURATE: tl.constexpr,
-                     BLOCK: tl.constexpr):
+                     BLOCK: tl.constexpr, PDL: tl.constexpr = False):
     row = tl.program_id(0).to(tl.int64)
+    gdc_wait_and_release(PDL)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     m = cols < n_cols
     g_raw = tl.load(g_ptr + row * g_stride + cols, mask=m, other=0.0)
     g = g_raw.to(tl.float32)
     u = tl.load(u_ptr + row * u_stride + cols, mask=m, other=0.0).to(tl.float32)
-    if ACCURATE:                        # expf and an IEEE division, as torch's silu (no fast-math)
-        s = tl.math.div_rn(g, 1.0 + libdevice.exp(-g))
-    else:                               # the interpreter (numpy float32)
-        s = tl.math.div_rn(g, 1.0 + tl.exp(-g))
-    s = _round(s, BF16)                                               # silu(gate) in the activation dtype
+    s = _silu(g, BF16, ACCURATE)                                      # silu(gate) in the activation dtype
     tl.store(y_ptr + row * n_cols + cols, _round(s * u, BF16).to(g_raw.dtype), mask=m)
 
 
@@ -193,16 +237,19 @@ def silu_mul_triton(gate: Tensor, up: Tensor) -> Tensor:
     rows = g2.shape[0]
     if rows and I:
         block = min(2048, triton.next_power_of_2(I))
+        kw = pdl.launch_kwargs(gate.device)
         _silu_mul_kernel[(rows, triton.cdiv(I, block))](g2, u2, y, I, g2.stride(0), u2.stride(0),
                                                        BF16=gate.dtype == torch.bfloat16, ACCURATE=not INTERPRETED,
-                                                       BLOCK=block, num_warps=4)
+                                                       BLOCK=block, num_warps=4, PDL=bool(kw), **kw)
     return y
 
 
 @triton.jit
 def _rope_cos_sin_kernel(pos_ptr, inv_ptr, cos_ptr, sin_ptr, n_pos, scale, HALF: tl.constexpr,
-                         ACCURATE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+                         ACCURATE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+                         PDL: tl.constexpr = False):
     t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    gdc_wait_and_release(PDL)
     d = tl.arange(0, BLOCK_D)
     t_ok = t < n_pos
     m = t_ok[:, None] & (d < HALF)[None, :]
@@ -230,9 +277,10 @@ def rope_cos_sin_triton(positions: Tensor, inv_freq: Tensor, scale: float) -> tu
     if T and half:
         bd = triton.next_power_of_2(half)
         bt = max(1, min(64, 4096 // bd))
+        kw = pdl.launch_kwargs(positions.device)
         _rope_cos_sin_kernel[(triton.cdiv(T, bt),)](positions.contiguous(), inv, cos, sin, T, float(scale),
                                                     HALF=half, ACCURATE=not INTERPRETED, BLOCK_T=bt, BLOCK_D=bd,
-                                                    num_warps=4)
+                                                    num_warps=4, PDL=bool(kw), **kw)
     return cos, sin
 
 
@@ -311,6 +359,11 @@ class TritonOps:
         if torch.compiler.is_compiling():
             return rope_op(q, k, cos, sin)
         return rope_triton(q, k, cos, sin)
+
+    def rope_write_kv(self, q: Tensor, k: Tensor, v: Tensor, cos: Tensor, sin: Tensor, slot_mapping: Tensor,
+                      k_cache: Tensor, v_cache: Tensor) -> Tensor:
+        """`rope_write_kv_triton` (eager only: providers offer a cache to write to outside compilation)."""
+        return rope_write_kv_triton(q, k, v, cos, sin, slot_mapping, k_cache, v_cache)
 
     def silu_mul(self, gate: Tensor, up: Tensor) -> Tensor:
         if torch.compiler.is_compiling():

@@ -33,8 +33,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from . import measured_choice
+from . import measured_choice, pdl
 from .device_info import sm_count
+from .jit_math import gdc_wait_and_release, rne_bf16, silu
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 MAX_ROWS = 256                   # the kernel's limit (one row block per program)
@@ -65,12 +66,27 @@ def _store_out(acc, b_ptr, y_ptr, offs_n, offs_m, n_ok, m_ok, stride_ym, HAS_BIA
              acc.to(y_ptr.dtype.element_ty), mask=n_ok[:, None] & m_ok[None, :])
 
 
+@triton.jit
+def _prefetch_l2(w_ptr, offs_n, n_ok, stride_wn, k_lo, k_hi, LINES: tl.constexpr, LINE: tl.constexpr):
+    """Ask L2 for the first LINES 128-byte lines (LINE elements each) of this program's weight rows in
+    [k_lo, k_hi), kept with evict-last priority: issued before the PDL wait, they stream while the
+    previous kernel finishes. Out-of-range lines point at w_ptr (a valid address)."""
+    k = k_lo + tl.arange(0, LINES) * LINE
+    ok = n_ok[:, None] & (k < k_hi)[None, :]
+    ptrs = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn + k[None, :]
+    ptrs = tl.where(ok, ptrs, w_ptr)
+    tl.inline_asm_elementwise("prefetch.global.L2::evict_last [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs],
+                              dtype=tl.int32, is_pure=False, pack=1)
+
+
 @triton.jit(do_not_specialize=["M", "N", "K", "tiles_per_split"])
 def _skinny_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, tiles_per_split,
                    stride_xm, stride_wn, stride_ym,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                    SPLIT: tl.constexpr, EVEN_K: tl.constexpr, HAS_BIAS: tl.constexpr,
-                   IEEE: tl.constexpr, UPCAST: tl.constexpr):
+                   IEEE: tl.constexpr, UPCAST: tl.constexpr, GATED: tl.constexpr = False,
+                   X_BF16: tl.constexpr = False, ACCURATE: tl.constexpr = True, PDL: tl.constexpr = False,
+                   PREFETCH_LINES: tl.constexpr = 0, LINE: tl.constexpr = 64):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     n_splits = tl.num_programs(1)
@@ -83,17 +99,26 @@ def _skinny_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, tiles_p
     k_hi = tl.minimum((tile0 + tiles_per_split) * BLOCK_K, K)
     w_rows = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn
     x_rows = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm
+    if PREFETCH_LINES > 0:              # weights: never written by an earlier kernel, safe before the wait
+        _prefetch_l2(w_ptr, offs_n, n_ok, stride_wn, tile0 * BLOCK_K, k_hi, PREFETCH_LINES, LINE)
+    gdc_wait_and_release(PDL)
     acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
     for i in range(0, n_iter):
         # a multiple of BLOCK_K by construction (tile index x constexpr), so the loads vectorise (16 bytes)
         offs_k = (tile0 + i) * BLOCK_K + tl.arange(0, BLOCK_K)
         if EVEN_K:                          # K a whole number of tiles: masks along rows only
             w = tl.load(w_rows + offs_k[None, :], mask=n_ok[:, None], other=0.0)
-            x = tl.load(x_rows + offs_k[None, :], mask=m_ok[:, None], other=0.0)
+            x_mask = m_ok[:, None]
         else:
             k_ok = offs_k < k_hi
             w = tl.load(w_rows + offs_k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-            x = tl.load(x_rows + offs_k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+            x_mask = m_ok[:, None] & k_ok[None, :]
+        if GATED:                           # x = silu(gate) * up, rounded as `norm_rope.silu_mul_triton` rounds
+            g = tl.load(x_rows + offs_k[None, :], mask=x_mask, other=0.0)
+            u = tl.load(x_rows + K + offs_k[None, :], mask=x_mask, other=0.0).to(tl.float32)
+            x = rne_bf16(silu(g.to(tl.float32), X_BF16, ACCURATE) * u, X_BF16).to(g.dtype)
+        else:
+            x = tl.load(x_rows + offs_k[None, :], mask=x_mask, other=0.0)
         if UPCAST:                          # the interpreter's 16-bit tl.dot is wrong: multiply in fp32
             w = w.to(tl.float32)
             x = x.to(tl.float32)
@@ -159,14 +184,24 @@ def launch_config(M: int, N: int, K: int, device: torch.device, block_n: int = 6
                 n_tiles=n_tiles, num_warps=num_warps, num_stages=num_stages)
 
 
+PREFETCH_BYTES = 1024
+"""With PDL: bytes of each of its weight rows a program asks L2 for before waiting on the previous kernel
+(0: none). 1 KB x 64 rows = 64 KB per program, about 17 MB over a full wave on an H100/H200."""
+
+
 def skinny_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, out: Tensor | None = None,
-                  **overrides) -> Tensor:
+                  gated: bool = False, **overrides) -> Tensor:
     """x [M, K] (M <= MAX_ROWS) @ weight [N, K].T + bias [N] -> [M, N] in x's dtype, through the kernel.
-    overrides: block_n, block_k, split_k, num_warps, num_stages (see `launch_config`)."""
-    if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
-        raise ValueError(f"skinny_linear: x {tuple(x.shape)}, weight {tuple(weight.shape)}; expected [M, K] and [N, K]")
-    M, K = x.shape
-    N = weight.shape[0]
+    gated: x is [M, 2K] (gate | up, e.g. a fused gate/up product) and the product is
+    ``silu(gate) * up @ weight.T + bias``, the activation computed as the weight tiles stream (the same
+    bits as `norm_rope.silu_mul_triton` then this product). overrides: block_n, block_k, split_k,
+    num_warps, num_stages (see `launch_config`), prefetch (bytes per weight row, see `PREFETCH_BYTES`)."""
+    if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1] * (2 if gated else 1):
+        want = "[M, 2K] (gate | up)" if gated else "[M, K]"
+        raise ValueError(f"skinny_linear: x {tuple(x.shape)}, weight {tuple(weight.shape)}; expected {want} "
+                         "and [N, K]")
+    M = x.shape[0]
+    N, K = weight.shape
     if M > MAX_ROWS:
         raise ValueError(f"skinny_linear: {M} rows; the kernel takes at most {MAX_ROWS}")
     if bias is not None and bias.shape != (N,):
@@ -180,6 +215,7 @@ def skinny_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, out: Te
         return y
     if K == 0:
         return y.copy_(bias.expand(M, N) if bias is not None else torch.zeros_like(y))
+    prefetch = int(overrides.pop("prefetch", PREFETCH_BYTES))
     cfg = launch_config(M, N, K, x.device, **overrides)
     split = cfg["split_k"] > 1
     if split and cfg["n_tiles"] > _N_COUNTERS:
@@ -188,13 +224,17 @@ def skinny_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, out: Te
     ws = torch.empty(cfg["split_k"], N, cfg["BLOCK_M"], dtype=torch.float32, device=x.device) if split else y
     cnt = _counters(x.device) if split else y
     even = K % cfg["BLOCK_K"] == 0
+    kw = pdl.launch_kwargs(x.device)
+    line = 128 // weight.element_size()
+    lines = triton.next_power_of_2(max(1, prefetch // 128)) if (kw and prefetch > 0) else 0
     _skinny_kernel[(cfg["n_tiles"], cfg["split_k"])](
         x, weight, bias if bias is not None else y, y, ws, cnt, M, N, K, cfg["k_split"] // cfg["BLOCK_K"],
         x.stride(0), weight.stride(0), y.stride(0),
         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], SPLIT=split, EVEN_K=even,
         HAS_BIAS=bias is not None, IEEE=x.dtype == torch.float32 or INTERPRETED,
-        UPCAST=INTERPRETED and x.dtype != torch.float32,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        UPCAST=INTERPRETED and x.dtype != torch.float32, GATED=gated, X_BF16=x.dtype == torch.bfloat16,
+        ACCURATE=not INTERPRETED, PDL=bool(kw), PREFETCH_LINES=lines, LINE=line,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **kw)
     return y
 
 
@@ -248,12 +288,21 @@ def _name(ov: dict) -> str:
 _CHOSEN: dict[tuple, dict | None] = {}          # shape key -> the winning kernel variant (None: cuBLAS)
 
 
+def _product(x: Tensor, w: Tensor, bias: Tensor | None, v: dict | None) -> None:
+    if v is None:
+        F.linear(x, w, bias)
+    else:
+        skinny_linear(x, w, bias, **v)
+
+
 def time_in_graphs(x: Tensor, weight: Tensor, bias: Tensor | None, variants: list[dict | None],
-                   reps: int = 7) -> list[float]:
-    """Per-product ms of each variant (None: cuBLAS) as a step meets it: a CUDA graph of R back-to-back
-    products over R copies of the weight (together > 3x L2, so each product streams its weight from HBM;
-    isolated single launches measured mostly launch latency and L2-flush noise). Graph replays of the
-    variants take turns; the median per variant. A variant that fails to build or capture gets infinity."""
+                   reps: int = 7, product: Callable[[Tensor, Tensor, Tensor | None, dict | None], object] = _product
+                   ) -> list[float]:
+    """Per-product ms of each variant (``product(x, w, bias, variant)``; the default: None = cuBLAS, else
+    the kernel with those overrides) as a step meets it: a CUDA graph of R back-to-back products over R
+    copies of the weight (together > 3x L2, so each product streams its weight from HBM; isolated single
+    launches measured mostly launch latency and L2-flush noise). Graph replays of the variants take
+    turns; the median per variant. A variant that fails to build or capture gets infinity."""
     dev = x.device
     wbytes = weight.numel() * weight.element_size()
     R = max(1, min(8, math.ceil(3 * torch.cuda.get_device_properties(dev).L2_cache_size / max(1, wbytes))))
@@ -262,10 +311,7 @@ def time_in_graphs(x: Tensor, weight: Tensor, bias: Tensor | None, variants: lis
     def run_all(v: dict | None) -> Callable[[], object]:
         def run() -> None:
             for w in ws:
-                if v is None:
-                    F.linear(x, w, bias)
-                else:
-                    skinny_linear(x, w, bias, **v)
+                product(x, w, bias, v)
         return run
 
     times = measured_choice.time_graphs([run_all(v) for v in variants], dev, repeat=1, reps=reps)
@@ -299,6 +345,65 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     if ov is None:
         return F.linear(x, weight, bias)
     return skinny_linear(x2, weight, bias, **ov).view(*x.shape[:-1], N)
+
+
+def gated_linear_reference(gu: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """The plain-PyTorch semantics of ``skinny_linear(gu, weight, bias, gated=True)``: the MLP activation
+    ``silu(gate) * up`` in the activation dtype, then `skinny_linear_reference`."""
+    gate, up = gu.chunk(2, dim=-1)
+    return skinny_linear_reference(F.silu(gate) * up, weight, bias)
+
+
+def _two_launches(gu: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """silu(gate) * up (`norm_rope.silu_mul_triton`), then `linear`: the path the gated kernel replaces."""
+    from .norm_rope import silu_mul_triton
+
+    gate, up = gu.chunk(2, dim=-1)
+    return linear(silu_mul_triton(gate, up), weight, bias)
+
+
+_CHOSEN_GATED: dict[tuple, dict | None] = {}    # shape key -> the winning gated variant (None: two launches)
+
+
+def gated_linear(gu: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``linear(silu(gate) * up, weight, bias)`` for gu [..., 2K] (gate | up) on CUDA: the fastest of the
+    gated kernel's variants (the activation computed in the product's prologue: one launch, no
+    activation tensor) and the two-launch path, as measured on this device for this shape; the two
+    launches while a graph is captured before the shape was measured, under torch.compile, and where
+    the kernel does not apply."""
+    K = weight.shape[1]
+    g2 = gu.reshape(-1, gu.shape[-1])
+    M = g2.shape[0]
+    if (not gu.is_cuda or INTERPRETED or M == 0 or M > DISPATCH_MAX_ROWS or gu.dtype != weight.dtype
+            or gu.shape[-1] != 2 * K or gu.dtype not in (torch.bfloat16, torch.float16)
+            or measured_choice.compiling()):
+        return _two_launches(gu, weight, bias)
+    N = weight.shape[0]
+    key = (gu.device.index, M, N, K, gu.dtype, bias is not None)
+    if key not in _CHOSEN_GATED:
+        if measured_choice.tracing():
+            return _two_launches(gu, weight, bias)
+        cands = candidates(M, N, K, gu.device)
+        names = ["two-launches"] + ["gated-" + _name(c) for c in cands]
+        fns = [lambda: _two_launches(g2, weight, bias)]
+        fns += [lambda c=c: skinny_linear(g2, weight, bias, gated=True, **c) for c in cands]
+
+        def product(x: Tensor, w: Tensor, b: Tensor | None, v: dict | None) -> None:
+            if v is None:
+                _two_launches(x, w, b)
+            else:
+                skinny_linear(x, w, b, gated=True, **v)
+
+        def timer(fns, device):
+            t = time_in_graphs(g2, weight, bias, [None] + cands, product=product)
+            return t if t[0] != float("inf") else measured_choice.time_candidates(fns, device)
+        linear(g2[:, :K].contiguous(), weight, bias)          # the fallback's own choice made first, untimed here
+        i = measured_choice.choose("gated_gemm", key[1:], names, fns, gu.device, fallback=0, timer=timer)
+        _CHOSEN_GATED[key] = None if i == 0 else cands[i - 1]
+    ov = _CHOSEN_GATED[key]
+    if ov is None:
+        return _two_launches(gu, weight, bias)
+    return skinny_linear(g2, weight, bias, gated=True, **ov).view(*gu.shape[:-1], N)
 
 
 def auto_linear(weight: Tensor, bias: Tensor | None) -> Callable[[Tensor], Tensor]:

@@ -25,6 +25,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from . import pdl
+from .jit_math import gdc_wait_and_release
+
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _CHUNK = 4096
 
@@ -36,9 +39,10 @@ def can_run(device: torch.device) -> bool:
 
 @triton.jit
 def _top2_chunk_kernel(x_ptr, m1_ptr, i1_ptr, m2_ptr, n_cols, x_stride, n_chunks,
-                       CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+                       CHUNK: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = False):
     row = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1)
+    gdc_wait_and_release(PDL)
     m1 = tl.full([BLOCK], float("-inf"), tl.float32)        # per lane: best value, its index, second value
     i1 = tl.full([BLOCK], 2147483647, tl.int32)
     m2 = tl.full([BLOCK], float("-inf"), tl.float32)
@@ -60,8 +64,10 @@ def _top2_chunk_kernel(x_ptr, m1_ptr, i1_ptr, m2_ptr, n_cols, x_stride, n_chunks
 
 
 @triton.jit
-def _top2_merge_kernel(m1_ptr, i1_ptr, m2_ptr, top_ptr, idx_ptr, n_chunks, BLOCK_C: tl.constexpr):
+def _top2_merge_kernel(m1_ptr, i1_ptr, m2_ptr, top_ptr, idx_ptr, n_chunks, BLOCK_C: tl.constexpr,
+                       PDL: tl.constexpr = False):
     row = tl.program_id(0).to(tl.int64)
+    gdc_wait_and_release(PDL)
     c = tl.arange(0, BLOCK_C)
     ok = c < n_chunks
     m1 = tl.load(m1_ptr + row * n_chunks + c, mask=ok, other=float("-inf"))
@@ -95,9 +101,11 @@ def top2_triton(logits: Tensor) -> tuple[Tensor, Tensor]:
     i1 = torch.empty(N, n_chunks, dtype=torch.int32, device=logits.device)
     m2 = torch.empty_like(m1)
     block = min(chunk, 1024)
+    kw = pdl.launch_kwargs(logits.device)
     _top2_chunk_kernel[(N, n_chunks)](logits, m1, i1, m2, V, logits.stride(0), n_chunks, CHUNK=chunk, BLOCK=block,
-                                      num_warps=4)
-    _top2_merge_kernel[(N,)](m1, i1, m2, top, idx, n_chunks, BLOCK_C=triton.next_power_of_2(n_chunks), num_warps=1)
+                                      num_warps=4, PDL=bool(kw), **kw)
+    _top2_merge_kernel[(N,)](m1, i1, m2, top, idx, n_chunks, BLOCK_C=triton.next_power_of_2(n_chunks), num_warps=1,
+                             PDL=bool(kw), **kw)
     return idx, top
 
 
