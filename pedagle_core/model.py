@@ -190,19 +190,19 @@ def auto_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor
     return skinny_gemm.linear(x, weight, bias) if skinny_gemm.can_run(x.device) else F.linear(x, weight, bias)
 
 
-def auto_gated_linear(gu: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor | None:
-    """``F.linear(silu(gate) * up, weight, bias)`` for gu [T, 2I] = gate | up, where the kernels run (CUDA
-    inference outside torch.compile): `kernels/skinny_gemm.gated_linear`, the activation computed as the
-    down projection streams its weight when that was measured faster. None elsewhere (the caller runs
-    the activation and the product itself)."""
-    if (not gu.is_cuda or torch.compiler.is_compiling()
-            or (torch.is_grad_enabled() and (gu.requires_grad or weight.requires_grad))):
+def auto_silu_gate_up(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor | None:
+    """The MLP activation ``silu(x @ gate.T) * (x @ up.T)`` [T, I] from a fused gate/up weight [2I, H] (gate
+    rows, then up rows), where the kernels run (CUDA inference outside torch.compile):
+    `kernels/skinny_gemm.silu_gate_up`, the activation in the product's epilogue where that was measured
+    faster. None elsewhere (the caller runs the product and the activation itself)."""
+    if (not x.is_cuda or torch.compiler.is_compiling()
+            or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))):
         return None
     try:
         from .kernels import skinny_gemm
     except ImportError:                                # no triton
         return None
-    return skinny_gemm.gated_linear(gu, weight, bias) if skinny_gemm.can_run(gu.device) else None
+    return skinny_gemm.silu_gate_up(x, weight, bias) if skinny_gemm.can_run(x.device) else None
 
 
 def dispatch_linear(weight: Tensor, bias: Tensor | None) -> Linear:
@@ -271,17 +271,19 @@ class MLP(nn.Module):
         self.gate_proj, self.up_proj = nn.Linear(H, I, bias=b), nn.Linear(H, I, bias=b)
         self.down_proj = nn.Linear(I, H, bias=b)
         self.gate_up_proj: Linear | None = None       # gate and up in one product: `Drafter.fuse_projections`
+        # (weight [2I, H], bias) of that product when it is the default dispatch: the activation may then
+        # run in the product's epilogue (`auto_silu_gate_up`)
+        self.gate_up_weight: tuple[Tensor, Tensor | None] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         if self.gate_up_proj is None:
             gate, up = apply_linear(self.linear, self.gate_proj, x), apply_linear(self.linear, self.up_proj, x)
         else:
-            gu = self.gate_up_proj(x)                                      # [T, 2I]: gate | up
-            if self.linear is None and self.ops is None and type(self.down_proj) is nn.Linear:
-                y = auto_gated_linear(gu, self.down_proj.weight, self.down_proj.bias)
-                if y is not None:
-                    return y
-            gate, up = gu.chunk(2, dim=-1)
+            if self.gate_up_weight is not None and self.linear is None and self.ops is None:
+                act = auto_silu_gate_up(x, *self.gate_up_weight)      # product + activation in one launch
+                if act is not None:
+                    return apply_linear(self.linear, self.down_proj, act)
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
         fn = getattr(self.ops or auto_ops(gate, self.down_proj.weight), "silu_mul", None)
         # `is None`, not truthiness: torch 2.11's dynamo cannot branch on a bound method (graph break)
         return apply_linear(self.linear, self.down_proj,
@@ -399,9 +401,11 @@ class Drafter(nn.Module):
         of the state dict; the default, `dispatch_linear`, is `auto_linear`: the skinny-GEMM kernels where
         they win on CUDA). They are copies that do not follow the parameters: call this once the weights
         are loaded and placed, and not before training."""
-        def fused(*layers: nn.Linear) -> Linear:
+        def cat(*layers: nn.Linear) -> tuple[Tensor, Tensor | None]:
             w = torch.cat([m.weight for m in layers])
-            b = torch.cat([m.bias for m in layers]) if layers[0].bias is not None else None
+            return w, (torch.cat([m.bias for m in layers]) if layers[0].bias is not None else None)
+
+        def fused(w: Tensor, b: Tensor | None) -> Linear:
             fn = linear(w, b)
             if isinstance(fn, nn.Module):
                 raise TypeError("fuse_projections: linear() returned an nn.Module; expected a function")
@@ -409,8 +413,10 @@ class Drafter(nn.Module):
 
         for layer in self.layers:
             a, m = layer.self_attn, layer.mlp
-            a.qkv_proj = fused(a.q_proj, a.k_proj, a.v_proj)
-            m.gate_up_proj = fused(m.gate_proj, m.up_proj)
+            a.qkv_proj = fused(*cat(a.q_proj, a.k_proj, a.v_proj))
+            gu = cat(m.gate_proj, m.up_proj)
+            m.gate_up_proj = fused(*gu)
+            m.gate_up_weight = gu if linear is dispatch_linear else None
 
     def use_linear(self, linear: LinearFn | None) -> None:
         """Run every unfused ``nn.Linear`` product (q/k/v, o, gate/up, down, fc, lm_head) through ``linear``
@@ -424,7 +430,7 @@ class Drafter(nn.Module):
         """Undo `fuse_projections`: q/k/v and gate/up from their own weights again."""
         for layer in self.layers:
             layer.self_attn.qkv_proj = None
-            layer.mlp.gate_up_proj = None
+            layer.mlp.gate_up_proj = layer.mlp.gate_up_weight = None
 
     def use_ops(self, ops: ElementwiseOps | None) -> None:
         """Run every RMSNorm, RoPE, the RoPE table and the MLP activation through ``ops`` (a backend's fused

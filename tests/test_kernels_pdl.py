@@ -39,10 +39,10 @@ def build(fn, const, types=None, floats=(), pdl=True, warps=4):
 
 out = {}
 skinny = dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=64, SPLIT=True, EVEN_K=False, HAS_BIAS=True, IEEE=False, UPCAST=False,
-              GATED=True, X_BF16=True, ACCURATE=True, PREFETCH_LINES=8, LINE=64)
+              SILU_GATE_UP=True, ACCURATE=True, Y_BF16=True, PREFETCH_LINES=8, LINE=64)
 st = dict(ws_ptr="*fp32", cnt_ptr="*i32")
-out["skinny_gemm(gated, split, prefetch)"] = build(SG._skinny_kernel, skinny, st)
-out["skinny_gemm(no PDL)"] = build(SG._skinny_kernel, dict(skinny, PREFETCH_LINES=0, GATED=False), st, pdl=False)
+out["skinny_gemm(silu epilogue, split, prefetch)"] = build(SG._skinny_kernel, skinny, st)
+out["skinny_gemm(no PDL)"] = build(SG._skinny_kernel, dict(skinny, PREFETCH_LINES=0, SILU_GATE_UP=False), st, pdl=False)
 da = dict(G=8, G_PAD=8, ROWS=2, HEAD_DIM=64, D_PAD=64, BLOCK_N=64, HAS_WINDOW=False, PAGED=False, SPLIT=True,
           IEEE=False, UPCAST=False, INTERIOR=False)
 out["decode_attention(split, merged in kernel)"] = build(DA._decode_attn_kernel, da, dict(
@@ -87,13 +87,13 @@ def test_every_step_kernel_builds_for_sm90_with_pdl():
             assert flags == dict(wait=False, release=False, prefetch=False), flags
         else:
             assert flags["wait"] and flags["release"], (name, flags)
-    assert got["skinny_gemm(gated, split, prefetch)"]["prefetch"]
+    assert got["skinny_gemm(silu epilogue, split, prefetch)"]["prefetch"]
 
 
 @pytest.mark.skipif(not (torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9),
                     reason="programmatic dependent launch needs a Hopper (sm_90) or newer GPU")
 def test_draft_step_with_pdl_gives_the_bits_of_the_step_without():
-    """A P-EAGLE step (fused projections, gated down projection, RoPE + cache write, split attention merged
+    """A P-EAGLE step (fused projections, MLP activation in the gate/up epilogue, RoPE + cache write, split attention merged
     in-kernel, top-2) captured in a CUDA graph with PDL on, replayed on fresh inputs, equals the eager step
     with PDL off bit for bit (every kernel is deterministic; a kernel reading before its wait would not be)."""
     from pedagle_core.attention import ContiguousKVCache

@@ -44,7 +44,7 @@ import triton.language as tl
 from torch import Tensor
 
 from . import measured_choice, pdl
-from .device_info import sm_count
+from .device_info import N_COUNTERS as _N_COUNTERS, sm_count, ticket_counters
 from .jit_math import gdc_wait_and_release
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -407,16 +407,11 @@ def _decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Te
     return out
 
 
-_N_COUNTERS = 1 << 16
-_COUNTERS: dict[tuple, Tensor] = {}
 
 
 def _counters(device: torch.device) -> Tensor:
-    """Per-device merge counters, zero between launches (the merging program zeroes its own)."""
-    key = (device.type, device.index)
-    if key not in _COUNTERS:
-        _COUNTERS[key] = torch.zeros(_N_COUNTERS, dtype=torch.int32, device=device)
-    return _COUNTERS[key]
+    """This module's ticket counters on ``device`` (zero between launches)."""
+    return ticket_counters(device, "decode_attention")
 
 
 # ---------------------------------------------------------------------------------------------- reference

@@ -21,4 +21,17 @@ def sm_count(device: torch.device) -> int:
     return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
-__all__ = ["CPU_SM_COUNT", "sm_count"]
+N_COUNTERS = 1 << 16
+_COUNTERS: dict[tuple, torch.Tensor] = {}
+
+
+def ticket_counters(device: torch.device, owner: str) -> torch.Tensor:
+    """``N_COUNTERS`` int32 zeros on ``device``, one buffer per owner (a kernel family whose programs take
+    tickets to elect the one that reduces; each launch leaves the counters it used at zero again)."""
+    key = (owner, device.type, device.index)
+    if key not in _COUNTERS:
+        _COUNTERS[key] = torch.zeros(N_COUNTERS, dtype=torch.int32, device=device)
+    return _COUNTERS[key]
+
+
+__all__ = ["CPU_SM_COUNT", "N_COUNTERS", "sm_count", "ticket_counters"]

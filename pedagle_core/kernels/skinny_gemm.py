@@ -34,7 +34,7 @@ import triton.language as tl
 from torch import Tensor
 
 from . import measured_choice, pdl
-from .device_info import sm_count
+from .device_info import N_COUNTERS as _N_COUNTERS, sm_count, ticket_counters
 from .jit_math import gdc_wait_and_release, rne_bf16, silu
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -47,7 +47,6 @@ MAX_ROWS = 256                   # the kernel's limit (one row block per program
 # rows every shape still stayed on cuBLAS, the best kernel variant 1.3-2x slower; at 14 rows the kernel
 # won on o, gate_up, down, fc and lm_head, the narrow deep tiles on Qwen3's o).
 DISPATCH_MAX_ROWS = MAX_ROWS
-_N_COUNTERS = 1 << 16
 
 
 def can_run(device: torch.device | str) -> bool:
@@ -58,22 +57,35 @@ def can_run(device: torch.device | str) -> bool:
 
 # ---------------------------------------------------------------------------------------------- kernel
 @triton.jit
-def _store_out(acc, b_ptr, y_ptr, offs_n, offs_m, n_ok, m_ok, stride_ym, HAS_BIAS: tl.constexpr):
-    """acc [BLOCK_N, BLOCK_M] (float32) + bias -> y[m, n] in y's dtype."""
+def _store_out(acc, b_ptr, y_ptr, w_row, n_ok, m_ok, offs_m, pid_n, N, stride_ym, HAS_BIAS: tl.constexpr,
+               BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, SILU_GATE_UP: tl.constexpr, ACCURATE: tl.constexpr,
+               BF16: tl.constexpr):
+    """acc [BLOCK_N, BLOCK_M] (float32, weight rows w_row) + bias -> y in y's dtype. SILU_GATE_UP: the tile's
+    first half is gate, its second half up of the same BLOCK_N/2 features: y[m, f] = silu(gate) * up,
+    each step rounded as the two-launch path rounds it (product stored, `norm_rope.silu_mul_triton`)."""
     if HAS_BIAS:
-        acc += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[:, None]
-    tl.store(y_ptr + offs_m[None, :].to(tl.int64) * stride_ym + offs_n[:, None],
-             acc.to(y_ptr.dtype.element_ty), mask=n_ok[:, None] & m_ok[None, :])
+        acc += tl.load(b_ptr + w_row, mask=n_ok, other=0.0).to(tl.float32)[:, None]
+    if SILU_GATE_UP:
+        HALF: tl.constexpr = BLOCK_N // 2
+        v = acc.to(y_ptr.dtype.element_ty).to(tl.float32)          # the gate/up product as it would be stored
+        g, u = tl.split(tl.permute(tl.reshape(v, [2, HALF, BLOCK_M]), (1, 2, 0)))   # [HALF, BLOCK_M] each
+        act = rne_bf16(silu(g, BF16, ACCURATE) * u, BF16)
+        feat = pid_n * HALF + tl.arange(0, HALF)
+        tl.store(y_ptr + offs_m[None, :].to(tl.int64) * stride_ym + feat[:, None],
+                 act.to(y_ptr.dtype.element_ty), mask=(feat < N)[:, None] & m_ok[None, :])
+    else:
+        tl.store(y_ptr + offs_m[None, :].to(tl.int64) * stride_ym + w_row[:, None],
+                 acc.to(y_ptr.dtype.element_ty), mask=n_ok[:, None] & m_ok[None, :])
 
 
 @triton.jit
-def _prefetch_l2(w_ptr, offs_n, n_ok, stride_wn, k_lo, k_hi, LINES: tl.constexpr, LINE: tl.constexpr):
+def _prefetch_l2(w_ptr, w_row, n_ok, stride_wn, k_lo, k_hi, LINES: tl.constexpr, LINE: tl.constexpr):
     """Ask L2 for the first LINES 128-byte lines (LINE elements each) of this program's weight rows in
     [k_lo, k_hi), kept with evict-last priority: issued before the PDL wait, they stream while the
     previous kernel finishes. Out-of-range lines point at w_ptr (a valid address)."""
     k = k_lo + tl.arange(0, LINES) * LINE
     ok = n_ok[:, None] & (k < k_hi)[None, :]
-    ptrs = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn + k[None, :]
+    ptrs = w_ptr + w_row[:, None].to(tl.int64) * stride_wn + k[None, :]
     ptrs = tl.where(ok, ptrs, w_ptr)
     tl.inline_asm_elementwise("prefetch.global.L2::evict_last [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs],
                               dtype=tl.int32, is_pure=False, pack=1)
@@ -84,23 +96,31 @@ def _skinny_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, tiles_p
                    stride_xm, stride_wn, stride_ym,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                    SPLIT: tl.constexpr, EVEN_K: tl.constexpr, HAS_BIAS: tl.constexpr,
-                   IEEE: tl.constexpr, UPCAST: tl.constexpr, GATED: tl.constexpr = False,
-                   X_BF16: tl.constexpr = False, ACCURATE: tl.constexpr = True, PDL: tl.constexpr = False,
+                   IEEE: tl.constexpr, UPCAST: tl.constexpr, SILU_GATE_UP: tl.constexpr = False,
+                   ACCURATE: tl.constexpr = True, Y_BF16: tl.constexpr = False, PDL: tl.constexpr = False,
                    PREFETCH_LINES: tl.constexpr = 0, LINE: tl.constexpr = 64):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     n_splits = tl.num_programs(1)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    j = tl.arange(0, BLOCK_N)
+    if SILU_GATE_UP:        # N output features; weight rows [gate (N) ; up (N)]: this tile's gates, then its ups
+        feat = pid_n * (BLOCK_N // 2) + j % (BLOCK_N // 2)
+        n_ok = feat < N
+        w_row = feat + tl.where(j >= BLOCK_N // 2, N, 0)
+        n_rows = 2 * N
+    else:
+        w_row = pid_n * BLOCK_N + j
+        n_ok = w_row < N
+        n_rows = N
     offs_m = tl.arange(0, BLOCK_M)
-    n_ok = offs_n < N
     m_ok = offs_m < M
     tile0 = pid_k * tiles_per_split                     # this program's K slice, in whole BLOCK_K tiles
     n_iter = tl.minimum(tiles_per_split, tl.cdiv(K, BLOCK_K) - tile0)
     k_hi = tl.minimum((tile0 + tiles_per_split) * BLOCK_K, K)
-    w_rows = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn
+    w_rows = w_ptr + w_row[:, None].to(tl.int64) * stride_wn
     x_rows = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm
     if PREFETCH_LINES > 0:              # weights: never written by an earlier kernel, safe before the wait
-        _prefetch_l2(w_ptr, offs_n, n_ok, stride_wn, tile0 * BLOCK_K, k_hi, PREFETCH_LINES, LINE)
+        _prefetch_l2(w_ptr, w_row, n_ok, stride_wn, tile0 * BLOCK_K, k_hi, PREFETCH_LINES, LINE)
     gdc_wait_and_release(PDL)
     acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
     for i in range(0, n_iter):
@@ -108,17 +128,11 @@ def _skinny_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, tiles_p
         offs_k = (tile0 + i) * BLOCK_K + tl.arange(0, BLOCK_K)
         if EVEN_K:                          # K a whole number of tiles: masks along rows only
             w = tl.load(w_rows + offs_k[None, :], mask=n_ok[:, None], other=0.0)
-            x_mask = m_ok[:, None]
+            x = tl.load(x_rows + offs_k[None, :], mask=m_ok[:, None], other=0.0)
         else:
             k_ok = offs_k < k_hi
             w = tl.load(w_rows + offs_k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-            x_mask = m_ok[:, None] & k_ok[None, :]
-        if GATED:                           # x = silu(gate) * up, rounded as `norm_rope.silu_mul_triton` rounds
-            g = tl.load(x_rows + offs_k[None, :], mask=x_mask, other=0.0)
-            u = tl.load(x_rows + K + offs_k[None, :], mask=x_mask, other=0.0).to(tl.float32)
-            x = rne_bf16(silu(g.to(tl.float32), X_BF16, ACCURATE) * u, X_BF16).to(g.dtype)
-        else:
-            x = tl.load(x_rows + offs_k[None, :], mask=x_mask, other=0.0)
+            x = tl.load(x_rows + offs_k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
         if UPCAST:                          # the interpreter's 16-bit tl.dot is wrong: multiply in fp32
             w = w.to(tl.float32)
             x = x.to(tl.float32)
@@ -129,9 +143,9 @@ def _skinny_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, tiles_p
         else:
             acc += tl.dot(w, tl.trans(x))
     if SPLIT:
-        # partial -> ws[split, n, m]; the last of the tile's programs to finish reduces them all
-        ws_tile = ws_ptr + offs_n[:, None].to(tl.int64) * BLOCK_M + offs_m[None, :]
-        plane = N.to(tl.int64) * BLOCK_M
+        # partial -> ws[split, weight row, m]; the last of the tile's programs to finish reduces them all
+        ws_tile = ws_ptr + w_row[:, None].to(tl.int64) * BLOCK_M + offs_m[None, :]
+        plane = n_rows.to(tl.int64) * BLOCK_M
         tl.store(ws_tile + pid_k.to(tl.int64) * plane, acc, mask=n_ok[:, None])
         tl.debug_barrier()                  # every thread's partial stored before the ticket is taken
         ticket = tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
@@ -139,22 +153,20 @@ def _skinny_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, tiles_p
             total = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
             for s in range(0, n_splits):     # slice order: the same sum whichever program finishes last
                 total += tl.load(ws_tile + s * plane, mask=n_ok[:, None], other=0.0, cache_modifier=".cg")
-            _store_out(total, b_ptr, y_ptr, offs_n, offs_m, n_ok, m_ok, stride_ym, HAS_BIAS)
+            _store_out(total, b_ptr, y_ptr, w_row, n_ok, m_ok, offs_m, pid_n, N, stride_ym, HAS_BIAS,
+                       BLOCK_N, BLOCK_M, SILU_GATE_UP, ACCURATE, Y_BF16)
             tl.atomic_xchg(cnt_ptr + pid_n, 0, sem="relaxed", scope="gpu")   # zero for the next launch
     else:
-        _store_out(acc, b_ptr, y_ptr, offs_n, offs_m, n_ok, m_ok, stride_ym, HAS_BIAS)
+        _store_out(acc, b_ptr, y_ptr, w_row, n_ok, m_ok, offs_m, pid_n, N, stride_ym, HAS_BIAS,
+                   BLOCK_N, BLOCK_M, SILU_GATE_UP, ACCURATE, Y_BF16)
 
 
 # ---------------------------------------------------------------------------------------------- host side
-_COUNTERS: dict[tuple, Tensor] = {}
 
 
 def _counters(device: torch.device) -> Tensor:
-    """Per-device tile counters, zero between launches (each split launch zeroes what it used)."""
-    key = (device.type, device.index)
-    if key not in _COUNTERS:
-        _COUNTERS[key] = torch.zeros(_N_COUNTERS, dtype=torch.int32, device=device)
-    return _COUNTERS[key]
+    """This module's ticket counters on ``device`` (zero between launches)."""
+    return ticket_counters(device, "skinny_gemm")
 
 
 
@@ -184,24 +196,26 @@ def launch_config(M: int, N: int, K: int, device: torch.device, block_n: int = 6
                 n_tiles=n_tiles, num_warps=num_warps, num_stages=num_stages)
 
 
-PREFETCH_BYTES = 1024
+PREFETCH_BYTES = 0
 """With PDL: bytes of each of its weight rows a program asks L2 for before waiting on the previous kernel
-(0: none). 1 KB x 64 rows = 64 KB per program, about 17 MB over a full wave on an H100/H200."""
+(0: none, the default; a measured variant of `candidates`). On the H200 at 79719fb 1 KB per row by
+default made products slower: lm_head 277 us vs 271 us without, gate/up 38.3 vs 36.4 us."""
 
 
 def skinny_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, out: Tensor | None = None,
-                  gated: bool = False, **overrides) -> Tensor:
+                  silu_gate_up: bool = False, **overrides) -> Tensor:
     """x [M, K] (M <= MAX_ROWS) @ weight [N, K].T + bias [N] -> [M, N] in x's dtype, through the kernel.
-    gated: x is [M, 2K] (gate | up, e.g. a fused gate/up product) and the product is
-    ``silu(gate) * up @ weight.T + bias``, the activation computed as the weight tiles stream (the same
-    bits as `norm_rope.silu_mul_triton` then this product). overrides: block_n, block_k, split_k,
-    num_warps, num_stages (see `launch_config`), prefetch (bytes per weight row, see `PREFETCH_BYTES`)."""
-    if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1] * (2 if gated else 1):
-        want = "[M, 2K] (gate | up)" if gated else "[M, K]"
-        raise ValueError(f"skinny_linear: x {tuple(x.shape)}, weight {tuple(weight.shape)}; expected {want} "
-                         "and [N, K]")
-    M = x.shape[0]
-    N, K = weight.shape
+    silu_gate_up: weight is [2I, K] (gate rows, then up rows: a fused gate/up projection) and the result is
+    the MLP activation ``silu(x @ gate.T) * (x @ up.T)`` [M, I], computed in the product's epilogue (the
+    bits of the product, then `norm_rope.silu_mul_triton`, with the same overrides). overrides: block_n,
+    block_k, split_k, num_warps, num_stages (see `launch_config`), prefetch (bytes per weight row, see
+    `PREFETCH_BYTES`)."""
+    if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
+        raise ValueError(f"skinny_linear: x {tuple(x.shape)}, weight {tuple(weight.shape)}; expected [M, K] and [N, K]")
+    M, K = x.shape
+    N = weight.shape[0]
+    if silu_gate_up and N % 2:
+        raise ValueError(f"skinny_linear: silu_gate_up with weight {tuple(weight.shape)}; expected [2I, K]")
     if M > MAX_ROWS:
         raise ValueError(f"skinny_linear: {M} rows; the kernel takes at most {MAX_ROWS}")
     if bias is not None and bias.shape != (N,):
@@ -210,15 +224,20 @@ def skinny_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, out: Te
         x = x.contiguous()
     if weight.stride(1) != 1:
         weight = weight.contiguous()
-    y = torch.empty(M, N, dtype=x.dtype, device=x.device) if out is None else out
+    n_out = N // 2 if silu_gate_up else N
+    y = torch.empty(M, n_out, dtype=x.dtype, device=x.device) if out is None else out
     if M == 0 or N == 0:
         return y
     if K == 0:
+        if silu_gate_up:
+            z = (bias if bias is not None else torch.zeros(N, dtype=x.dtype, device=x.device)).expand(M, N)
+            return y.copy_(F.silu(z[:, :n_out]) * z[:, n_out:])
         return y.copy_(bias.expand(M, N) if bias is not None else torch.zeros_like(y))
     prefetch = int(overrides.pop("prefetch", PREFETCH_BYTES))
     cfg = launch_config(M, N, K, x.device, **overrides)
+    n_tiles = triton.cdiv(n_out, cfg["BLOCK_N"] // 2) if silu_gate_up else cfg["n_tiles"]
     split = cfg["split_k"] > 1
-    if split and cfg["n_tiles"] > _N_COUNTERS:
+    if split and n_tiles > _N_COUNTERS:
         cfg = launch_config(M, N, K, x.device, **dict(overrides, split_k=1))
         split = False
     ws = torch.empty(cfg["split_k"], N, cfg["BLOCK_M"], dtype=torch.float32, device=x.device) if split else y
@@ -227,13 +246,13 @@ def skinny_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, out: Te
     kw = pdl.launch_kwargs(x.device)
     line = 128 // weight.element_size()
     lines = triton.next_power_of_2(max(1, prefetch // 128)) if (kw and prefetch > 0) else 0
-    _skinny_kernel[(cfg["n_tiles"], cfg["split_k"])](
-        x, weight, bias if bias is not None else y, y, ws, cnt, M, N, K, cfg["k_split"] // cfg["BLOCK_K"],
+    _skinny_kernel[(n_tiles, cfg["split_k"])](
+        x, weight, bias if bias is not None else y, y, ws, cnt, M, n_out, K, cfg["k_split"] // cfg["BLOCK_K"],
         x.stride(0), weight.stride(0), y.stride(0),
         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], SPLIT=split, EVEN_K=even,
         HAS_BIAS=bias is not None, IEEE=x.dtype == torch.float32 or INTERPRETED,
-        UPCAST=INTERPRETED and x.dtype != torch.float32, GATED=gated, X_BF16=x.dtype == torch.bfloat16,
-        ACCURATE=not INTERPRETED, PDL=bool(kw), PREFETCH_LINES=lines, LINE=line,
+        UPCAST=INTERPRETED and x.dtype != torch.float32, SILU_GATE_UP=silu_gate_up, ACCURATE=not INTERPRETED,
+        Y_BF16=y.dtype == torch.bfloat16, PDL=bool(kw), PREFETCH_LINES=lines, LINE=line,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **kw)
     return y
 
@@ -278,6 +297,8 @@ def candidates(M: int, N: int, K: int, device: torch.device) -> list[dict]:
                 if nw != 4:
                     ov["num_warps"] = nw
                 out.append(ov)
+    if pdl.enabled(device):                       # the first variant again, its first weight lines prefetched
+        out.append(dict(out[0], prefetch=1024))
     return out
 
 
@@ -347,63 +368,63 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return skinny_linear(x2, weight, bias, **ov).view(*x.shape[:-1], N)
 
 
-def gated_linear_reference(gu: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """The plain-PyTorch semantics of ``skinny_linear(gu, weight, bias, gated=True)``: the MLP activation
-    ``silu(gate) * up`` in the activation dtype, then `skinny_linear_reference`."""
-    gate, up = gu.chunk(2, dim=-1)
-    return skinny_linear_reference(F.silu(gate) * up, weight, bias)
+def silu_gate_up_reference(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """The plain-PyTorch semantics of ``skinny_linear(x, weight, bias, silu_gate_up=True)``: the gate/up
+    product in the activation dtype, then ``silu(gate) * up`` (two ops, each rounded)."""
+    gate, up = skinny_linear_reference(x, weight, bias).chunk(2, dim=-1)
+    return F.silu(gate) * up
 
 
-def _two_launches(gu: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """silu(gate) * up (`norm_rope.silu_mul_triton`), then `linear`: the path the gated kernel replaces."""
+def _two_launches(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """`linear` (cuBLAS or the kernel, as measured), then `norm_rope.silu_mul_triton`: the path the fused
+    epilogue replaces."""
     from .norm_rope import silu_mul_triton
 
-    gate, up = gu.chunk(2, dim=-1)
-    return linear(silu_mul_triton(gate, up), weight, bias)
+    gate, up = linear(x, weight, bias).chunk(2, dim=-1)
+    return silu_mul_triton(gate, up)
 
 
-_CHOSEN_GATED: dict[tuple, dict | None] = {}    # shape key -> the winning gated variant (None: two launches)
+_CHOSEN_SILU: dict[tuple, dict | None] = {}     # shape key -> the winning fused variant (None: two launches)
 
 
-def gated_linear(gu: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``linear(silu(gate) * up, weight, bias)`` for gu [..., 2K] (gate | up) on CUDA: the fastest of the
-    gated kernel's variants (the activation computed in the product's prologue: one launch, no
-    activation tensor) and the two-launch path, as measured on this device for this shape; the two
-    launches while a graph is captured before the shape was measured, under torch.compile, and where
-    the kernel does not apply."""
-    K = weight.shape[1]
-    g2 = gu.reshape(-1, gu.shape[-1])
-    M = g2.shape[0]
-    if (not gu.is_cuda or INTERPRETED or M == 0 or M > DISPATCH_MAX_ROWS or gu.dtype != weight.dtype
-            or gu.shape[-1] != 2 * K or gu.dtype not in (torch.bfloat16, torch.float16)
-            or measured_choice.compiling()):
-        return _two_launches(gu, weight, bias)
-    N = weight.shape[0]
-    key = (gu.device.index, M, N, K, gu.dtype, bias is not None)
-    if key not in _CHOSEN_GATED:
+def silu_gate_up(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """The MLP activation ``silu(x @ gate.T) * (x @ up.T)`` for x [..., K] and a fused gate/up weight
+    [2I, K] (gate rows, then up rows) -> [..., I], on CUDA: the fastest of the kernel's variants with the
+    activation in the epilogue (one launch, no [.., 2I] product in memory) and the two-launch path (the
+    product, then the activation kernel), as measured on this device for this shape; the two launches
+    while a graph is captured before the shape was measured, under torch.compile, and where the kernel
+    does not apply."""
+    x2 = x.reshape(-1, x.shape[-1])
+    M = x2.shape[0]
+    N, K = weight.shape
+    if (not x.is_cuda or INTERPRETED or M == 0 or M > DISPATCH_MAX_ROWS or x.dtype != weight.dtype or N % 2
+            or x.dtype not in (torch.bfloat16, torch.float16) or measured_choice.compiling()):
+        return _two_launches(x, weight, bias)
+    key = (x.device.index, M, N, K, x.dtype, bias is not None)
+    if key not in _CHOSEN_SILU:
         if measured_choice.tracing():
-            return _two_launches(gu, weight, bias)
-        cands = candidates(M, N, K, gu.device)
-        names = ["two-launches"] + ["gated-" + _name(c) for c in cands]
-        fns = [lambda: _two_launches(g2, weight, bias)]
-        fns += [lambda c=c: skinny_linear(g2, weight, bias, gated=True, **c) for c in cands]
+            return _two_launches(x, weight, bias)
+        linear(x2, weight, bias)                  # the two-launch path's own choice, made (and timed) first
+        cands = candidates(M, N, K, x.device)
+        names = ["two-launches"] + ["silu-epilogue-" + _name(c) for c in cands]
+        fns = [lambda: _two_launches(x2, weight, bias)]
+        fns += [lambda c=c: skinny_linear(x2, weight, bias, silu_gate_up=True, **c) for c in cands]
 
-        def product(x: Tensor, w: Tensor, b: Tensor | None, v: dict | None) -> None:
+        def product(a: Tensor, w: Tensor, b: Tensor | None, v: dict | None) -> None:
             if v is None:
-                _two_launches(x, w, b)
+                _two_launches(a, w, b)
             else:
-                skinny_linear(x, w, b, gated=True, **v)
+                skinny_linear(a, w, b, silu_gate_up=True, **v)
 
         def timer(fns, device):
-            t = time_in_graphs(g2, weight, bias, [None] + cands, product=product)
+            t = time_in_graphs(x2, weight, bias, [None] + cands, product=product)
             return t if t[0] != float("inf") else measured_choice.time_candidates(fns, device)
-        linear(g2[:, :K].contiguous(), weight, bias)          # the fallback's own choice made first, untimed here
-        i = measured_choice.choose("gated_gemm", key[1:], names, fns, gu.device, fallback=0, timer=timer)
-        _CHOSEN_GATED[key] = None if i == 0 else cands[i - 1]
-    ov = _CHOSEN_GATED[key]
+        i = measured_choice.choose("silu_gate_up", key[1:], names, fns, x.device, fallback=0, timer=timer)
+        _CHOSEN_SILU[key] = None if i == 0 else cands[i - 1]
+    ov = _CHOSEN_SILU[key]
     if ov is None:
-        return _two_launches(gu, weight, bias)
-    return skinny_linear(g2, weight, bias, gated=True, **ov).view(*gu.shape[:-1], N)
+        return _two_launches(x, weight, bias)
+    return skinny_linear(x2, weight, bias, silu_gate_up=True, **ov).view(*x.shape[:-1], N // 2)
 
 
 def auto_linear(weight: Tensor, bias: Tensor | None) -> Callable[[Tensor], Tensor]:
