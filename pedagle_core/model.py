@@ -87,10 +87,16 @@ class TorchOps:
 TORCH_OPS = TorchOps()
 
 
+def _kernel_inference(x: Tensor, weight: Tensor | None) -> bool:
+    """CUDA tensors that autograd does not track: where the Triton kernels (no backward) may run."""
+    return x.is_cuda and not (torch.is_grad_enabled()
+                              and (x.requires_grad or (weight is not None and weight.requires_grad)))
+
+
 def auto_ops(x: Tensor, weight: Tensor | None = None) -> ElementwiseOps:
     """The Triton kernels (`kernels/norm_rope.py`) for CUDA inference, else the PyTorch reference:
     the kernels have no backward, so anything autograd tracks stays on the reference."""
-    if not x.is_cuda or (torch.is_grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad))):
+    if not _kernel_inference(x, weight):
         return TORCH_OPS
     try:
         from .kernels import norm_rope
@@ -181,7 +187,7 @@ def auto_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor
     """x @ weight.T + bias: for CUDA inference the weight-streaming kernels (`kernels/skinny_gemm.py`) at
     the row counts and shapes where they were measured faster than cuBLAS on this device, else
     ``F.linear`` (always under autograd: the kernels have no backward)."""
-    if not x.is_cuda or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
+    if not _kernel_inference(x, weight):
         return F.linear(x, weight, bias)
     try:
         from .kernels import skinny_gemm
@@ -195,8 +201,7 @@ def auto_silu_gate_up(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> 
     rows, then up rows), where the kernels run (CUDA inference outside torch.compile):
     `kernels/skinny_gemm.silu_gate_up`, the activation in the product's epilogue where that was measured
     faster. None elsewhere (the caller runs the product and the activation itself)."""
-    if (not x.is_cuda or torch.compiler.is_compiling()
-            or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))):
+    if not _kernel_inference(x, weight) or torch.compiler.is_compiling():
         return None
     try:
         from .kernels import skinny_gemm

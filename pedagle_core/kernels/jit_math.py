@@ -2,8 +2,8 @@
 
 * `rne_bf16` — float32 -> the nearest bfloat16 value (ties to even), still float32.
 * `silu` — ``silu(g)`` in float32 as torch computes it (expf and an IEEE division), rounded to bfloat16
-  when asked: the MLP activation of `norm_rope.silu_mul_triton` and the gated prologue of
-  `skinny_gemm.gated_linear` (one definition, so the two paths give the same bits).
+  when asked: the MLP activation of `norm_rope.silu_mul_triton` and of the gate/up epilogue of
+  `skinny_gemm.silu_gate_up` (one definition, so the two paths round alike).
 """
 
 from __future__ import annotations

@@ -206,8 +206,8 @@ def skinny_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, out: Te
                   silu_gate_up: bool = False, **overrides) -> Tensor:
     """x [M, K] (M <= MAX_ROWS) @ weight [N, K].T + bias [N] -> [M, N] in x's dtype, through the kernel.
     silu_gate_up: weight is [2I, K] (gate rows, then up rows: a fused gate/up projection) and the result is
-    the MLP activation ``silu(x @ gate.T) * (x @ up.T)`` [M, I], computed in the product's epilogue (the
-    bits of the product, then `norm_rope.silu_mul_triton`, with the same overrides). overrides: block_n,
+    the MLP activation ``silu(x @ gate.T) * (x @ up.T)`` [M, I], computed in the product's epilogue with
+    the rounding steps of the product followed by `norm_rope.silu_mul_triton`. overrides: block_n,
     block_k, split_k, num_warps, num_stages (see `launch_config`), prefetch (bytes per weight row, see
     `PREFETCH_BYTES`)."""
     if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
