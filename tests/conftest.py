@@ -10,6 +10,11 @@ import torch
 # before any test module imports triton. An explicit TRITON_INTERPRET in the environment wins.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# Every kernel module is defined now, in that mode: tests that unset the variable for a while
+# (helpers_kernels.core_torch_path) cannot leave half of the kernels compiled and half interpreted.
+from helpers_kernels import define_all_kernels  # noqa: E402
+
+define_all_kernels()
 
 
 # [threads] Tiny models run fastest on one intra-op thread, and CI's two cores are shared with other work.

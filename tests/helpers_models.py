@@ -27,18 +27,15 @@ def fast_cpu():
     and the plain-PyTorch expansion instead of the Triton interpreter that conftest enables on CPU
     (the kernels have their own tests). Use ``pytestmark = pytest.mark.usefixtures("fast_cpu")`` after
     importing this fixture."""
-    import os
+    import contextlib
 
-    n, interp = torch.get_num_threads(), os.environ.get("TRITON_INTERPRET")
+    from helpers_kernels import core_torch_path
+
+    n = torch.get_num_threads()
     torch.set_num_threads(1)
-    if not torch.cuda.is_available():
-        os.environ["TRITON_INTERPRET"] = "0"
-    yield
+    with contextlib.nullcontext() if torch.cuda.is_available() else core_torch_path():
+        yield
     torch.set_num_threads(n)
-    if interp is None:
-        os.environ.pop("TRITON_INTERPRET", None)
-    else:
-        os.environ["TRITON_INTERPRET"] = interp
 
 VOCAB = 96
 MASK_ID = 1

@@ -92,20 +92,15 @@ def target_model(path: str) -> Any:
 
 
 def run_reference(case: Case, fam: dict[str, str], prompts: list[list[int]], max_tokens: int) -> Run:
-    import os
-
+    from helpers_kernels import core_torch_path
     from pedagle_core.engine.engine import SpecEngine
     from pedagle_core.formats import load_drafter
 
     # tests/conftest.py turns the Triton interpreter on for CPU kernel tests; the reference engine here
     # should take the core's torch path, as pedagle does on CPU.
-    saved = os.environ.pop("TRITON_INTERPRET", None)
-    try:
+    with core_torch_path():
         return _run_reference(case, fam, prompts, max_tokens, target_model(fam[case.target]), SpecEngine,
                               load_drafter)
-    finally:
-        if saved is not None:
-            os.environ["TRITON_INTERPRET"] = saved
 
 
 def _run_reference(case, fam, prompts, max_tokens, target_model, SpecEngine, load_drafter) -> Run:

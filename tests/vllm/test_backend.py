@@ -3,9 +3,8 @@ matches the reference backend step by step."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
+from helpers_kernels import core_torch_path
 
 from pedagle_backends.vllm.backend import VllmBackend
 
@@ -46,12 +45,8 @@ def test_case_matches_reference_backend(family, the_prompts, name, mode, K):
 
     steps = 6
     got = VllmBackend().run_case(family["target"], family[name], the_prompts, K=K, mode=mode, steps=steps)
-    saved = os.environ.pop("TRITON_INTERPRET", None)
-    try:
+    with core_torch_path():
         ref = ReferenceBackend().run_case(family["target"], family[name], the_prompts, K=K, mode=mode, steps=steps)
-    finally:
-        if saved is not None:
-            os.environ["TRITON_INTERPRET"] = saved
     assert got["output_ids"] == ref["output_ids"]
     assert got["drafts"] == ref["drafts"]
     assert got["accepted"] == ref["accepted"]

@@ -11,10 +11,10 @@ All vLLM cases run in one vLLM child process (about 40 s on two CPU cores).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
+from helpers_kernels import core_torch_path
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,16 +37,12 @@ def report(tmp_path_factory):
     from pedagle_conformance.report import format_markdown, format_text
     from pedagle_conformance.runner import run_conformance
 
-    saved = os.environ.pop("TRITON_INTERPRET", None)
-    try:
+    with core_torch_path():
         if left_out():
             print(f"left out on vLLM 0.26 (its CPU attention crashes on them, natively too): {left_out()}")
         rep = run_conformance([c for c in discover_cases() if c.name not in left_out()],
                               backends=["reference", "vllm", "sglang"],
                               levels=["e2e", "step-state"], log=print)
-    finally:
-        if saved is not None:
-            os.environ["TRITON_INTERPRET"] = saved
     out = tmp_path_factory.mktemp("conformance")
     (out / "report.md").write_text(format_markdown(rep))
     (out / "report.json").write_text(json.dumps(rep.to_dict(), indent=1))
