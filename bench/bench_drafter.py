@@ -65,7 +65,12 @@ from contextlib import contextmanager  # noqa: E402
 #           norm/RoPE (TORCH_OPS) and the argmax/topk readout;
 #   nopdl - the new path with programmatic dependent launch off (`pedagle_core.kernels.pdl`): what PDL
 #           buys, measured beside it. (today and torch run without PDL too.)
-PATHS = ("new", "today", "torch", "nopdl")
+#   prefetch - the new path with the skinny GEMMs' L2 weight prefetch before the PDL wait on ("auto":
+#           the first wave of programs, half of L2; `skinny_gemm.PREFETCH_BYTES`), where the per-shape
+#           timings cannot see it: it pays only behind a kernel that leaves HBM idle;
+#   kernels - prefetch, with every product on pedagle's kernel (`skinny_gemm.KERNELS_ONLY`: its fastest
+#           variant, never cuBLAS): a step of PDL-linked launches only.
+PATHS = ("new", "today", "torch", "nopdl", "prefetch", "kernels")
 
 
 class PreIssue13Ops:
@@ -80,14 +85,17 @@ class PreIssue13Ops:
 
 @contextmanager
 def use_path(drafter: Drafter, cache: ContiguousKVCache, path: str):
-    from pedagle_core.kernels import decode_attention as DA, pdl
+    from pedagle_core.kernels import decode_attention as DA, pdl, skinny_gemm as SG
 
     if path not in PATHS:
         raise ValueError(f"path {path!r}; expected one of {PATHS}")
-    saved = (cache.impl, DA.TUNE, draft_mod.top2, pdl.ENABLED)
+    saved = (cache.impl, DA.TUNE, draft_mod.top2, pdl.ENABLED, SG.PREFETCH_BYTES, SG.KERNELS_ONLY)
     try:
-        pdl.ENABLED = path == "new"
-        if path in ("new", "nopdl"):
+        pdl.ENABLED = path in ("new", "prefetch", "kernels")
+        if path in ("prefetch", "kernels"):
+            SG.PREFETCH_BYTES = "auto"
+        SG.KERNELS_ONLY = path == "kernels"
+        if path in ("new", "nopdl", "prefetch", "kernels"):
             drafter.use_linear(None)
             drafter.fuse_projections()
         else:
@@ -102,7 +110,7 @@ def use_path(drafter: Drafter, cache: ContiguousKVCache, path: str):
             draft_mod.top2 = draft_mod.top2_reference
         yield
     finally:
-        cache.impl, DA.TUNE, draft_mod.top2, pdl.ENABLED = saved
+        cache.impl, DA.TUNE, draft_mod.top2, pdl.ENABLED, SG.PREFETCH_BYTES, SG.KERNELS_ONLY = saved
         drafter.use_ops(None)
         drafter.use_linear(None)
         drafter.unfuse_projections()
@@ -670,16 +678,19 @@ def run_sweep(plan: Plan, device: torch.device, dtype: torch.dtype, dry: bool, b
     if plan.baselines and device.type == "cuda":
         fam = plan.families[0]
         k7 = min(7, max(plan.ks))
-        for (mode, B, ctx, K) in (("parallel", 1, plan.ctxs[0], 1), ("parallel", 1, plan.ctxs[0], k7),
-                                  ("autoregressive", 1, plan.ctxs[0], k7), ("parallel", min(8, max_b), max_ctx, k7)):
+        extra = [("parallel", 1, plan.ctxs[0], k7, path) for path in ("kernels",) if path in plan.paths]
+        for (mode, B, ctx, K, path) in [("parallel", 1, plan.ctxs[0], 1, "new"), ("parallel", 1, plan.ctxs[0], k7, "new"),
+                                        ("autoregressive", 1, plan.ctxs[0], k7, "new"),
+                                        ("parallel", min(8, max_b), max_ctx, k7, "new")] + extra:
             if time.perf_counter() - t_start > budget_s + 30:
                 break
             try:
                 rec = bench.run_config(models[fam][mode], models[fam]["caches"][mode], mode, B, K, ctx, verify=False,
-                                       profile=True)
+                                       profile=True, path=path)
                 p = rec["profile"]
-                res["profiles"].append(dict(family=fam, mode=mode, B=B, ctx=ctx, K=K, median_ms=rec["median_ms"], **p))
-                log(f"[profile] {fam} {mode} B={B} ctx={ctx} K={K}: {p['n_kernels']} kernels, busy {p['busy_ms']:.3f} ms "
+                res["profiles"].append(dict(family=fam, mode=mode, B=B, ctx=ctx, K=K, path=path,
+                                            median_ms=rec["median_ms"], **p))
+                log(f"[profile] {fam} {mode} B={B} ctx={ctx} K={K} path {path}: {p['n_kernels']} kernels, busy {p['busy_ms']:.3f} ms "
                     f"of {rec['median_ms']:.3f} ms; top: " + ", ".join(f"{t['name'][:40]} {t['ms']:.3f}" for t in p["top"][:4]))
             except Exception as e:                                              # noqa: BLE001
                 res["profiles"].append(dict(family=fam, mode=mode, B=B, ctx=ctx, K=K, error=repr(e)[:300]))
@@ -807,7 +818,8 @@ def _get_path(res: dict, path: str, fam: str, mode: str, B: int, ctx: int, K: in
 def paths_table(res: dict) -> str:
     """Per config: plain PyTorch, today's path, the new path, the floors, and the ratios (one run)."""
     lines = [f"{'family':20s} {'mode':5s} {'B':>3s} {'ctx':>5s} {'K':>2s} | {'torch':>7s} {'today':>7s} {'no-PDL':>7s} "
-             f"{'new':>7s} | {'w-floor':>7s} {'floor':>7s} | new/w-fl today/w-fl new/floor new/today new/no-PDL"]
+             f"{'new':>7s} | {'w-floor':>7s} {'floor':>7s} | new/w-fl today/w-fl new/floor new/today new/no-PDL"
+             f" | {'prefch':>7s} {'kernels':>7s} pf/new kern/new"]
     lines.append("-" * len(lines[0]))
     slower = []
     for r in res["results"]:
@@ -817,15 +829,18 @@ def paths_table(res: dict) -> str:
         t = _get_path(res, "torch", *key)
         o = _get_path(res, "today", *key)
         npdl = _get_path(res, "nopdl", *key)
+        pf, kn = _get_path(res, "prefetch", *key), _get_path(res, "kernels", *key)
         f = lambda x: f"{x['median_ms']:7.3f}" if x else "      -"  # noqa: E731
         lines.append(f"{key[0]:20s} {key[1][:5]:5s} {key[2]:3d} {key[3]:5d} {key[4]:2d} | {f(t)} {f(o)} {f(npdl)} {f(r)} | "
                      f"{r['weight_floor_ms']:7.3f} {r['floor_ms']:7.3f} | {r['median_ms'] / r['weight_floor_ms']:8.2f} "
                      + (f"{o['median_ms'] / r['weight_floor_ms']:10.2f} " if o else "         - ")
                      + f"{r['median_ms'] / r['floor_ms']:9.2f} " + (f"{r['median_ms'] / o['median_ms']:9.3f}" if o else "        -")
-                     + (f" {r['median_ms'] / npdl['median_ms']:10.3f}" if npdl else "          -"))
+                     + (f" {r['median_ms'] / npdl['median_ms']:10.3f}" if npdl else "          -")
+                     + f" | {f(pf)} {f(kn)}" + "".join(f" {x['median_ms'] / r['median_ms']:7.3f}" if x else "       -"
+                                                       for x in (pf, kn)))
         if o and r["median_ms"] > 1.03 * o["median_ms"]:
             slower.append(f"{key}: new {r['median_ms']:.3f} ms vs today {o['median_ms']:.3f} ms")
-    lines.append("(ms per draft step, CUDA-graph replay medians; w-floor = weights read once at the copy bandwidth; "
+    lines.append("(ms per draft step, CUDA-graph replay medians; pf/new, kern/new < 1: that path beat the default; w-floor = weights read once at the copy bandwidth; "
                  "floor = max(weights+KV bytes, flops))")
     lines.append(f"new path slower than today's by > 3% on {len(slower)} configs" + (": " + "; ".join(slower) if slower else ""))
     return "\n".join(lines)
@@ -984,6 +999,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--ctxs", default=None)
     ap.add_argument("--pairs", default=None, help="only these B:ctx pairs, e.g. 1:512,8:8192")
     ap.add_argument("--modes", default=None, help="comma list of parallel,autoregressive")
+    ap.add_argument("--paths", default=None, help=f"comma list of {','.join(PATHS)} (default all; 'new' always "
+                    "runs, first)")
     ap.add_argument("--no-verify", action="store_true")
     ap.add_argument("--no-micro", action="store_true")
     ap.add_argument("--budget-s", type=float, default=270.0, help="skip sweep configs after this many seconds")
@@ -1005,6 +1022,11 @@ def main(argv: list[str] | None = None) -> dict:
         plan.pairs = [tuple(int(v) for v in p.split(":")) for p in args.pairs.split(",")]
     if args.modes:
         plan.modes = tuple(args.modes.split(","))
+    if args.paths:
+        bad = [p for p in args.paths.split(",") if p not in PATHS]
+        if bad:
+            ap.error(f"--paths: unknown {bad}; expected some of {','.join(PATHS)}")
+        plan.paths = ("new",) + tuple(p for p in args.paths.split(",") if p != "new")
     tag = device_tag(device) + ("_dry" if args.dry_run else "")
     out = args.out or str(ROOT / "bench" / "results" / f"drafter_{tag}.json")
     png = args.plot or str(Path(out).with_suffix(".png"))
@@ -1025,7 +1047,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(attention_table(res))
     for p in res.get("profiles", []):
         if "n_kernels" in p:
-            print(f"profile: {p['family']} {p['mode']} B={p['B']} ctx={p['ctx']} K={p['K']}: {p['n_kernels']} kernels, "
+            print(f"profile: {p['family']} {p['mode']} B={p['B']} ctx={p['ctx']} K={p['K']} path {p.get('path', 'new')}: "
+                  f"{p['n_kernels']} kernels, "
                   f"kernel time {p['busy_ms']:.3f} ms of {p['median_ms']:.3f} ms per replay")
     print()
     for g in res["goals"]:

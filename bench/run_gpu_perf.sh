@@ -95,7 +95,7 @@ grep -E "VERIFY-FAIL|Traceback|Error" "$OUT_DIR/speedup_$TAG.log" | head -10
 echo "== GEMMs (CUDA graphs over rotating weights)"; tail -n 32 "$OUT_DIR/skinny_gemm_$TAG.log" 2>/dev/null
 echo "== drafter: goals, profiles, three paths"
 grep -E "^(goal|profile|attn):" "$OUT_DIR/drafter_$TAG.log"
-awk '/^family  .* mode /{p=1} p' "$OUT_DIR/drafter_$TAG.log" | grep -E " (1|8) +(512|8192) +(1|7|10) \|" | cut -c1-150
+awk '/^family  .* mode /{p=1} p' "$OUT_DIR/drafter_$TAG.log" | grep -E " (1|8) +(512|8192) +(1|7|10) \|" | cut -c1-200
 echo "== speedup model"
 sed -n '/^\[speedup\] [0-9]* target steps/,$p' "$OUT_DIR/speedup_$TAG.log"
 if [ -n "${PACK:-}" ]; then

@@ -72,22 +72,39 @@ def top2_reference(logits: Tensor) -> tuple[Tensor, Tensor]:
     return logits.argmax(dim=-1), top
 
 
-def top2(logits: Tensor) -> tuple[Tensor, Tensor]:
-    """`top2_reference`, through one pass of a Triton kernel on CUDA (``kernels/top2.py``)."""
+def _top2_kernel(logits: Tensor):
+    """``kernels.top2`` where it can run on these logits (CUDA, [N, V >= 2], triton installed), else None."""
     if logits.is_cuda and logits.dim() == 2 and logits.shape[-1] >= 2:
         try:
             from .kernels import top2 as kernel
         except ImportError:                                                       # no triton
-            kernel = None
-        if kernel is not None and kernel.can_run(logits.device):
-            return kernel.top2(logits)              # the custom op under torch.compile
+            return None
+        if kernel.can_run(logits.device):
+            return kernel
+    return None
+
+
+def top2(logits: Tensor) -> tuple[Tensor, Tensor]:
+    """`top2_reference`, through one pass of a Triton kernel on CUDA (``kernels/top2.py``)."""
+    kernel = _top2_kernel(logits)
+    if kernel is not None:
+        return kernel.top2(logits)                  # the custom op under torch.compile
     return top2_reference(logits)
+
+
+_TOP2_KERNEL_FIRST = top2    # `readout` fuses the rest of the greedy readout into the kernel only while `top2`
+#                              is this function (benchmarks swap in `top2_reference` for the PyTorch path)
 
 
 def readout(drafter: Drafter, out: Tensor, temperature: float = 0.0,
             generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
     """out: [N, H] sample rows -> (target ids [N], margins [N], probs [N, Vd] or None, draft ids [N])."""
     logits = drafter.compute_logits(out)                                          # [N, Vd], model dtype
+    if temperature <= 0 and top2 is _TOP2_KERNEL_FIRST and logits.is_cuda and not torch.compiler.is_compiling():
+        kernel = _top2_kernel(logits)
+        if kernel is not None:                    # argmax, margins and d2t in the top-2 kernel's merge launch
+            ids, margins, draft_ids = kernel.greedy_readout(logits, drafter.d2t)
+            return ids, margins, None, draft_ids
     argmax, top = top2(logits)
     margins = top[:, 0] - top[:, -1]
     if temperature > 0:

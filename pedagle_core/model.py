@@ -65,6 +65,8 @@ class ElementwiseOps(Protocol):
 # Optional further ops method, used with a provider that offers its cache (``kv_cache_slots``, see
 # `pedagle_core.attention.CacheAttention`): ``rope_write_kv(q, k, v, cos, sin, slot_mapping, k_cache,
 # v_cache) -> q rotated``, RoPE on q and k with rotated k and v written to the cache (slot -1: nothing).
+# And ``embed_norm_cat(input_ids, embed_weight, x, w_embed, w_x, eps) -> [T, 2H] or None`` (None: not
+# here, use the unfused ops): layer 0's ``[norm(embed_weight[input_ids]) * w_embed ; norm(x) * w_x]``.
 
 
 class TorchOps:
@@ -310,18 +312,36 @@ class DecoderLayer(nn.Module):
         if self.is_first:
             self.hidden_norm = RMSNorm(H, eps)
 
+    def first_input(self, embed: nn.Embedding, input_ids: Tensor, input_embeds: Tensor | None,
+                    hidden: Tensor) -> tuple[Tensor, Tensor]:
+        """Layer 0's attention input ``[input_layernorm(embeds) ; hidden_norm(h)]`` [T, 2H] (embeds first)
+        and its residual [T, H]. With ops offering ``embed_norm_cat`` (the Triton ops) the lookup, both
+        norms and the concatenation are one launch."""
+        ops = self.input_layernorm.ops or auto_ops(hidden, self.input_layernorm.weight)
+        fn = getattr(ops, "embed_norm_cat", None)
+        if fn is not None and input_embeds is None and not self.norm_before_residual:
+            x = hidden.to(embed.weight.dtype)
+            both = fn(input_ids, embed.weight, x, self.input_layernorm.weight, self.hidden_norm.weight,
+                      self.input_layernorm.eps)
+            if both is not None:
+                return both, x
+        embeds = embed(input_ids) if input_embeds is None else input_embeds
+        e = self.input_layernorm(embeds)                                    # [T, H]
+        x = hidden.to(embeds.dtype)
+        if self.norm_before_residual:
+            x = self.hidden_norm(x)
+            residual = x
+        else:
+            residual = x
+            x = self.hidden_norm(x)
+        return torch.cat([e, x], dim=-1), residual
+
     def forward(self, x: Tensor, residual: Tensor | None, cos: Tensor, sin: Tensor,
-                attn: AttentionProvider, embeds: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                attn: AttentionProvider) -> tuple[Tensor, Tensor]:
+        """Layer 0: x is `first_input`'s [T, 2H] and residual its residual; later layers: the previous
+        layer's output and residual."""
         if self.is_first:
-            assert embeds is not None
-            e = self.input_layernorm(embeds)                                # [T, H]
-            if self.norm_before_residual:
-                x = self.hidden_norm(x)
-                residual = x
-            else:
-                residual = x
-                x = self.hidden_norm(x)
-            x = self.self_attn(torch.cat([e, x], dim=-1), cos, sin, attn)   # embeds first: [T, 2H]
+            x = self.self_attn(x, cos, sin, attn)
         else:
             x, residual = self.input_layernorm(x, residual)
             x = self.self_attn(x, cos, sin, attn)
@@ -450,11 +470,10 @@ class Drafter(nn.Module):
                 input_embeds: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """input_ids/positions: [T]; hidden: [T, H] (already projected by ``project_hidden``, or a
         drafter hidden fed back by autoregressive drafting). Returns (out [T, H], fed-back hidden [T, H])."""
-        embeds = self.embed_tokens(input_ids) if input_embeds is None else input_embeds
         cos, sin = self.rope(positions)
-        x, residual = hidden.to(embeds.dtype), None
+        x, residual = self.layers[0].first_input(self.embed_tokens, input_ids, input_embeds, hidden)
         for layer in self.layers:
-            x, residual = layer(x, residual, cos, sin, attn, embeds=embeds)
+            x, residual = layer(x, residual, cos, sin, attn)
         out, prenorm = self.norm(x, residual)
         return out, (out if self.config.norm_output else prenorm)
 

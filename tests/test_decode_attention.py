@@ -89,7 +89,8 @@ def test_kernel_matches_reference(case, dtype):
 @needs_triton
 @pytest.mark.parametrize("ov", [dict(max_block_m=256, block_n=32, num_warps=8, num_stages=2),
                                 dict(max_block_m=16, num_splits=2), dict(max_block_m=128, interior=True),
-                                dict(max_block_m=256, interior=True, num_splits=3, block_n=16)])
+                                dict(max_block_m=256, interior=True, num_splits=3, block_n=16),
+                                dict(max_block_m=128, num_splits=2, block_n=128, num_warps=8, num_stages=2)])
 def test_tuning_variants_match_reference(ov):
     """Launch variants the tuner times (`VARIANTS`): all rows of a request in one wide q tile (K/V read
     once), and the opposite, many narrow q tiles; every variant computes the same attention."""

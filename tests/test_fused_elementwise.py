@@ -197,3 +197,75 @@ def test_drafter_writes_the_cache_with_rope_when_the_provider_offers_it():
     assert calls == ["rope_write_kv"] * d.config.num_hidden_layers
     assert torch.equal(outs[0], outs[1]) and all(torch.equal(a, b) for a, b in zip(caches[0], caches[1]))
     torch.testing.assert_close(outs[0], outs[2], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("T,H", [(1, 32), (7, 96), (14, 2880)])
+def test_embed_norm_cat_equals_lookup_two_norms_and_cat(dtype, T, H):
+    """One launch: the same bits as the embedding lookup, `rms_norm_triton` on each half and torch.cat; and
+    the plain-PyTorch layer-0 input within rounding."""
+    from pedagle_core.model import rms_norm_reference
+
+    g = torch.Generator().manual_seed(T * H)
+    V = 50
+    table = torch.randn(V, H, generator=g).to(dtype).to(DEVICE)
+    x = (torch.randn(T, 2 * H, generator=g) * 3).to(dtype).to(DEVICE)[:, :H]        # strided rows
+    we, wx = ((torch.rand(H, generator=g) + 0.5).to(dtype).to(DEVICE) for _ in range(2))
+    ids = torch.randint(0, V, (T,), generator=g).to(DEVICE)
+    got = NR.embed_norm_cat_triton(ids, table, x, we, wx, 1e-6)
+    want = torch.cat([NR.rms_norm_triton(table[ids], we, 1e-6), NR.rms_norm_triton(x, wx, 1e-6)], dim=-1)
+    assert got.shape == (T, 2 * H) and got.dtype == dtype and torch.equal(got, want)
+    ref = torch.cat([rms_norm_reference(table[ids], we, 1e-6), rms_norm_reference(x, wx, 1e-6)], dim=-1)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(got, ref, **tol)
+
+
+def test_embed_norm_cat_errors():
+    t, x, w = torch.randn(10, 8, device=DEVICE), torch.randn(3, 8, device=DEVICE), torch.ones(8, device=DEVICE)
+    ids = torch.tensor([1, 2, 3], device=DEVICE)
+    with pytest.raises(ValueError, match=r"embed_norm_cat: input_ids \(2,\)"):
+        NR.embed_norm_cat_triton(ids[:2], t, x, w, w, 1e-6)
+    with pytest.raises(ValueError, match="expected one dtype"):
+        NR.embed_norm_cat_triton(ids, t, x, w.double(), w, 1e-6)
+    if DEVICE.type == "cpu":
+        with pytest.raises(ValueError, match=r"outside \[0, 10\)"):
+            NR.embed_norm_cat_triton(torch.tensor([1, 10, 3]), t, x, w, w, 1e-6)
+    assert NR.embed_norm_cat_triton(ids[:0], t, x[:0], w, w, 1e-6).shape == (0, 16)
+    assert NR.TRITON_OPS.embed_norm_cat(ids, t, x, w.double(), w, 1e-6) is None       # mixed dtypes: not here
+
+
+@pytest.mark.parametrize("norm_before_residual", [False, True])
+def test_drafter_first_layer_input_in_one_launch(norm_before_residual):
+    """Ops with ``embed_norm_cat``: layer 0's input is one launch (unless norm_before_residual, or the caller
+    passes embeddings), with the bits of the unfused ops."""
+    d = _drafter(torch.float32)
+    d.config.norm_before_residual = d.layers[0].norm_before_residual = norm_before_residual
+    T, calls = 6, []
+
+    class Spy(type(NR.TRITON_OPS)):
+        def embed_norm_cat(self, *a):
+            calls.append("embed_norm_cat")
+            return super().embed_norm_cat(*a)
+
+    class NoFusion:
+        rms_norm, rope = NR.TRITON_OPS.rms_norm, NR.TRITON_OPS.rope
+        silu_mul, rope_cos_sin = NR.TRITON_OPS.silu_mul, NR.TRITON_OPS.rope_cos_sin
+
+    def attn(layer, q, k, v, window):
+        r = q.shape[1] // k.shape[1]
+        return torch.nn.functional.scaled_dot_product_attention(
+            q.transpose(0, 1), k.repeat_interleave(r, 1).transpose(0, 1), v.repeat_interleave(r, 1).transpose(0, 1),
+            is_causal=True).transpose(0, 1)
+
+    ids = torch.randint(0, 40, (T,), device=DEVICE)
+    pos = torch.arange(T, device=DEVICE)
+    hid = torch.randn(T, 32, device=DEVICE)
+    outs = []
+    with torch.no_grad():
+        for ops, embeds in ((Spy(), None), (NoFusion(), None), (Spy(), d.embed_tokens(ids))):
+            d.use_ops(ops)
+            outs.append(d(ids, pos, hid, attn, input_embeds=embeds))
+    d.use_ops(None)
+    assert calls == ([] if norm_before_residual else ["embed_norm_cat"])
+    for got in outs[1:]:
+        assert torch.equal(got[0], outs[0][0]) and torch.equal(got[1], outs[0][1])

@@ -53,13 +53,16 @@ out["rms_norm(residual)"] = build(NR._rms_norm_kernel, dict(HAS_RESIDUAL=True, X
                                   floats=("eps",), warps=16)
 out["rope(write kv)"] = build(NR._rope_kernel, dict(BF16=True, HALF=32, BLOCK=32, BLOCK_H=64, WRITE_KV=True),
                               dict(cos_ptr="*fp32", sin_ptr="*fp32", slot_ptr="*i64"))
+out["embed_norm_cat"] = build(NR._embed_norm_cat_kernel, dict(X_BF16=True, OUT_BF16=True, BLOCK=4096),
+                              dict(ids_ptr="*i64"), floats=("eps",), warps=16)
 out["silu_mul"] = build(NR._silu_mul_kernel, dict(BF16=True, ACCURATE=True, BLOCK=2048))
 out["rope_cos_sin"] = build(NR._rope_cos_sin_kernel, dict(HALF=32, ACCURATE=True, BLOCK_T=64, BLOCK_D=32),
                             dict(pos_ptr="*i64", inv_ptr="*fp32", cos_ptr="*fp32", sin_ptr="*fp32"), ("scale",))
 out["top2_chunk"] = build(T2._top2_chunk_kernel, dict(CHUNK=4096, BLOCK=1024),
                           dict(m1_ptr="*fp32", i1_ptr="*i32", m2_ptr="*fp32"))
-out["top2_merge"] = build(T2._top2_merge_kernel, dict(BLOCK_C=64),
-                          dict(m1_ptr="*fp32", i1_ptr="*i32", m2_ptr="*fp32", top_ptr="*fp32", idx_ptr="*i64"), warps=1)
+out["top2_merge(readout)"] = build(T2._top2_merge_kernel, dict(BLOCK_C=64, READOUT=True),
+                                  dict(m1_ptr="*fp32", i1_ptr="*i32", m2_ptr="*fp32", top_ptr="*fp32", idx_ptr="*i64",
+                                       d2t_ptr="*i64", tgt_ptr="*i64", margin_ptr="*fp32"), warps=1)
 for name, k in ET.compile_for_target(arch=90, pdl_on=True).items():
     out[name] = k.asm["ptx"]
 print(json.dumps({n: dict(wait="griddepcontrol.wait" in p, release="griddepcontrol.launch_dependents" in p,
@@ -81,7 +84,7 @@ def test_every_step_kernel_builds_for_sm90_with_pdl():
     out = subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
-    assert len(got) >= 14, sorted(got)
+    assert len(got) >= 15, sorted(got)
     for name, flags in got.items():
         if name == "skinny_gemm(no PDL)":
             assert flags == dict(wait=False, release=False, prefetch=False), flags
@@ -151,3 +154,28 @@ def test_draft_step_with_pdl_gives_the_bits_of_the_step_without():
             finally:
                 pdl.ENABLED = True
             assert torch.equal(got[0], ref.token_ids) and torch.equal(got[1], ref.margins)
+
+
+def test_kernels_and_shared_helpers_defined_in_one_mode():
+    """Kernels call ``@triton.jit`` helpers of another module (jit_math); an interpreted kernel cannot call a
+    compiled helper ("Cannot call @triton.jit'd outside of the scope of a kernel", vLLM CI at e5d0d7b, where a
+    test unset TRITON_INTERPRET while a kernel module was first imported). tests/conftest.py defines every
+    kernel up front: all of them, helpers included, are of one kind."""
+    pytest.importorskip("triton")
+    import importlib
+    import pkgutil
+
+    import triton
+
+    import pedagle_core.kernels as pkg
+
+    kinds = {}
+    for info in pkgutil.iter_modules(pkg.__path__):
+        mod = importlib.import_module(f"{pkg.__name__}.{info.name}")
+        for name, obj in vars(mod).items():
+            if isinstance(obj, triton.runtime.jit.KernelInterface):
+                kinds[f"{info.name}.{name}"] = type(obj).__name__
+    assert "jit_math.gdc_wait_and_release" in kinds and "expand_triton._expand_metadata_kernel" in kinds, kinds
+    assert len(set(kinds.values())) == 1, kinds
+    interpreted = os.environ.get("TRITON_INTERPRET", "0") == "1" and not torch.cuda.is_available()
+    assert (set(kinds.values()) == {"InterpretedFunction"}) == interpreted, kinds

@@ -272,3 +272,55 @@ def test_apply_linear_leaves_backend_modules_alone():
     assert torch.equal(apply_linear(None, own, x), torch.full((2, 3), 7.0))
     assert torch.equal(apply_linear(lambda x, w, b: torch.zeros(x.shape[0], w.shape[0]), plain, x), torch.zeros(2, 3))
     torch.testing.assert_close(apply_linear(None, plain, x), plain(x))
+
+
+def test_prefetch_plan_budget():
+    """'auto': the first wave (two programs per SM) asks for as much of each weight row's K slice as fits
+    in half of L2 together, in a power of two of 128-byte lines; an int: that many bytes for every program."""
+    from pedagle_core.kernels.device_info import l2_bytes, sm_count
+
+    dev = torch.device(DEVICE)
+    wave, half = 2 * sm_count(dev), l2_bytes(dev) // 2
+    assert SG.prefetch_plan(0, 500, 64, 4096, dev) == (0, 0)
+    assert SG.prefetch_plan(1024, 500, 64, 4096, dev) == (8, 500)
+    assert SG.prefetch_plan("auto", 3, 64, 1024, dev) == (8, 3)                   # the whole slice, every program
+    lines, n = SG.prefetch_plan("auto", 10 * wave, 64, 1 << 30, dev)              # the budget binds
+    assert n == wave and lines & (lines - 1) == 0
+    assert lines * 128 * 64 * wave <= half < 2 * lines * 128 * 64 * wave
+    assert SG.prefetch_plan("auto", 10 * wave, 64, 100, dev) == (0, 0)            # under one line per row
+    with pytest.raises(ValueError, match="prefetch = 'all'"):
+        SG.prefetch_plan("all", 1, 64, 128, dev)
+
+
+@pytest.mark.parametrize("prefetch", [0, 1024, "auto"])
+def test_prefetch_changes_no_bits(prefetch):
+    """The prefetch is a hint before the PDL wait (no PDL off Hopper and in the interpreter: no prefetch);
+    the product is the same bits with and without it."""
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(14, 640, generator=g).to(torch.bfloat16).to(DEVICE)
+    w = (torch.randn(192, 640, generator=g) * 0.05).to(torch.bfloat16).to(DEVICE)
+    want = SG.skinny_linear(x, w, split_k=2, prefetch=0)
+    assert torch.equal(SG.skinny_linear(x, w, split_k=2, prefetch=prefetch), want)
+    assert torch.equal(SG.skinny_linear(x, w, silu_gate_up=True, prefetch=prefetch),
+                       SG.skinny_linear(x, w, silu_gate_up=True, prefetch=0))
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="the dispatch times and chooses on CUDA only")
+def test_kernels_only_never_takes_cublas(monkeypatch):
+    """With cuBLAS chosen for a shape, KERNELS_ONLY still runs the kernel (its fastest timed variant)."""
+    from pedagle_core.kernels import measured_choice
+
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(6, 256, generator=g).to(torch.bfloat16).to(DEVICE)
+    w = (torch.randn(96, 256, generator=g) * 0.05).to(torch.bfloat16).to(DEVICE)
+    key = (x.device.index, 6, 96, 256, x.dtype, False)
+    SG._CHOSEN.pop(key, None)
+    measured_choice.force("skinny_gemm", key[1:], x.device, 0)                  # cuBLAS
+    calls = []
+    real = SG.skinny_linear
+    monkeypatch.setattr(SG, "skinny_linear", lambda *a, **k: calls.append(k) or real(*a, **k))
+    assert torch.equal(SG.linear(x, w), F.linear(x, w)) and not calls
+    monkeypatch.setattr(SG, "KERNELS_ONLY", True)
+    y = SG.linear(x, w)
+    assert calls == [SG._FASTEST_KERNEL[key]]
+    assert _rel(y, SG.skinny_linear_reference(x, w)) < 8e-3

@@ -56,3 +56,45 @@ def test_many_ties(seed):
     x = torch.randint(0, 3 + seed, (7, 9000), generator=g).float()          # every row full of tied maxima
     x[:, torch.randint(0, 9000, (1,), generator=g)] = -1.0
     _check(x.to(DEVICE))
+
+
+@pytest.mark.parametrize("V", [3, 5000])
+def test_readout_form_equals_pytorch_readout(V):
+    """With d2t the merge launch also writes the greedy readout: target ids ``argmax + d2t[argmax]`` and
+    margins top-1 minus top-2, as `pedagle_core.draft.readout` computes them with PyTorch."""
+    g = torch.Generator().manual_seed(V)
+    x = (torch.randn(6, V, generator=g) * 4).to(torch.bfloat16).to(DEVICE)
+    x[2, V // 2] = x[2, 0] = 50.0                                        # a tie: margin 0, the first index
+    d2t = torch.randint(0, 1000, (V,), generator=g).to(DEVICE)
+    idx, top, tgt, margin = T2.top2_triton(x, d2t)
+    ridx, rtop = top2_reference(x)
+    assert torch.equal(idx, ridx) and torch.equal(top, rtop)
+    assert torch.equal(tgt, ridx + d2t[ridx]) and torch.equal(margin, rtop[:, 0] - rtop[:, -1])
+    assert float(margin[2]) == 0.0 and int(idx[2]) == 0
+    t, m, i = T2.greedy_readout(x, d2t.int())
+    assert torch.equal(t, tgt) and torch.equal(m, margin) and torch.equal(i, idx)
+    with pytest.raises(ValueError, match=r"d2t \(2,\)"):
+        T2.top2_triton(x, d2t[:2])
+    assert [o.shape for o in T2.top2_triton(x[:0], d2t)] == [(0,), (0, 2), (0,), (0,)]
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="the drafter's readout uses the kernel on CUDA only")
+def test_drafter_greedy_readout_uses_one_merge_launch(monkeypatch):
+    from pedagle_core import Drafter, DrafterConfig
+    from pedagle_core import draft as draft_mod
+
+    d = Drafter(DrafterConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                              intermediate_size=48, vocab_size=300, draft_vocab_size=100, target_hidden_size=16))
+    d = d.to(DEVICE).bfloat16().eval()
+    with torch.no_grad():
+        d.d2t.copy_(torch.randint(0, 200, (100,)))
+    out = torch.randn(5, 32, device=DEVICE).bfloat16()
+    calls = []
+    real = T2.greedy_readout
+    monkeypatch.setattr(T2, "greedy_readout", lambda *a: calls.append(1) or real(*a))
+    with torch.no_grad():
+        ids, margins, probs, draft_ids = draft_mod.readout(d, out)
+        monkeypatch.setattr(draft_mod, "top2", draft_mod.top2_reference)      # the PyTorch readout
+        rids, rmargins, _, rdraft = draft_mod.readout(d, out)
+    assert calls == [1] and probs is None
+    assert torch.equal(ids, rids) and torch.equal(margins, rmargins) and torch.equal(draft_ids, rdraft)

@@ -21,6 +21,21 @@ def sm_count(device: torch.device) -> int:
     return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
+@functools.lru_cache(maxsize=None)
+def _cuda_l2_bytes(index: int) -> int:
+    return int(torch.cuda.get_device_properties(index).L2_cache_size)
+
+
+CPU_L2_BYTES = 32 << 20  # what the launch heuristics assume on the CPU (Triton's interpreter)
+
+
+def l2_bytes(device: torch.device) -> int:
+    """L2 cache bytes of a CUDA device; `CPU_L2_BYTES` for any other device."""
+    if device.type != "cuda":
+        return CPU_L2_BYTES
+    return _cuda_l2_bytes(device.index if device.index is not None else torch.cuda.current_device())
+
+
 N_COUNTERS = 1 << 16
 _COUNTERS: dict[tuple, torch.Tensor] = {}
 
@@ -34,4 +49,4 @@ def ticket_counters(device: torch.device, owner: str) -> torch.Tensor:
     return _COUNTERS[key]
 
 
-__all__ = ["CPU_SM_COUNT", "N_COUNTERS", "sm_count", "ticket_counters"]
+__all__ = ["CPU_L2_BYTES", "CPU_SM_COUNT", "N_COUNTERS", "l2_bytes", "sm_count", "ticket_counters"]

@@ -12,6 +12,8 @@ step is made of: at production sizes the step is launch-bound, not bandwidth-bou
   rotation in float32 with the caller's float32 cos/sin, rounded to the activation dtype.
 * `silu_mul_triton` — the MLP's ``silu(gate) * up`` in one launch instead of two (silu rounded to the
   activation dtype before the product, as the reference's two ops round).
+* `embed_norm_cat_triton` — the EAGLE-3 first layer's input ``[norm(embed[ids]) ; hidden_norm(h)]`` in one
+  launch instead of four (embedding gather, two norms, concatenation), each norm as `rms_norm_triton`'s.
 * `rope_cos_sin_triton` — the step's RoPE table ``cos/sin(position * inv_freq) * scale`` in one launch
   instead of six (the float32 product rounded as torch rounds it; cos/sin through libdevice, the CUDA
   math library torch's own kernels use).
@@ -46,6 +48,18 @@ def can_run(device: torch.device) -> bool:
 
 
 @triton.jit
+def _norm_row(x, x_dtype_like, w_ptr, cols, m, n_cols, eps, X_BF16: tl.constexpr, OUT_BF16: tl.constexpr):
+    """One row x [BLOCK] (float32) normalised and scaled by the weight: float32 holding the values of the
+    reference's output dtype (x_dtype_like: any tensor of the activation dtype)."""
+    # eps in float32 whatever the launcher typed it (Triton's own launcher: fp32; inductor's: fp64, which
+    # made every later value float64 and the bfloat16 rounding's 32-bit bitcast fail to compile)
+    inv = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / n_cols + tl.cast(eps, tl.float32))
+    y = _round(x * inv, X_BF16).to(x_dtype_like.dtype)              # the reference rounds before the weight
+    w = tl.load(w_ptr + cols, mask=m, other=0.0)
+    return _round(y.to(tl.float32) * w.to(tl.float32), OUT_BF16)
+
+
+@triton.jit
 def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, y_ptr, res_out_ptr, n_cols, x_stride, res_stride, eps,
                      HAS_RESIDUAL: tl.constexpr, X_BF16: tl.constexpr, OUT_BF16: tl.constexpr,
                      BLOCK: tl.constexpr, PDL: tl.constexpr = False):
@@ -58,13 +72,29 @@ def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, y_ptr, res_out_ptr, n_cols, x_stride
     if HAS_RESIDUAL:
         x += tl.load(res_ptr + row * res_stride + cols, mask=m, other=0.0).to(tl.float32)
         tl.store(res_out_ptr + row * n_cols + cols, _round(x, X_BF16).to(x_raw.dtype), mask=m)
-    # eps in float32 whatever the launcher typed it (Triton's own launcher: fp32; inductor's: fp64, which
-    # made every later value float64 and the bfloat16 rounding's 32-bit bitcast fail to compile)
-    inv = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / n_cols + tl.cast(eps, tl.float32))
-    y = _round(x * inv, X_BF16).to(x_raw.dtype)                     # the reference rounds before the weight
-    w = tl.load(w_ptr + cols, mask=m, other=0.0)
-    out = _round(y.to(tl.float32) * w.to(tl.float32), OUT_BF16)
+    out = _norm_row(x, x_raw, w_ptr, cols, m, n_cols, eps, X_BF16, OUT_BF16)
     tl.store(y_ptr + row * n_cols + cols, out.to(y_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _embed_norm_cat_kernel(ids_ptr, table_ptr, x_ptr, we_ptr, wx_ptr, y_ptr, n_cols, n_vocab, table_stride,
+                           x_stride, eps, X_BF16: tl.constexpr, OUT_BF16: tl.constexpr, BLOCK: tl.constexpr,
+                           PDL: tl.constexpr = False):
+    """Program t: y[t] = [norm(table[ids[t]]) * we ; norm(x[t]) * wx] (2 * n_cols wide). An id outside
+    [0, n_vocab) reads nothing (zeros): the caller validates ids."""
+    row = tl.program_id(0).to(tl.int64)
+    gdc_wait_and_release(PDL)
+    cols = tl.arange(0, BLOCK)
+    m = cols < n_cols
+    tok = tl.load(ids_ptr + row).to(tl.int64)
+    in_range = (tok >= 0) & (tok < n_vocab)
+    tok = tl.where(in_range, tok, 0)
+    e_raw = tl.load(table_ptr + tok * table_stride + cols, mask=cols < tl.where(in_range, n_cols, 0), other=0.0)
+    e = _norm_row(e_raw.to(tl.float32), e_raw, we_ptr, cols, m, n_cols, eps, X_BF16, OUT_BF16)
+    tl.store(y_ptr + row * 2 * n_cols + cols, e.to(y_ptr.dtype.element_ty), mask=m)
+    x_raw = tl.load(x_ptr + row * x_stride + cols, mask=m, other=0.0)
+    x = _norm_row(x_raw.to(tl.float32), x_raw, wx_ptr, cols, m, n_cols, eps, X_BF16, OUT_BF16)
+    tl.store(y_ptr + row * 2 * n_cols + n_cols + cols, x.to(y_ptr.dtype.element_ty), mask=m)
 
 
 def rms_norm_triton(x: Tensor, weight: Tensor, eps: float, residual: Tensor | None = None
@@ -95,6 +125,40 @@ def rms_norm_triton(x: Tensor, weight: Tensor, eps: float, residual: Tensor | No
                                   OUT_BF16=y.dtype == torch.bfloat16, BLOCK=block,
                                   num_warps=min(16, max(1, block // 256)), PDL=bool(kw), **kw)
     return y if residual is None else (y, res_out)
+
+
+def embed_norm_cat_triton(input_ids: Tensor, embed_weight: Tensor, x: Tensor, w_embed: Tensor, w_x: Tensor,
+                          eps: float) -> Tensor:
+    """The EAGLE-3 first layer's attention input in one launch: ``[norm(embed_weight[input_ids]) * w_embed ;
+    norm(x) * w_x]`` -> [T, 2H] (the embedding lookup, two RMSNorms and the concatenation).
+    input_ids [T] integer; embed_weight [V, H]; x [T, H]; one dtype for the activations and both weights.
+    Ids on CPU tensors are checked against V; on CUDA (no host sync) an id outside [0, V) gives a zero row
+    before the norm, where ``nn.Embedding`` would stop the device: ids come from the engine."""
+    T, H = x.shape if x.dim() == 2 else (-1, -1)
+    if (x.dim() != 2 or input_ids.shape != (T,) or embed_weight.dim() != 2 or embed_weight.shape[1] != H
+            or w_embed.shape != (H,) or w_x.shape != (H,)):
+        raise ValueError(f"embed_norm_cat: input_ids {tuple(input_ids.shape)}, embed_weight {tuple(embed_weight.shape)}, "
+                         f"x {tuple(x.shape)}, weights {tuple(w_embed.shape)}/{tuple(w_x.shape)}; expected [T], "
+                         "[V, H], [T, H], (H,)")
+    if len({x.dtype, embed_weight.dtype, w_embed.dtype, w_x.dtype}) != 1:
+        raise ValueError(f"embed_norm_cat: dtypes x {x.dtype}, embed_weight {embed_weight.dtype}, weights "
+                         f"{w_embed.dtype}/{w_x.dtype}; expected one dtype")
+    V = embed_weight.shape[0]
+    if input_ids.device.type == "cpu" and T and not bool(((input_ids >= 0) & (input_ids < V)).all()):
+        raise ValueError(f"embed_norm_cat: input_ids outside [0, {V}): {input_ids.tolist()}")
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    if embed_weight.stride(-1) != 1:
+        embed_weight = embed_weight.contiguous()
+    y = torch.empty(T, 2 * H, dtype=x.dtype, device=x.device)
+    if T:
+        block = triton.next_power_of_2(H)
+        kw = pdl.launch_kwargs(x.device)
+        _embed_norm_cat_kernel[(T,)](input_ids.contiguous(), embed_weight, x, w_embed, w_x, y, H, V,
+                                     embed_weight.stride(0), x.stride(0), float(eps),
+                                     X_BF16=x.dtype == torch.bfloat16, OUT_BF16=x.dtype == torch.bfloat16,
+                                     BLOCK=block, num_warps=min(16, max(1, block // 256)), PDL=bool(kw), **kw)
+    return y
 
 
 @triton.jit
@@ -364,6 +428,15 @@ class TritonOps:
                       k_cache: Tensor, v_cache: Tensor) -> Tensor:
         """`rope_write_kv_triton` (eager only: providers offer a cache to write to outside compilation)."""
         return rope_write_kv_triton(q, k, v, cos, sin, slot_mapping, k_cache, v_cache)
+
+    def embed_norm_cat(self, input_ids: Tensor, embed_weight: Tensor, x: Tensor, w_embed: Tensor, w_x: Tensor,
+                       eps: float) -> Tensor | None:
+        """`embed_norm_cat_triton`; None (the caller's unfused ops) under torch.compile, for mixed dtypes,
+        and once the kernel has failed."""
+        if torch.compiler.is_compiling() or len({x.dtype, embed_weight.dtype, w_embed.dtype, w_x.dtype}) != 1:
+            return None
+        return _guarded("embed_norm_cat", embed_norm_cat_triton, lambda *a: None,
+                        input_ids, embed_weight, x, w_embed, w_x, eps)
 
     def silu_mul(self, gate: Tensor, up: Tensor) -> Tensor:
         if torch.compiler.is_compiling():

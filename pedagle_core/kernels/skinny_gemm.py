@@ -34,7 +34,7 @@ import triton.language as tl
 from torch import Tensor
 
 from . import measured_choice, pdl
-from .device_info import N_COUNTERS as _N_COUNTERS, sm_count, ticket_counters
+from .device_info import N_COUNTERS as _N_COUNTERS, l2_bytes, sm_count, ticket_counters
 from .jit_math import gdc_wait_and_release, rne_bf16, silu
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -91,8 +91,8 @@ def _prefetch_l2(w_ptr, w_row, n_ok, stride_wn, k_lo, k_hi, LINES: tl.constexpr,
                               dtype=tl.int32, is_pure=False, pack=1)
 
 
-@triton.jit(do_not_specialize=["M", "N", "K", "tiles_per_split"])
-def _skinny_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, tiles_per_split,
+@triton.jit(do_not_specialize=["M", "N", "K", "tiles_per_split", "n_prefetch"])
+def _skinny_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, tiles_per_split, n_prefetch,
                    stride_xm, stride_wn, stride_ym,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                    SPLIT: tl.constexpr, EVEN_K: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -120,7 +120,8 @@ def _skinny_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, tiles_p
     w_rows = w_ptr + w_row[:, None].to(tl.int64) * stride_wn
     x_rows = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm
     if PREFETCH_LINES > 0:              # weights: never written by an earlier kernel, safe before the wait
-        _prefetch_l2(w_ptr, w_row, n_ok, stride_wn, tile0 * BLOCK_K, k_hi, PREFETCH_LINES, LINE)
+        if pid_k * tl.num_programs(0) + pid_n < n_prefetch:      # the programs of the first wave (launch order)
+            _prefetch_l2(w_ptr, w_row, n_ok, stride_wn, tile0 * BLOCK_K, k_hi, PREFETCH_LINES, LINE)
     gdc_wait_and_release(PDL)
     acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
     for i in range(0, n_iter):
@@ -196,10 +197,33 @@ def launch_config(M: int, N: int, K: int, device: torch.device, block_n: int = 6
                 n_tiles=n_tiles, num_warps=num_warps, num_stages=num_stages)
 
 
-PREFETCH_BYTES = 0
+PREFETCH_BYTES: int | str = 0
 """With PDL: bytes of each of its weight rows a program asks L2 for before waiting on the previous kernel
-(0: none, the default; a measured variant of `candidates`). On the H200 at 79719fb 1 KB per row by
-default made products slower: lm_head 277 us vs 271 us without, gate/up 38.3 vs 36.4 us."""
+(0: none, the default; a measured variant of `candidates`), or "auto": the first wave's programs (about
+two per SM) ask for as much of their K slice as fits in half of L2 together. Prefetching pays where the
+previous kernel leaves HBM idle (decode attention, norms, RoPE at batch 1); the per-shape timings of
+`linear` chain a product to itself, so they cannot see that gain: the drafter benchmark measures the
+"auto" form inside the step (path "prefetch"). On the H200 at 79719fb 1 KB per row for every program
+made isolated products slower: lm_head 277 us vs 271 us without, gate/up 38.3 vs 36.4 us."""
+
+
+def prefetch_plan(prefetch: int | str, n_programs: int, rows_per_program: int, slice_bytes: int,
+                  device: torch.device) -> tuple[int, int]:
+    """(128-byte lines per weight row, programs that prefetch) for a launch of ``n_programs`` programs of
+    ``rows_per_program`` weight rows, each row's K slice ``slice_bytes`` long. ``prefetch``: bytes per
+    row for every program, or "auto" (see `PREFETCH_BYTES`)."""
+    if prefetch == "auto":
+        first_wave = min(n_programs, 2 * sm_count(device))
+        per_row = min(slice_bytes, l2_bytes(device) // 2 // max(1, first_wave * rows_per_program))
+        lines = per_row // 128
+        if lines < 1:
+            return 0, 0
+        return 1 << (lines.bit_length() - 1), first_wave         # a power of two, at most the budget
+    if not isinstance(prefetch, int) or prefetch < 0:
+        raise ValueError(f"prefetch = {prefetch!r}; expected bytes per weight row (int >= 0) or 'auto'")
+    if prefetch == 0:
+        return 0, 0
+    return triton.next_power_of_2(max(1, prefetch // 128)), n_programs
 
 
 def skinny_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, out: Tensor | None = None,
@@ -209,7 +233,7 @@ def skinny_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, out: Te
     the MLP activation ``silu(x @ gate.T) * (x @ up.T)`` [M, I], computed in the product's epilogue with
     the rounding steps of the product followed by `norm_rope.silu_mul_triton`. overrides: block_n,
     block_k, split_k, num_warps, num_stages (see `launch_config`), prefetch (bytes per weight row, see
-    `PREFETCH_BYTES`)."""
+    `PREFETCH_BYTES`: bytes per row or "auto")."""
     if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
         raise ValueError(f"skinny_linear: x {tuple(x.shape)}, weight {tuple(weight.shape)}; expected [M, K] and [N, K]")
     M, K = x.shape
@@ -233,7 +257,7 @@ def skinny_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, out: Te
             z = (bias if bias is not None else torch.zeros(N, dtype=x.dtype, device=x.device)).expand(M, N)
             return y.copy_(F.silu(z[:, :n_out]) * z[:, n_out:])
         return y.copy_(bias.expand(M, N) if bias is not None else torch.zeros_like(y))
-    prefetch = int(overrides.pop("prefetch", PREFETCH_BYTES))
+    prefetch = overrides.pop("prefetch", PREFETCH_BYTES)
     cfg = launch_config(M, N, K, x.device, **overrides)
     n_tiles = triton.cdiv(n_out, cfg["BLOCK_N"] // 2) if silu_gate_up else cfg["n_tiles"]
     split = cfg["split_k"] > 1
@@ -245,9 +269,13 @@ def skinny_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, out: Te
     even = K % cfg["BLOCK_K"] == 0
     kw = pdl.launch_kwargs(x.device)
     line = 128 // weight.element_size()
-    lines = triton.next_power_of_2(max(1, prefetch // 128)) if (kw and prefetch > 0) else 0
+    lines, n_prefetch = prefetch_plan(prefetch, n_tiles * cfg["split_k"], cfg["BLOCK_N"],
+                                      cfg["k_split"] * weight.element_size(), x.device)
+    if not kw:                                   # without PDL there is no earlier kernel to overlap with
+        lines = n_prefetch = 0
     _skinny_kernel[(n_tiles, cfg["split_k"])](
         x, weight, bias if bias is not None else y, y, ws, cnt, M, n_out, K, cfg["k_split"] // cfg["BLOCK_K"],
+        n_prefetch,
         x.stride(0), weight.stride(0), y.stride(0),
         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], SPLIT=split, EVEN_K=even,
         HAS_BIAS=bias is not None, IEEE=x.dtype == torch.float32 or INTERPRETED,
@@ -307,6 +335,19 @@ def _name(ov: dict) -> str:
 
 
 _CHOSEN: dict[tuple, dict | None] = {}          # shape key -> the winning kernel variant (None: cuBLAS)
+_FASTEST_KERNEL: dict[tuple, dict] = {}         # shape key -> the fastest kernel variant, cuBLAS left out
+KERNELS_ONLY = False
+"""True: `linear` and `silu_gate_up` run every product they dispatch on the kernel (its fastest variant as
+timed against cuBLAS), never cuBLAS: a step of pedagle launches only, each linked to the next by PDL.
+The per-shape timings chain a product to itself; the drafter benchmark measures this all-kernel chain
+inside the step (path "kernels") beside the per-shape choice."""
+
+
+def _fastest(cands: list[dict], times: list[float]) -> dict:
+    """The candidate with the smallest time (times[i] for cands[i]); the first without timings."""
+    if len(times) != len(cands):
+        return cands[0]
+    return cands[min(range(len(cands)), key=times.__getitem__)]
 
 
 def _product(x: Tensor, w: Tensor, bias: Tensor | None, v: dict | None) -> None:
@@ -357,12 +398,16 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         fns += [lambda c=c: skinny_linear(x2, weight, bias, **c) for c in cands]
         if measured_choice.tracing():                    # a graph under capture: no timing now
             return F.linear(x, weight, bias)
+        seen: list[float] = []
+
         def timer(fns, device):
             t = time_in_graphs(x2, weight, bias, [None] + cands)
-            return t if t[0] != float("inf") else measured_choice.time_candidates(fns, device)
+            seen.extend(t if t[0] != float("inf") else measured_choice.time_candidates(fns, device))
+            return seen
         i = measured_choice.choose("skinny_gemm", key[1:], names, fns, x.device, fallback=0, timer=timer)
         _CHOSEN[key] = None if i == 0 else cands[i - 1]
-    ov = _CHOSEN[key]
+        _FASTEST_KERNEL[key] = _fastest(cands, seen[1:])
+    ov = _FASTEST_KERNEL[key] if KERNELS_ONLY else _CHOSEN[key]
     if ov is None:
         return F.linear(x, weight, bias)
     return skinny_linear(x2, weight, bias, **ov).view(*x.shape[:-1], N)
@@ -385,6 +430,7 @@ def _two_launches(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 
 
 _CHOSEN_SILU: dict[tuple, dict | None] = {}     # shape key -> the winning fused variant (None: two launches)
+_FASTEST_FUSED: dict[tuple, dict] = {}          # shape key -> the fastest fused variant (`KERNELS_ONLY`)
 
 
 def silu_gate_up(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -416,12 +462,16 @@ def silu_gate_up(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tenso
             else:
                 skinny_linear(a, w, b, silu_gate_up=True, **v)
 
+        seen: list[float] = []
+
         def timer(fns, device):
             t = time_in_graphs(x2, weight, bias, [None] + cands, product=product)
-            return t if t[0] != float("inf") else measured_choice.time_candidates(fns, device)
+            seen.extend(t if t[0] != float("inf") else measured_choice.time_candidates(fns, device))
+            return seen
         i = measured_choice.choose("silu_gate_up", key[1:], names, fns, x.device, fallback=0, timer=timer)
         _CHOSEN_SILU[key] = None if i == 0 else cands[i - 1]
-    ov = _CHOSEN_SILU[key]
+        _FASTEST_FUSED[key] = _fastest(cands, seen[1:])
+    ov = _FASTEST_FUSED[key] if KERNELS_ONLY else _CHOSEN_SILU[key]
     if ov is None:
         return _two_launches(x, weight, bias)
     return skinny_linear(x2, weight, bias, silu_gate_up=True, **ov).view(*x.shape[:-1], N // 2)
