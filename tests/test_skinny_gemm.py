@@ -133,7 +133,13 @@ def test_launch_config_split_covers_k_exactly():
         assert c["split_k"] >= 1 and c["k_split"] % c["BLOCK_K"] == 0
         assert (c["split_k"] - 1) * c["k_split"] < K <= c["split_k"] * c["k_split"]        # no empty slice
         for ov in SG.candidates(M, N, K, DEVICE):
-            assert SG.launch_config(M, N, K, DEVICE, **ov)["split_k"] == ov["split_k"]
+            launch = {k: v for k, v in ov.items() if k != "prefetch"}          # a launch option, not a tile one
+            assert SG.launch_config(M, N, K, DEVICE, **launch)["split_k"] == ov["split_k"]
+    # the pipeline depth keeps the buffered tiles in shared memory (float32, 128-wide tiles on the H200
+    # asked for 240 KB of 227); bfloat16 tiles keep the full depth
+    assert SG.launch_config(20, 192, 128, DEVICE, block_n=128, itemsize=4)["num_stages"] == 3
+    assert SG.launch_config(20, 192, 128, DEVICE, block_n=128, itemsize=2)["num_stages"] == 4
+    assert SG.launch_config(112, 2880, 4096, DEVICE, block_n=256, num_warps=8)["num_stages"] == 3
 
 
 def test_linear_dispatch_equals_f_linear_where_it_cannot_time():

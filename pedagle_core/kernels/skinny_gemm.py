@@ -176,10 +176,16 @@ def block_m(M: int) -> int:
     return max(16, triton.next_power_of_2(M))
 
 
+_SMEM_BUDGET = 200 << 10         # shared memory the pipelined tiles may use (H100/H200: 227 KB per block)
+
+
 def launch_config(M: int, N: int, K: int, device: torch.device, block_n: int = 64, block_k: int | None = None,
-                  split_k: int | None = None, num_warps: int = 4, num_stages: int | None = None) -> dict:
+                  split_k: int | None = None, num_warps: int = 4, num_stages: int | None = None,
+                  itemsize: int = 2) -> dict:
     """Static launch parameters. Default split: the fewest K slices that give about two programs per SM
-    (N tiles x slices), each slice at least 4 weight tiles long."""
+    (N tiles x slices), each slice at least 4 weight tiles long. Default pipeline depth: 4 stages up to 32
+    rows, else 3, fewer where the buffered tiles (``num_stages - 1`` of weight and rows, ``itemsize`` bytes
+    per element) would pass `_SMEM_BUDGET` (float32 with 128-wide tiles)."""
     bm = block_m(M)
     if block_k is None:
         block_k = 128 if (K % 128 == 0 and bm <= 64) else 64
@@ -192,7 +198,8 @@ def launch_config(M: int, N: int, K: int, device: torch.device, block_n: int = 6
     k_split = triton.cdiv(k_tiles, split_k) * block_k
     split_k = triton.cdiv(K, k_split)                      # no empty slices
     if num_stages is None:
-        num_stages = 4 if bm <= 32 else 3
+        stage_bytes = (block_n + bm) * block_k * itemsize
+        num_stages = max(1, min(4 if bm <= 32 else 3, 1 + _SMEM_BUDGET // stage_bytes))
     return dict(BLOCK_M=bm, BLOCK_N=block_n, BLOCK_K=block_k, split_k=split_k, k_split=k_split,
                 n_tiles=n_tiles, num_warps=num_warps, num_stages=num_stages)
 
@@ -258,11 +265,11 @@ def skinny_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, out: Te
             return y.copy_(F.silu(z[:, :n_out]) * z[:, n_out:])
         return y.copy_(bias.expand(M, N) if bias is not None else torch.zeros_like(y))
     prefetch = overrides.pop("prefetch", PREFETCH_BYTES)
-    cfg = launch_config(M, N, K, x.device, **overrides)
+    cfg = launch_config(M, N, K, x.device, itemsize=x.element_size(), **overrides)
     n_tiles = triton.cdiv(n_out, cfg["BLOCK_N"] // 2) if silu_gate_up else cfg["n_tiles"]
     split = cfg["split_k"] > 1
     if split and n_tiles > _N_COUNTERS:
-        cfg = launch_config(M, N, K, x.device, **dict(overrides, split_k=1))
+        cfg = launch_config(M, N, K, x.device, itemsize=x.element_size(), **dict(overrides, split_k=1))
         split = False
     ws = torch.empty(cfg["split_k"], N, cfg["BLOCK_M"], dtype=torch.float32, device=x.device) if split else y
     cnt = _counters(x.device) if split else y
