@@ -955,32 +955,49 @@ def micro_table(res: dict) -> str:
 
 
 def plot(res: dict, path: str) -> None:
+    """One panel per measured (family, batch, context): ms per step (log scale) against K for the new path and
+    every other path of the run (parallel mode; the autoregressive head dashed), with the bytes floor dotted."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
-    fams, ctxs, bs = res["plan"]["families"], res["plan"]["ctxs"], res["plan"]["batches"]
-    cols = [(ctx, B) for ctx in ctxs for B in bs]
-    fig, axes = plt.subplots(len(fams), len(cols), figsize=(3.2 * len(cols), 2.8 * len(fams)), squeeze=False)
-    for i, fam in enumerate(fams):
-        for j, (ctx, B) in enumerate(cols):
-            ax = axes[i][j]
-            for mode, style, label in (("parallel", "-o", "P-EAGLE 4L parallel"), ("autoregressive", "--s", "EAGLE-3 1L x K")):
-                pts = [(r["K"], r["median_ms"], r["floor_ms"]) for r in res["results"]
-                       if r.get("family") == fam and r.get("mode") == mode and r.get("B") == B and r.get("ctx") == ctx
-                       and "median_ms" in r]
-                if pts:
-                    pts.sort()
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], style, ms=3, label=label)
-                    ax.plot([p[0] for p in pts], [p[2] for p in pts], ":", color=ax.lines[-1].get_color(), lw=1,
-                            label=f"{mode[:3]} floor")
-            ax.set_title(f"{fam} B={B} ctx={ctx}", fontsize=8)
-            ax.set_xlabel("K", fontsize=7)
-            ax.set_ylabel("ms / draft step", fontsize=7)
-            ax.tick_params(labelsize=6)
-            ax.grid(alpha=0.3)
-            if i == 0 and j == 0:
-                ax.legend(fontsize=6)
+    panels = sorted({(r["family"], r["B"], r["ctx"]) for r in res["results"] if "median_ms" in r},
+                    key=lambda p: (res["plan"]["families"].index(p[0]) if p[0] in res["plan"]["families"] else 0,
+                                   p[1], p[2]))
+    if not panels:
+        raise ValueError("nothing measured to plot")
+    ncol = min(4, len(panels))
+    nrow = -(-len(panels) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 2.9 * nrow), squeeze=False)
+    series = [("new", "parallel", "-o", "new (default)")] + [
+        (p, "parallel", "-", p) for p in res["plan"].get("paths", ()) if p != "new"] + [
+        ("new", "autoregressive", "--s", "EAGLE-3 1L x K (new)")]
+    for ax, (fam, B, ctx) in zip(axes.flat, panels):
+        floor = None
+        for name, mode, style, label in series:
+            pts = sorted((r["K"], r["median_ms"], r["floor_ms"]) for r in
+                         (res["results"] if name == "new" else res.get("paths", {}).get(name, []))
+                         if r.get("family") == fam and r.get("mode") == mode and r.get("B") == B
+                         and r.get("ctx") == ctx and "median_ms" in r)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, ms=3, lw=1.5 if name == "new" else 0.9,
+                        label=label)
+                if mode == "parallel" and floor is None:
+                    floor = pts
+        if floor:
+            ax.plot([p[0] for p in floor], [p[2] for p in floor], ":", color="black", lw=1, label="floor")
+        ax.set_title(f"{fam} B={B} ctx={ctx}", fontsize=8)
+        ax.set_xlabel("K", fontsize=7)
+        ax.set_ylabel("ms / draft step (log)", fontsize=7)
+        ax.set_yscale("log")                       # the plain-PyTorch path is 10x the others at long contexts
+        for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+            axis(matplotlib.ticker.FormatStrFormatter("%.2g"))
+        ax.tick_params(which="both", labelsize=6)
+        ax.grid(alpha=0.3, which="both")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=5.5)
     fig.suptitle(f"drafter step latency, {res['meta']['device']} ({res['meta']['date']}, {res['meta']['commit'][:10]})",
                  fontsize=9)
     fig.tight_layout()
