@@ -68,6 +68,33 @@ def _drafter(dtype):
     return d.to(dtype).to(DEVICE).eval()
 
 
+def _unfused_ops():
+    """The Triton ops without the optional fused methods (``rope_write_kv``, ``embed_norm_cat``): the drafter
+    takes its several-launch paths."""
+    class Unfused:
+        rms_norm, rope = NR.TRITON_OPS.rms_norm, NR.TRITON_OPS.rope
+        silu_mul, rope_cos_sin = NR.TRITON_OPS.silu_mul, NR.TRITON_OPS.rope_cos_sin
+    return Unfused()
+
+
+def _spy_ops(method: str, calls: list):
+    """The Triton ops, appending ``method`` to ``calls`` each time the drafter calls that method."""
+    base = type(NR.TRITON_OPS)
+
+    def spy(self, *a):
+        calls.append(method)
+        return getattr(base, method)(self, *a)
+    return type("Spy", (base,), {method: spy})()
+
+
+def _sdpa(layer, q, k, v, window):
+    """A causal attention provider over the step's own rows (plain PyTorch)."""
+    r = q.shape[1] // k.shape[1]
+    return torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(0, 1), k.repeat_interleave(r, 1).transpose(0, 1), v.repeat_interleave(r, 1).transpose(0, 1),
+        is_causal=True).transpose(0, 1)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_drafter_routes_activation_and_rope_table_through_its_ops(dtype):
     d = _drafter(dtype)
@@ -86,17 +113,11 @@ def test_drafter_routes_activation_and_rope_table_through_its_ops(dtype):
             calls.append("rope_cos_sin")
             return super().rope_cos_sin(positions, inv_freq, scale)
 
-    def attn(layer, q, k, v, window):
-        r = q.shape[1] // k.shape[1]
-        return torch.nn.functional.scaled_dot_product_attention(
-            q.transpose(0, 1), k.repeat_interleave(r, 1).transpose(0, 1), v.repeat_interleave(r, 1).transpose(0, 1),
-            is_causal=True).transpose(0, 1)
-
     with torch.no_grad():
         d.use_ops(TORCH_OPS)
-        ref, _ = d(ids, pos, hid, attn)
+        ref, _ = d(ids, pos, hid, _sdpa)
         d.use_ops(Spy())
-        got, _ = d(ids, pos, hid, attn)
+        got, _ = d(ids, pos, hid, _sdpa)
         d.use_ops(None)
     assert calls.count("rope_cos_sin") == 1 and calls.count("silu_mul") == d.config.num_hidden_layers
     tol = 1e-5 if dtype == torch.float32 else 2e-2
@@ -172,20 +193,12 @@ def test_drafter_writes_the_cache_with_rope_when_the_provider_offers_it():
     d = _drafter(torch.float32)
     T, calls = 5, []
 
-    class Spy(type(NR.TRITON_OPS)):
-        def rope_write_kv(self, *a):
-            calls.append("rope_write_kv")
-            return super().rope_write_kv(*a)
-
-    class NoFusion:
-        rms_norm, rope = NR.TRITON_OPS.rms_norm, NR.TRITON_OPS.rope
-        silu_mul, rope_cos_sin = NR.TRITON_OPS.silu_mul, NR.TRITON_OPS.rope_cos_sin
-
     ids = torch.randint(0, 40, (T,), device=DEVICE)
     pos = torch.arange(3, 3 + T, device=DEVICE)
     hid = torch.randn(T, 32, device=DEVICE)
     outs, caches = [], []
-    for impl, ops in (("triton", Spy()), ("triton", NoFusion()), ("torch", NoFusion())):
+    for impl, ops in (("triton", _spy_ops("rope_write_kv", calls)), ("triton", _unfused_ops()),
+                      ("torch", _unfused_ops())):
         cache = ContiguousKVCache(2, 1, 16, 2, 8, device=DEVICE, impl=impl)
         view = cache.for_requests(torch.zeros(1, dtype=torch.long, device=DEVICE), max_query_len=T, max_context=16)
         attn = view.attention(pos, pos.clone(), torch.zeros(T, dtype=torch.long, device=DEVICE))
@@ -241,30 +254,15 @@ def test_drafter_first_layer_input_in_one_launch(norm_before_residual):
     d = _drafter(torch.float32)
     d.config.norm_before_residual = d.layers[0].norm_before_residual = norm_before_residual
     T, calls = 6, []
-
-    class Spy(type(NR.TRITON_OPS)):
-        def embed_norm_cat(self, *a):
-            calls.append("embed_norm_cat")
-            return super().embed_norm_cat(*a)
-
-    class NoFusion:
-        rms_norm, rope = NR.TRITON_OPS.rms_norm, NR.TRITON_OPS.rope
-        silu_mul, rope_cos_sin = NR.TRITON_OPS.silu_mul, NR.TRITON_OPS.rope_cos_sin
-
-    def attn(layer, q, k, v, window):
-        r = q.shape[1] // k.shape[1]
-        return torch.nn.functional.scaled_dot_product_attention(
-            q.transpose(0, 1), k.repeat_interleave(r, 1).transpose(0, 1), v.repeat_interleave(r, 1).transpose(0, 1),
-            is_causal=True).transpose(0, 1)
-
     ids = torch.randint(0, 40, (T,), device=DEVICE)
     pos = torch.arange(T, device=DEVICE)
     hid = torch.randn(T, 32, device=DEVICE)
     outs = []
     with torch.no_grad():
-        for ops, embeds in ((Spy(), None), (NoFusion(), None), (Spy(), d.embed_tokens(ids))):
+        for ops, embeds in ((_spy_ops("embed_norm_cat", calls), None), (_unfused_ops(), None),
+                            (_spy_ops("embed_norm_cat", calls), d.embed_tokens(ids))):
             d.use_ops(ops)
-            outs.append(d(ids, pos, hid, attn, input_embeds=embeds))
+            outs.append(d(ids, pos, hid, _sdpa, input_embeds=embeds))
     d.use_ops(None)
     assert calls == ([] if norm_before_residual else ["embed_norm_cat"])
     for got in outs[1:]:
