@@ -90,7 +90,8 @@ def test_kernel_matches_reference(case, dtype):
 @pytest.mark.parametrize("ov", [dict(max_block_m=256, block_n=32, num_warps=8, num_stages=2),
                                 dict(max_block_m=16, num_splits=2), dict(max_block_m=128, interior=True),
                                 dict(max_block_m=256, interior=True, num_splits=3, block_n=16),
-                                dict(max_block_m=128, num_splits=2, block_n=128, num_warps=8, num_stages=2)])
+                                dict(max_block_m=128, num_splits=2, block_n=128, num_warps=8, num_stages=2),
+                                dict(max_block_m=32, num_splits=4)])
 def test_tuning_variants_match_reference(ov):
     """Launch variants the tuner times (`VARIANTS`): all rows of a request in one wide q tile (K/V read
     once), and the opposite, many narrow q tiles; every variant computes the same attention."""
@@ -103,7 +104,7 @@ def test_tuning_variants_match_reference(ov):
     cfg = DA.launch_config(q.shape[0], B, max_rows, Hq, Hkv, D, S, 4, q.device,
                            **{k: v for k, v in ov.items() if k != "interior"})
     assert max_rows > 16 and DA.launch_config(q.shape[0], B, max_rows, Hq, Hkv, D, S, 4, q.device)["n_qtiles"] == 2
-    assert cfg["n_qtiles"] == {256: 1, 128: 2, 16: -(-max_rows // 2)}[ov["max_block_m"]]    # 8 heads x 2 rows
+    assert cfg["n_qtiles"] == {256: 1, 128: 2, 32: -(-max_rows // 4), 16: -(-max_rows // 2)}[ov["max_block_m"]]
     out = DA.decode_attention(q, kc, vc, pos, table, bt, bs, S, None, **ov)
     assert rel_err(out.cpu(), ref) < 1e-5
 

@@ -318,11 +318,12 @@ VARIANTS: list[dict] = [dict(), dict(num_splits=1), dict(num_splits=2), dict(num
                         dict(block_n=64, num_warps=4, num_stages=3), dict(block_n=64, num_warps=8, num_stages=4),
                         # 17-32 rows of 8 heads per request (K=10 at batch 8): one q tile, K/V read once
                         dict(max_block_m=256, block_n=32, num_warps=8, num_stages=2),
-                        # 128-key tiles: half the dependent steps of the online softmax per key range (batch 1
-                        # is latency-bound: 8 programs walk 512 keys), without and with a split
-                        dict(block_n=128, num_warps=8, num_stages=2),
-                        dict(num_splits=2, block_n=128, num_warps=8, num_stages=2),
-                        dict(num_splits=4, block_n=128, num_warps=8, num_stages=2)]
+                        # batch 1 is latency-bound (8 KV heads: 8 programs per split): narrower q tiles (2-4
+                        # rows of a group's 8 heads) give more programs, shorter dots and smaller partials to merge
+                        dict(max_block_m=32, num_splits=2), dict(max_block_m=32, num_splits=4),
+                        dict(max_block_m=16, num_splits=4), dict(max_block_m=64, num_splits=4)]
+# Not timed any more: 128-key tiles (8 warps, 2 stages; alone and with 2 or 4 splits): never chosen on the H200
+# at c648664 (bench/results/drafter_h200_fusion.json).
 # Not timed any more: ``interior=True`` (the causal mask only on the tiles that need it; still an override).
 # On the H200 at 0c05d98 its three variants were never chosen, 4-20% slower than the best at every shape
 # (bench/results/drafter_h200_fused.json: the branch in the loop costs more than the mask it saves).
