@@ -15,10 +15,10 @@
 # PACK=1 also packs them all into RESULTS_DIR/perf_<gpu>.tgz (the device tool returns at most 8 files).
 # SKIP_TESTS=1 skips the pytest step (TESTS=<files> narrows it); SKIP_SKINNY=1 the skinny-GEMM benchmark;
 # SKIP_TINY=1 the tiny-code benchmark; SKIP_SPEEDUP=1 the speedup model
-# (issue 13's goal run: SKIP_TINY=1 SKIP_SPEEDUP=1 BENCH_ARGS="--pairs 1:512,8:8192 --ks 1,7,10 --modes parallel
-# --no-micro"); BENCH_ARGS passes options to
-# bench_drafter.py (e.g. "--budget-s 200"). The drafter table holds three paths per config (plain PyTorch,
-# the path before issue 13, the new default path), side by side.
+# (issue 13's goal run: SKIP_TINY=1 SKIP_SPEEDUP=1 SKIP_SKINNY=1 TEST_TIMEOUT_S=280 BENCH_ARGS="--pairs
+# 1:512,8:8192 --ks 1,7,10 --modes parallel --no-micro --budget-s 200", about 7.5 minutes); BENCH_ARGS passes options to
+# bench_drafter.py (e.g. "--budget-s 200", "--paths today,nopdl"). The drafter table holds every path per config
+# (plain PyTorch, the path before issue 13, the new default path, and its variants), side by side.
 # The JSONs carry the commit: set PEDAGLE_COMMIT=<sha> when the tree travels without .git.
 # AL_JSON=<path> adds the bundled model family's acceptance lengths to the speedup model.
 # The last lines printed are the drafter table + goals and the speedup table.
@@ -93,7 +93,7 @@ echo "== speedup_model rc=$rc2 ($((t2 - t2a)) s)"
 grep -E "VERIFY-FAIL|Traceback|Error" "$OUT_DIR/speedup_$TAG.log" | head -10
 [ $rc2 -ne 0 ] && tail -30 "$OUT_DIR/speedup_$TAG.log"
 echo "== GEMMs (CUDA graphs over rotating weights)"; tail -n 32 "$OUT_DIR/skinny_gemm_$TAG.log" 2>/dev/null
-echo "== drafter: goals, profiles, three paths"
+echo "== drafter: goals, profiles, every path"
 grep -E "^(goal|profile|attn):" "$OUT_DIR/drafter_$TAG.log"
 awk '/^family  .* mode /{p=1} p' "$OUT_DIR/drafter_$TAG.log" | grep -E " (1|8) +(512|8192) +(1|7|10) \|" | cut -c1-200
 echo "== speedup model"
