@@ -312,11 +312,12 @@ class DecoderLayer(nn.Module):
         if self.is_first:
             self.hidden_norm = RMSNorm(H, eps)
 
-    def first_input(self, embed: nn.Embedding, input_ids: Tensor, input_embeds: Tensor | None,
-                    hidden: Tensor) -> tuple[Tensor, Tensor]:
+    def _first_input(self, embed: nn.Embedding, input_ids: Tensor, input_embeds: Tensor | None,
+                     hidden: Tensor) -> tuple[Tensor, Tensor]:
         """Layer 0's attention input ``[input_layernorm(embeds) ; hidden_norm(h)]`` [T, 2H] (embeds first)
         and its residual [T, H]. With ops offering ``embed_norm_cat`` (the Triton ops) the lookup, both
-        norms and the concatenation are one launch."""
+        norms and the concatenation are one launch. Called from `forward` (module hooks, e.g. FSDP's
+        parameter gathering, run around the call)."""
         ops = self.input_layernorm.ops or auto_ops(hidden, self.input_layernorm.weight)
         fn = getattr(ops, "embed_norm_cat", None)
         if fn is not None and input_embeds is None and not self.norm_before_residual:
@@ -336,11 +337,15 @@ class DecoderLayer(nn.Module):
             x = self.hidden_norm(x)
         return torch.cat([e, x], dim=-1), residual
 
-    def forward(self, x: Tensor, residual: Tensor | None, cos: Tensor, sin: Tensor,
-                attn: AttentionProvider) -> tuple[Tensor, Tensor]:
-        """Layer 0: x is `first_input`'s [T, 2H] and residual its residual; later layers: the previous
-        layer's output and residual."""
+    def forward(self, x: Tensor, residual: Tensor | None, cos: Tensor, sin: Tensor, attn: AttentionProvider,
+                embed: nn.Embedding | None = None, input_ids: Tensor | None = None,
+                input_embeds: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Layer 0: x is the drafter hidden [T, H], with the token embedding and ``input_ids`` (or
+        ``input_embeds``); later layers: the previous layer's output and residual."""
         if self.is_first:
+            if embed is None or (input_ids is None and input_embeds is None):
+                raise ValueError("layer 0 needs the token embedding and input_ids (or input_embeds)")
+            x, residual = self._first_input(embed, input_ids, input_embeds, x)
             x = self.self_attn(x, cos, sin, attn)
         else:
             x, residual = self.input_layernorm(x, residual)
@@ -471,9 +476,9 @@ class Drafter(nn.Module):
         """input_ids/positions: [T]; hidden: [T, H] (already projected by ``project_hidden``, or a
         drafter hidden fed back by autoregressive drafting). Returns (out [T, H], fed-back hidden [T, H])."""
         cos, sin = self.rope(positions)
-        x, residual = self.layers[0].first_input(self.embed_tokens, input_ids, input_embeds, hidden)
+        x, residual = hidden, None
         for layer in self.layers:
-            x, residual = layer(x, residual, cos, sin, attn)
+            x, residual = layer(x, residual, cos, sin, attn, self.embed_tokens, input_ids, input_embeds)
         out, prenorm = self.norm(x, residual)
         return out, (out if self.config.norm_output else prenorm)
 
