@@ -387,6 +387,22 @@ def time_in_graphs(x: Tensor, weight: Tensor, bias: Tensor | None, variants: lis
     return [t / R for t in times]
 
 
+def _measure(kind: str, key: tuple, x: Tensor, weight: Tensor, bias: Tensor | None, cands: list[dict],
+             names: list[str], fns: list[Callable[[], object]],
+             product: Callable[[Tensor, Tensor, Tensor | None, dict | None], object]) -> tuple[dict | None, dict]:
+    """Time the baseline (``product(..., None)``, names[0] / fns[0]) and the kernel variants ``cands``
+    (`time_in_graphs`; single launches where graphs fail) once per shape through `measured_choice`:
+    (the winner, None for the baseline; the fastest kernel variant, baseline left out)."""
+    seen: list[float] = []
+
+    def timer(fns, device):
+        t = time_in_graphs(x, weight, bias, [None] + cands, product=product)
+        seen.extend(t if t[0] != float("inf") else measured_choice.time_candidates(fns, device))
+        return seen
+    i = measured_choice.choose(kind, key[1:], names, fns, x.device, fallback=0, timer=timer)
+    return (None if i == 0 else cands[i - 1]), _fastest(cands, seen[1:])
+
+
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``F.linear(x, weight, bias)`` for x [..., K]: on CUDA with <= DISPATCH_MAX_ROWS rows, the fastest of the
     kernel's variants and cuBLAS, as measured on this device for this shape (`measured_choice`);
@@ -405,15 +421,8 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         fns += [lambda c=c: skinny_linear(x2, weight, bias, **c) for c in cands]
         if measured_choice.tracing():                    # a graph under capture: no timing now
             return F.linear(x, weight, bias)
-        seen: list[float] = []
-
-        def timer(fns, device):
-            t = time_in_graphs(x2, weight, bias, [None] + cands)
-            seen.extend(t if t[0] != float("inf") else measured_choice.time_candidates(fns, device))
-            return seen
-        i = measured_choice.choose("skinny_gemm", key[1:], names, fns, x.device, fallback=0, timer=timer)
-        _CHOSEN[key] = None if i == 0 else cands[i - 1]
-        _FASTEST_KERNEL[key] = _fastest(cands, seen[1:])
+        _CHOSEN[key], _FASTEST_KERNEL[key] = _measure("skinny_gemm", key, x2, weight, bias, cands, names, fns,
+                                                      _product)
     ov = _FASTEST_KERNEL[key] if KERNELS_ONLY else _CHOSEN[key]
     if ov is None:
         return F.linear(x, weight, bias)
@@ -469,15 +478,8 @@ def silu_gate_up(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tenso
             else:
                 skinny_linear(a, w, b, silu_gate_up=True, **v)
 
-        seen: list[float] = []
-
-        def timer(fns, device):
-            t = time_in_graphs(x2, weight, bias, [None] + cands, product=product)
-            seen.extend(t if t[0] != float("inf") else measured_choice.time_candidates(fns, device))
-            return seen
-        i = measured_choice.choose("silu_gate_up", key[1:], names, fns, x.device, fallback=0, timer=timer)
-        _CHOSEN_SILU[key] = None if i == 0 else cands[i - 1]
-        _FASTEST_FUSED[key] = _fastest(cands, seen[1:])
+        _CHOSEN_SILU[key], _FASTEST_FUSED[key] = _measure("silu_gate_up", key, x2, weight, bias, cands, names,
+                                                          fns, product)
     ov = _FASTEST_FUSED[key] if KERNELS_ONLY else _CHOSEN_SILU[key]
     if ov is None:
         return _two_launches(x, weight, bias)
