@@ -800,13 +800,9 @@ def attention_table(res: dict) -> str:
         t = d["times_ms"]
         auto = t.get("auto", float("nan"))
         best = t[d["chosen"]]
-        # variants timed twice, with the unmasked interior loop (the default) and every tile masked
-        twins = [(n[: -len(",interior=False")], n) for n in t if n.endswith(",interior=False")]
-        twin = "".join(f", interior {t[a] * 1e3:.1f} vs all-masked {t[b] * 1e3:.1f} us ({a})"
-                       for a, b in twins if a in t)
         lines.append(f"attn: T={q_shape[0]:<4d} B={B:<3d} rows<={table_shape[1]:<3d} heads {q_shape[1]}/{hkv} D={D} ctx<={max_ctx}: "
                      f"heuristic {auto * 1e3:6.1f} us, chosen {best * 1e3:6.1f} us ({d['chosen']}), KV floor {floor * 1e3:5.1f} us, "
-                     f"chosen x{best / floor:4.2f}{twin}")
+                     f"chosen x{best / floor:4.2f}")
     return "\n".join(lines)
 
 

@@ -59,10 +59,10 @@ def main() -> None:
         for split in (True, False):
             const = dict(G=G, G_PAD=lc["G_PAD"], ROWS=lc["ROWS"], HEAD_DIM=D, D_PAD=lc["D_PAD"], BLOCK_N=lc["BLOCK_N"],
                          HAS_WINDOW=False, PAGED=False, SPLIT=split, IEEE=False, UPCAST=False,
-                         INTERIOR=True, PDL=True)
+                         INTERIOR=False, PDL=True)
             print(compile_one(da._decode_attn_kernel, sig, const, div, lc["num_warps"], lc["num_stages"]))
     const = dict(G=8, G_PAD=8, ROWS=16, HEAD_DIM=64, D_PAD=64, BLOCK_N=64, HAS_WINDOW=True, PAGED=True, SPLIT=True,
-                 IEEE=False, UPCAST=False, INTERIOR=True, PDL=True)                                   # sliding window over a paged cache
+                 IEEE=False, UPCAST=False, INTERIOR=False, PDL=True)                                   # sliding window over a paged cache
     print(compile_one(da._decode_attn_kernel, sig, const, div, 8, 3) + "  (window, paged)")
     print(compile_one(da._row_table_kernel, dict(req_ptr="*i64", table_ptr="*i32", n_rows="i32", max_rows="i32"),
                       dict(BLOCK=128, PDL=True), ["req_ptr", "table_ptr"]))

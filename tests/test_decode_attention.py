@@ -88,8 +88,8 @@ def test_kernel_matches_reference(case, dtype):
 
 @needs_triton
 @pytest.mark.parametrize("ov", [dict(max_block_m=256, block_n=32, num_warps=8, num_stages=2),
-                                dict(max_block_m=16, num_splits=2), dict(max_block_m=128, interior=False),
-                                dict(max_block_m=256, interior=False, num_splits=3, block_n=16),
+                                dict(max_block_m=16, num_splits=2), dict(max_block_m=128, interior=True),
+                                dict(max_block_m=256, interior=True, num_splits=3, block_n=16),
                                 dict(max_block_m=128, num_splits=2, block_n=128, num_warps=8, num_stages=2),
                                 dict(max_block_m=32, num_splits=4)])
 def test_tuning_variants_match_reference(ov):
@@ -110,23 +110,20 @@ def test_tuning_variants_match_reference(ov):
 
 
 @needs_triton
-@pytest.mark.parametrize("splits", [1, 2, 3])
-@pytest.mark.parametrize("window", [None, 24])
-@pytest.mark.parametrize("paged", [None, 8])
-def test_interior_tiles_without_mask_equal_masked(splits, window, paged):
-    """Tiles every row of a program sees whole run in a loop without masks (the default); rows at late
-    positions make most tiles interior, a window moves the interior's start: the output equals the
-    all-masked kernel's (``interior=False``) exactly, and the reference."""
+@pytest.mark.parametrize("splits", [1, 2])
+def test_interior_tiles_without_mask_equal_masked(splits):
+    """``interior=True`` skips the causal mask on tiles every row of the program sees whole; rows at late
+    positions make most tiles interior: the output equals the masked kernel's exactly, and the reference."""
     gen = torch.Generator().manual_seed(13)
     B, Hq, Hkv, D, S = 2, 8, 2, 16, 64
-    q, kc, vc, pos, ri, bt, bs, max_rows = random_case(gen, B, Hq, Hkv, D, S, 5, paged, torch.float32)
+    q, kc, vc, pos, ri, bt, bs, max_rows = random_case(gen, B, Hq, Hkv, D, S, 5, None, torch.float32)
     pos = torch.randint(40, 60, pos.shape, generator=gen)                     # keys 0..39 seen by every row
-    ref = DA.decode_attention_reference(q.double(), kc.double(), vc.double(), pos, ri, bt, bs, S, window)
+    ref = DA.decode_attention_reference(q.double(), kc.double(), vc.double(), pos, ri, bt, bs, S, None)
     q, kc, vc, pos, ri, bt = (x.to(DEVICE) for x in (q, kc, vc, pos, ri, bt))
     table = DA.build_row_table(ri, B, max_rows)
-    args = (q, kc, vc, pos, table, bt, bs, S, window)
-    masked = DA.decode_attention(*args, num_splits=splits, block_n=16, interior=False)   # tl.dot: >= 16
-    interior = DA.decode_attention(*args, num_splits=splits, block_n=16)
+    args = (q, kc, vc, pos, table, bt, bs, S, None)
+    masked = DA.decode_attention(*args, num_splits=splits, block_n=16)
+    interior = DA.decode_attention(*args, num_splits=splits, block_n=16, interior=True)  # tl.dot: >= 16
     assert torch.equal(interior, masked)
     assert rel_err(interior.cpu(), ref) < 1e-5
 

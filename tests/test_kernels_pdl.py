@@ -44,7 +44,7 @@ st = dict(ws_ptr="*fp32", cnt_ptr="*i32")
 out["skinny_gemm(silu epilogue, split, prefetch)"] = build(SG._skinny_kernel, skinny, st)
 out["skinny_gemm(no PDL)"] = build(SG._skinny_kernel, dict(skinny, PREFETCH_LINES=0, SILU_GATE_UP=False), st, pdl=False)
 da = dict(G=8, G_PAD=8, ROWS=2, HEAD_DIM=64, D_PAD=64, BLOCK_N=64, HAS_WINDOW=False, PAGED=False, SPLIT=True,
-          IEEE=False, UPCAST=False, INTERIOR=True)
+          IEEE=False, UPCAST=False, INTERIOR=False)
 out["decode_attention(split, merged in kernel)"] = build(DA._decode_attn_kernel, da, dict(
     pos_ptr="*i64", table_ptr="*i32", bt_ptr="*i64", po_ptr="*fp32", plse_ptr="*fp32", cnt_ptr="*i32"), ("qk_scale",))
 out["row_table"] = build(DA._row_table_kernel, dict(BLOCK=128), dict(req_ptr="*i64", table_ptr="*i32"))

@@ -19,10 +19,7 @@ Design (flash-decoding over the cache, no gather copy, no repeat_interleave):
   dimension of the tile (M = ROWS * G): each K/V tile is read once per (request, kv head) and feeds
   every query row and head that uses it (GQA without copies). The program's key range (the union of
   its rows' visible ranges) is split evenly among ``splits`` programs (split-K / flash-decoding), so a
-  few long requests still fill the GPU. Online softmax in fp32 (exp2, the scale folded into one
-  multiply-add per score). A program's key tiles that every one of its rows sees whole (all but the last
-  one or two at long contexts) run in their own loop without the causal/window mask or load masks
-  (`_attend_tiles`, MASKED=False); the tiles at the edges of the rows' ranges in masked loops around it.
+  few long requests still fill the GPU. Online softmax in fp32 (exp2).
   With splits > 1 each program stores its partial (o, log-sum-exp), takes a ticket from its group's
   counter, and the last one merges the group's partials in split order (one launch: the separate merge
   kernel of earlier versions cost ~3.5 us per layer at batch 1).
@@ -97,66 +94,6 @@ def _write_kv_kernel(k_ptr, v_ptr, slot_ptr, kc_ptr, vc_ptr, k_stride, v_stride,
     tl.store(vc_ptr + slot * c_stride + offs, v.to(vc_ptr.dtype.element_ty), mask=m)
 
 
-@triton.jit
-def _attend_tiles(acc, m_i, l_i, q, kc_ptr, vc_ptr, bt_ptr, b, bt_sb, base, kv_off, c_ss, block_size,
-                  t_lo, t_hi, start, end, qpos, lo, hi, valid, window, qk_scale, d_ok,
-                  BLOCK_N: tl.constexpr, MASKED: tl.constexpr, HAS_WINDOW: tl.constexpr, PAGED: tl.constexpr,
-                  D_MASK: tl.constexpr, IEEE: tl.constexpr):
-    """Online softmax over key tiles t_lo..t_hi-1 (tile t: keys start + t*BLOCK_N ...). MASKED=False: tiles
-    every valid row sees whole (no causal/window/range mask, unmasked loads); m_i in log2 units."""
-    for t in range(t_lo, t_hi):
-        n0 = start + t * BLOCK_N
-        kpos = n0 + tl.arange(0, BLOCK_N)
-        if MASKED:
-            if HAS_WINDOW:  # rows' windows may leave holes in the union range (e.g. rejected rows at position 0)
-                need = tl.max((valid & (lo < n0 + BLOCK_N) & (hi >= n0)).to(tl.int32), 0) > 0
-                k_in = kpos < tl.where(need, end, n0)         # a tile no row needs loads nothing
-            else:
-                k_in = kpos < end
-            if PAGED:
-                blk = tl.load(bt_ptr + b.to(tl.int64) * bt_sb + kpos // block_size, mask=k_in, other=0)
-                slot = blk.to(tl.int64) * block_size + kpos % block_size
-            else:
-                slot = base + kpos
-            kv_mask = k_in[:, None] & d_ok[None, :]
-            k = tl.load(kc_ptr + slot[:, None] * c_ss + kv_off, mask=kv_mask, other=0.0)
-            v = tl.load(vc_ptr + slot[:, None] * c_ss + kv_off, mask=kv_mask, other=0.0)
-        else:
-            if PAGED:
-                blk = tl.load(bt_ptr + b.to(tl.int64) * bt_sb + kpos // block_size)
-                slot = blk.to(tl.int64) * block_size + kpos % block_size
-            else:
-                slot = base + kpos
-            if D_MASK:
-                k = tl.load(kc_ptr + slot[:, None] * c_ss + kv_off, mask=d_ok[None, :], other=0.0)
-                v = tl.load(vc_ptr + slot[:, None] * c_ss + kv_off, mask=d_ok[None, :], other=0.0)
-            else:
-                k = tl.load(kc_ptr + slot[:, None] * c_ss + kv_off)
-                v = tl.load(vc_ptr + slot[:, None] * c_ss + kv_off)
-        if IEEE:
-            s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision="ieee")
-        else:
-            s = tl.dot(q, tl.trans(k.to(q.dtype)))
-        if MASKED:
-            vis = k_in[None, :] & (kpos[None, :] <= qpos[:, None])
-            if HAS_WINDOW:
-                vis = vis & (kpos[None, :] > qpos[:, None] - window)
-            s = tl.where(vis, s, float("-inf"))
-        # the scale folded into the row max and one multiply-add per score: exp2(s * scale - m)
-        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(s * qk_scale - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        vq = v.to(q.dtype)
-        if IEEE:
-            acc = acc * alpha[:, None] + tl.dot(p.to(vq.dtype), vq, input_precision="ieee")
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(vq.dtype), vq)
-        m_i = m_new
-    return acc, m_i, l_i
-
-
 @triton.jit(do_not_specialize=["window", "ctx_limit", "max_rows", "n_splits", "n_kv_heads"])
 def _decode_attn_kernel(
     q_ptr, kc_ptr, vc_ptr, pos_ptr, table_ptr, bt_ptr, out_ptr, po_ptr, plse_ptr, cnt_ptr,
@@ -164,7 +101,7 @@ def _decode_attn_kernel(
     q_st, q_sh, c_ss, c_sh, bt_sb, o_st, o_sh, po_ss, po_st, po_sh, pl_ss, pl_st,
     G: tl.constexpr, G_PAD: tl.constexpr, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr, HAS_WINDOW: tl.constexpr, PAGED: tl.constexpr, SPLIT: tl.constexpr,
-    IEEE: tl.constexpr, UPCAST: tl.constexpr, INTERIOR: tl.constexpr = True, PDL: tl.constexpr = False,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr, INTERIOR: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
     BLOCK_M: tl.constexpr = ROWS * G_PAD
     qt = tl.program_id(0)
@@ -192,20 +129,10 @@ def _decode_attn_kernel(
     hi_p = tl.max(tl.where(valid, hi, -1), 0)
     lo_p = tl.minimum(tl.min(tl.where(valid, lo, 2147483647), 0), hi_p + 1)
     n_keys = hi_p + 1 - lo_p
+    hi_min = tl.min(tl.where(valid, hi, 2147483647), 0)                  # keys <= hi_min: seen by every row
     chunk = tl.cdiv(tl.cdiv(n_keys, n_splits), BLOCK_N) * BLOCK_N
     start = lo_p + split * chunk
     end = tl.minimum(start + chunk, hi_p + 1)
-    n_tiles = tl.cdiv(tl.maximum(end - start, 0), BLOCK_N)
-    # Interior tiles: keys in [lo_max, hi_min], seen by every valid row, need no mask. The slice's tiles
-    # run as masked [0, t_in) + unmasked [t_in, t_out) + masked [t_out, n_tiles).
-    if INTERIOR:
-        hi_min = tl.min(tl.where(valid, hi, 2147483647), 0)
-        lo_max = tl.max(tl.where(valid, lo, -1), 0)
-        t_in = tl.minimum(tl.cdiv(tl.maximum(lo_max - start, 0), BLOCK_N), n_tiles)
-        t_out = tl.maximum(tl.maximum(tl.minimum(hi_min + 1, end) - start, 0) // BLOCK_N, t_in)
-    else:
-        t_in = n_tiles
-        t_out = n_tiles
 
     d = tl.arange(0, D_PAD)
     d_ok = d < HEAD_DIM
@@ -216,20 +143,49 @@ def _decode_attn_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D_PAD], tl.float32)
-    if PAGED:
-        base = 0
-    else:
+    if not PAGED:
         base = tl.load(bt_ptr + b.to(tl.int64) * bt_sb).to(tl.int64) * block_size
     kv_off = hkv.to(tl.int64) * c_sh + d[None, :]
-    acc, m_i, l_i = _attend_tiles(acc, m_i, l_i, q, kc_ptr, vc_ptr, bt_ptr, b, bt_sb, base, kv_off, c_ss,
-                                  block_size, 0, t_in, start, end, qpos, lo, hi, valid, window, qk_scale, d_ok,
-                                  BLOCK_N, True, HAS_WINDOW, PAGED, D_PAD != HEAD_DIM, IEEE)
-    acc, m_i, l_i = _attend_tiles(acc, m_i, l_i, q, kc_ptr, vc_ptr, bt_ptr, b, bt_sb, base, kv_off, c_ss,
-                                  block_size, t_in, t_out, start, end, qpos, lo, hi, valid, window, qk_scale,
-                                  d_ok, BLOCK_N, False, HAS_WINDOW, PAGED, D_PAD != HEAD_DIM, IEEE)
-    acc, m_i, l_i = _attend_tiles(acc, m_i, l_i, q, kc_ptr, vc_ptr, bt_ptr, b, bt_sb, base, kv_off, c_ss,
-                                  block_size, t_out, n_tiles, start, end, qpos, lo, hi, valid, window, qk_scale,
-                                  d_ok, BLOCK_N, True, HAS_WINDOW, PAGED, D_PAD != HEAD_DIM, IEEE)
+    for n0 in range(start, end, BLOCK_N):
+        kpos = n0 + tl.arange(0, BLOCK_N)
+        if HAS_WINDOW:     # rows' windows may leave holes in the union range (e.g. rejected rows at position 0)
+            need = tl.max((valid & (lo < n0 + BLOCK_N) & (hi >= n0)).to(tl.int32), 0) > 0
+            k_in = kpos < tl.where(need, end, n0)             # a tile no row needs loads nothing
+        else:
+            k_in = kpos < end
+        if PAGED:
+            blk = tl.load(bt_ptr + b.to(tl.int64) * bt_sb + kpos // block_size, mask=k_in, other=0)
+            slot = blk.to(tl.int64) * block_size + kpos % block_size
+        else:
+            slot = base + kpos
+        kv_mask = k_in[:, None] & d_ok[None, :]
+        k = tl.load(kc_ptr + slot[:, None] * c_ss + kv_off, mask=kv_mask, other=0.0)
+        v = tl.load(vc_ptr + slot[:, None] * c_ss + kv_off, mask=kv_mask, other=0.0)
+        if IEEE:
+            s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision="ieee")
+        else:
+            s = tl.dot(q, tl.trans(k.to(q.dtype)))
+        s = s * qk_scale
+        if INTERIOR and not HAS_WINDOW:
+            # a tile every row sees whole (all but the last one or two at long contexts): no mask
+            if (n0 + BLOCK_N > end) | (n0 + BLOCK_N - 1 > hi_min):
+                s = tl.where(k_in[None, :] & (kpos[None, :] <= qpos[:, None]), s, float("-inf"))
+        else:
+            vis = k_in[None, :] & (kpos[None, :] <= qpos[:, None])
+            if HAS_WINDOW:
+                vis = vis & (kpos[None, :] > qpos[:, None] - window)
+            s = tl.where(vis, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        vq = v.to(q.dtype)
+        if IEEE:
+            acc = acc * alpha[:, None] + tl.dot(p.to(vq.dtype), vq, input_precision="ieee")
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(vq.dtype), vq)
+        m_i = m_new
 
     l_safe = tl.where(l_i > 0, l_i, 1.0)
     o = acc / l_safe[:, None]
@@ -365,13 +321,15 @@ VARIANTS: list[dict] = [dict(), dict(num_splits=1), dict(num_splits=2), dict(num
                         # batch 1 is latency-bound (8 KV heads: 8 programs per split): narrower q tiles (2-4
                         # rows of a group's 8 heads) give more programs, shorter dots and smaller partials to merge
                         dict(max_block_m=32, num_splits=2), dict(max_block_m=32, num_splits=4),
-                        dict(max_block_m=16, num_splits=4), dict(max_block_m=64, num_splits=4),
-                        dict(block_n=64, num_warps=4, num_stages=3, interior=False)]
+                        dict(max_block_m=16, num_splits=4), dict(max_block_m=64, num_splits=4)]
 # Not timed any more: 128-key tiles (8 warps, 2 stages; alone and with 2 or 4 splits): never chosen on the H200
 # at c648664 (bench/results/drafter_h200_fusion.json).
-# ``interior=False``: every tile masked (the kernel before the unmasked interior loop), timed in the form
-# that won at batch 8 before. An earlier form of the interior tiles (a branch on the mask inside one loop)
-# was 4-20% slower than the best at every shape on the H200 at 0c05d98 (drafter_h200_fused.json).
+# Not timed any more: ``interior=True`` (the causal mask only on the tiles that need it; still an override).
+# On the H200 at 0c05d98 its three variants were never chosen, 4-20% slower than the best at every shape
+# (bench/results/drafter_h200_fused.json: the branch in the loop costs more than the mask it saves).
+# Nor a loop of its own for the interior tiles (no mask, no load masks, 31% fewer instructions per tile in the
+# SASS) between masked loops for the edge tiles: slower than this one-loop kernel on 13 of 14 shapes on the
+# H200 at 1d075e6 (B8 K7 70.1 vs 65.3 us; bench/results/drafter_h200_interior.log), so not kept.
 MARGIN = 0.03                    # a variant must beat the heuristic by this fraction (graph timings)
 TUNE = True                      # False: always the `launch_config` heuristic (the path before tuning; benchmarks)
 _CHOSEN: dict[tuple, dict] = {}
@@ -385,9 +343,8 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Ten
     positions [T]; row_table [B, max_rows] from `build_row_table`; block_table [B, max_blocks];
     ctx_limit: keys at positions >= ctx_limit are never seen; max_context: static bound on the keys a
     request reads (sizes the split-K grid only; default ctx_limit). overrides: num_splits, block_n,
-    num_warps, num_stages, max_block_m (see `launch_config`), interior (default True: tiles every row
-    sees whole skip the mask). Without overrides, on CUDA, the fastest of `VARIANTS` as timed for this
-    launch shape on this device (once per shape). Returns [T, Hq, D] in q's dtype.
+    num_warps, num_stages, max_block_m (see `launch_config`), interior (mask only the tiles that need it). Without overrides, on CUDA, the fastest of `VARIANTS` as timed for
+    this launch shape on this device (once per shape). Returns [T, Hq, D] in q's dtype.
     """
     args = (q, k_cache, v_cache, positions, row_table, block_table, block_size, ctx_limit, window, max_context, out)
     if overrides or not TUNE or not q.is_cuda or INTERPRETED or measured_choice.compiling():
@@ -426,7 +383,7 @@ def _decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Te
     out = torch.empty_like(q) if out is None else out
     if T == 0:
         return out
-    interior = bool(overrides.pop("interior", True))
+    interior = bool(overrides.pop("interior", False))
     cfg = launch_config(T, B, max_rows, Hq, Hkv, D, max_context or ctx_limit, k_cache.element_size(), q.device,
                         **overrides)
     splits = cfg["num_splits"]
