@@ -678,7 +678,7 @@ def run_sweep(plan: Plan, device: torch.device, dtype: torch.dtype, dry: bool, b
     if plan.baselines and device.type == "cuda":
         fam = plan.families[0]
         k7 = min(7, max(plan.ks))
-        extra = [("parallel", 1, plan.ctxs[0], k7, path) for path in ("kernels",) if path in plan.paths]
+        extra = [("parallel", 1, plan.ctxs[0], k7, "kernels")] if "kernels" in plan.paths else []
         for (mode, B, ctx, K, path) in [("parallel", 1, plan.ctxs[0], 1, "new"), ("parallel", 1, plan.ctxs[0], k7, "new"),
                                         ("autoregressive", 1, plan.ctxs[0], k7, "new"),
                                         ("parallel", min(8, max_b), max_ctx, k7, "new")] + extra:
