@@ -190,6 +190,25 @@ def run_jobs(jobs: list[dict[str, Any]], device: str = "cpu", python: str | None
     return [done[i] if i < len(done) else {"error": why} for i in range(len(jobs))]
 
 
+ENGINE_ARGS_ENV = "PEDAGLE_SGLANG_ENGINE_ARGS"
+
+
+def extra_engine_args() -> dict[str, Any]:
+    """``sglang.Engine`` keywords for every job of a child, from ``$PEDAGLE_SGLANG_ENGINE_ARGS`` (a JSON object, e.g.
+    ``{"attention_backend": "triton"}`` on a GPU without FA3); a job's own ``engine`` keywords win."""
+    raw = os.environ.get(ENGINE_ARGS_ENV, "").strip()
+    if not raw:
+        return {}
+    try:
+        val = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"${ENGINE_ARGS_ENV}: not JSON ({e}); expected an object of sglang.Engine keywords, e.g. "
+                         '\'{"attention_backend": "triton"}\'') from None
+    if not isinstance(val, dict):
+        raise ValueError(f"${ENGINE_ARGS_ENV}: {type(val).__name__}; expected a JSON object of sglang.Engine keywords")
+    return val
+
+
 def _child(in_path: str, out_path: str) -> None:
     job_file = json.loads(Path(in_path).read_text())
     device_kwargs: dict[str, Any] = {}
@@ -199,6 +218,7 @@ def _child(in_path: str, out_path: str) -> None:
         from . import cpu
 
         device_kwargs = cpu.engine_kwargs()          # before SGLang is imported
+    device_kwargs.update(extra_engine_args())
     results: list[dict[str, Any]] = []
     for job in job_file["jobs"]:
         try:
@@ -259,8 +279,8 @@ def to_case_result(gen: dict[str, Any], K: int, steps: int) -> dict[str, Any]:
             "metrics": {"meta": gen["meta"]}}
 
 
-__all__ = ["engine_kwargs", "EngineSession", "generate", "run_job", "run_jobs", "config_record", "per_request_steps",
-           "to_case_result"]
+__all__ = ["engine_kwargs", "extra_engine_args", "EngineSession", "generate", "run_job", "run_jobs", "config_record",
+           "per_request_steps", "to_case_result"]
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ from sglang.srt.speculative.spec_utils import get_plan_stream
 
 from pedagle_core.draft_record import RECORD_ENV, DraftRecordWriter
 
-from . import ALGORITHM, SUPPORTED_SGLANG, layout
+from . import ALGORITHM, SUPPORTED_SGLANG, layout, step_timer
 from .drafting import drafter_mask_token, greedy_drafts, plan_step
 from .model import PedagleSglangDrafter
 from .plugin import install_model_class
@@ -392,6 +392,9 @@ class PEagleDraftWorker(EagleDraftWorker):
         nxt.topk_index = new_drafts
         nxt.topk_p = torch.ones((B, K), dtype=torch.float32, device=new_drafts.device)
         nxt.hidden_states = None
+
+
+step_timer.instrument(PEagleDraftWorker)   # CUDA events around the decode draft step when PEDAGLE_SGLANG_TIME_DRAFT is set
 
 
 # ---------------------------------------------------------------------------------------------- worker
