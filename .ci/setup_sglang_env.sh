@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create (idempotently) the virtual environment in which pedagle's SGLang backend is tested on a CPU machine,
 # SGLang's engine included:
-#   bash .ci/setup_sglang_env.sh VENV_DIR
+#   bash .ci/setup_sglang_env.sh VENV_DIR [SGLANG_VERSION]      (0.5.23, the default, or 0.5.17)
 # Skips everything when VENV_DIR already has SGLang, torch and transformers at their pins, the modules SGLang's
 # CPU engine imports, pedagle's CPU `sgl_kernel` test package and pedagle (both editable, pointing at this
 # checkout, with the sglang plugin entry point).
@@ -31,10 +31,29 @@ set -euo pipefail
 
 VENV="${1:?usage: setup_sglang_env.sh VENV_DIR}"
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
-SGLANG_VERSION="${PEDAGLE_SGLANG_VERSION:-0.5.23}"
-TORCH_VERSION="${PEDAGLE_SGLANG_TORCH_VERSION:-2.14.1}"
-TORCHVISION_VERSION="${PEDAGLE_SGLANG_TORCHVISION_VERSION:-0.29.1}"
-TRANSFORMERS_VERSION="${PEDAGLE_SGLANG_TRANSFORMERS_VERSION:-5.19.0}"
+SGLANG_VERSION="${2:-${PEDAGLE_SGLANG_VERSION:-0.5.23}}"
+# Each SGLang release's own pins (its wheel's Requires-Dist), with the torchvision built for its torch and the
+# tokenizers its transformers accepts. PEDAGLE_SGLANG_*_VERSION override one pin.
+case "$SGLANG_VERSION" in
+    0.5.23) pins=(2.14.1 0.29.1 5.19.0 0.23.2 0.2.7 2.8.0 0.18.0) ;;
+    # 0.5.17: torch==2.11.0 (PyPI's CUDA build, as the vllm026 venv's), transformers==5.12.1 (needs
+    # tokenizers<=0.23.0), xgrammar==0.2.1, openai==2.6.1; compressed-tensors unpinned (0.17.0 as the GPU kit)
+    0.5.17) pins=(2.11.0 0.26.0 5.12.1 0.22.2 0.2.1 2.6.1 0.17.0) ;;
+    *) echo "setup_sglang_env: no pins for SGLang $SGLANG_VERSION (known: 0.5.23, 0.5.17); set" \
+            "PEDAGLE_SGLANG_{TORCH,TORCHVISION,TRANSFORMERS,TOKENIZERS,XGRAMMAR,OPENAI,COMPRESSED_TENSORS}_VERSION" >&2
+       pins=("" "" "" "" "" "" "") ;;
+esac
+TORCH_VERSION="${PEDAGLE_SGLANG_TORCH_VERSION:-${pins[0]}}"
+TORCHVISION_VERSION="${PEDAGLE_SGLANG_TORCHVISION_VERSION:-${pins[1]}}"
+TRANSFORMERS_VERSION="${PEDAGLE_SGLANG_TRANSFORMERS_VERSION:-${pins[2]}}"
+TOKENIZERS_VERSION="${PEDAGLE_SGLANG_TOKENIZERS_VERSION:-${pins[3]}}"
+XGRAMMAR_VERSION="${PEDAGLE_SGLANG_XGRAMMAR_VERSION:-${pins[4]}}"
+OPENAI_VERSION="${PEDAGLE_SGLANG_OPENAI_VERSION:-${pins[5]}}"
+COMPRESSED_TENSORS_VERSION="${PEDAGLE_SGLANG_COMPRESSED_TENSORS_VERSION:-${pins[6]}}"
+for v in TORCH_VERSION TORCHVISION_VERSION TRANSFORMERS_VERSION TOKENIZERS_VERSION XGRAMMAR_VERSION OPENAI_VERSION \
+         COMPRESSED_TENSORS_VERSION; do
+    [ -n "${!v}" ] || { echo "setup_sglang_env: $v is not set for SGLang $SGLANG_VERSION" >&2; exit 2; }
+done
 PY="${PYTHON:-python3}"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
@@ -105,11 +124,11 @@ pip_log install --no-deps "sglang==$SGLANG_VERSION" || fail "sglang"
 pip_log install -c "$CONSTRAINTS" \
     orjson psutil pybase64 requests urllib3 certifi starlette msgspec pyzmq ipython traitlets \
     aiohttp multidict attrs yarl propcache aiohappyeyeballs aiosignal frozenlist dill "apache-tvm-ffi==0.1.11" \
-    "sentencepiece==0.2.1" "compressed-tensors==0.18.0" loguru gguf einops "openai==2.8.0" sniffio partial-json-parser \
+    "sentencepiece==0.2.1" "compressed-tensors==$COMPRESSED_TENSORS_VERSION" loguru gguf einops "openai==$OPENAI_VERSION" sniffio partial-json-parser \
     setproctitle "uvicorn>=0.51" fastapi uvloop opentelemetry-api pydantic \
-    "xgrammar==0.2.7" "llguidance>=1.7.6,<2" tiktoken "blobfile==3.0.0" python-multipart "prometheus-client>=0.20" \
+    "xgrammar==$XGRAMMAR_VERSION" "llguidance>=1.7.6,<2" tiktoken "blobfile==3.0.0" python-multipart "prometheus-client>=0.20" \
     xxhash zstandard "openai-harmony==0.0.4" "numba==0.65.1" interegular pillow scipy regex python-dateutil \
-    distro easydict packaging "tokenizers==0.23.2" anthropic watchfiles nvidia-ml-py \
+    distro easydict packaging "tokenizers==$TOKENIZERS_VERSION" anthropic watchfiles nvidia-ml-py \
     || fail "SGLang's engine dependencies"
 # 4. pedagle's CPU sgl_kernel test package and pedagle (editable, this checkout), their light dependencies, test tools
 pip_log install -e "$REPO/tests/sgl_kernel_cpu" --no-deps || fail "pedagle-sgl-kernel-cpu"

@@ -8,6 +8,7 @@ every process it starts. Then::
 
 Modules (only ``plugin``, ``spec_algo`` and ``backend`` are imported before a PEAGLE worker is built):
 
+* ``compat``     every difference between the supported SGLang releases, detected by feature;
 * ``plugin``     the entry point: version check, ``SpeculativeAlgorithm.register("PEAGLE", ...)``, SGLang hooks
                  (draft architecture rename, decode KV reserve); idempotent per process;
 * ``spec_algo``  the ``spec_class`` (EAGLE-3 predicates, server-argument defaults and refusals);
@@ -20,8 +21,8 @@ Modules (only ``plugin``, ``spec_algo`` and ``backend`` are imported before a PE
 """
 
 ALGORITHM = "PEAGLE"
-SUPPORTED_SGLANG = ">=0.5.23,<0.5.24"
+SUPPORTED_SGLANG = ">=0.5.17,<0.5.24"
 """The SGLang releases this backend was built and checked against (it subclasses EAGLE V2 worker internals
-that change between releases)."""
+that change between releases; their differences are `compat`'s)."""
 
 __all__ = ["ALGORITHM", "SUPPORTED_SGLANG"]

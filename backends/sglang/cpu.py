@@ -6,7 +6,8 @@ attention backend with EAGLE support is ``intel_amx`` (decode/extend attention o
 without AMX, SGLang's argument resolution swaps it for ``torch_native``, which has no EAGLE draft/verify path.
 
 Opt-in: with ``PEDAGLE_SGLANG_CPU_ENGINE=1`` (and ``SGLANG_USE_CPU_ENGINE=1``), `apply_in_process` tells SGLang's
-platform facts that AMX is present (``override_platform(has_amx=True)``), so the ``intel_amx`` backend is kept;
+platform facts that AMX is present (``override_platform(has_amx=True)``; SGLang 0.5.17, which has no platform
+facts: its argument resolution's AMX probe, `compat.keep_intel_amx_attention`), so the ``intel_amx`` backend is kept;
 the ops it calls then come from whatever ``sgl_kernel`` is installed. Nothing is patched in site-packages, and
 SGLang's layers still take their plain-PyTorch paths (their own AMX probe, ``cpu_has_amx_support()``, asks the
 CPU). `engine_kwargs` sets the environment and the override in this process (where ``sglang.Engine`` resolves
@@ -54,10 +55,9 @@ def apply_in_process() -> bool:
     Returns whether the override was installed."""
     if not requested():
         return False
-    from sglang.srt.runtime_context import get_platform, override_platform
+    from . import compat
 
-    if not get_platform().has_amx:
-        override_platform(has_amx=True).install()
+    compat.keep_intel_amx_attention()            # 0.5.23: override_platform; 0.5.17: argument resolution's probe
     return True
 
 

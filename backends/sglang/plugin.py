@@ -17,13 +17,20 @@
      window of the one-forward draft step (``layout.alloc_len_per_decode``);
    * ``allocation_sizing.get_req_to_token_extra_context_len`` (AROUND): ``req_to_token`` rows wide enough
      for that reserve;
-   * ``BaseTokenToKVPoolAllocator.request_slot_reserve`` (AROUND): K-1 more KV slots per admitted prefill
-     request, the scratch slots of the MASK rows of the prefill draft step, so the scheduler's admission
-     budget keeps them free (with the prefix cache evicted for them, as SGLang's own allocations do);
-5. wraps SGLang's server-argument resolution step ``handle_speculative_decoding`` (``register_resolution_hook``):
-   under PEAGLE a local speculators-format drafter is served from a vLLM-format copy converted once into pedagle's
-   cache (`spec_algo.serve_speculators_drafter_converted`), since that step reads the drafter's config.json with
+   * the prefill admission's per-request extra slots (AROUND; ``compat.slot_reserve_target``:
+     ``BaseTokenToKVPoolAllocator.request_slot_reserve`` in 0.5.23, ``PrefillAdder._mamba_gap_budget_for_req``
+     in 0.5.17): K-1 more KV slots per admitted prefill request, the scratch slots of the MASK rows of the
+     prefill draft step, so the scheduler's admission budget keeps them free (with the prefix cache evicted for
+     them, as SGLang's own allocations do);
+5. wraps SGLang's server-argument step ``handle_speculative_decoding`` (``compat.register_speculative_step_wrapper``:
+   a resolution hook in 0.5.23, a HookRegistry AROUND hook in 0.5.17): under PEAGLE a local speculators-format
+   drafter is served from a vLLM-format copy converted once into pedagle's cache
+   (`spec_algo.serve_speculators_drafter_converted`), since that step reads the drafter's config.json with
    transformers and a speculators config has no ``model_type``.
+
+All-or-nothing: every hook target, class and function is resolved and imported first (`_resolve_all`); only then
+is anything registered. If anything is missing, nothing is registered and the error names what was missing.
+Version differences are `compat`'s.
 """
 
 from __future__ import annotations
@@ -34,16 +41,21 @@ from typing import Any
 
 from pedagle_core.versions import version_in_range
 
-from . import ALGORITHM, SUPPORTED_SGLANG
+from . import ALGORITHM, SUPPORTED_SGLANG, compat
 
 logger = logging.getLogger("pedagle.sglang")
 
-HOOK_TARGETS = {
+FIXED_HOOK_TARGETS = {
     "draft_arch": "sglang.srt.configs.model_config.ModelConfig._config_draft_model",
     "alloc_len": "sglang.srt.mem_cache.allocation_sizing.get_alloc_len_per_decode",
     "row_extra": "sglang.srt.mem_cache.allocation_sizing.get_req_to_token_extra_context_len",
-    "slot_reserve": "sglang.srt.mem_cache.allocator.base.BaseTokenToKVPoolAllocator.request_slot_reserve",
 }
+
+
+def hook_targets() -> dict[str, str]:
+    """The ``HookRegistry`` targets of the four hooks for the installed SGLang (``slot_reserve`` differs by
+    release: `compat.slot_reserve_target`)."""
+    return {**FIXED_HOOK_TARGETS, "slot_reserve": compat.slot_reserve_target()}
 
 RESOLUTION_STEP = "handle_speculative_decoding"     # SGLang's resolution step that first reads the drafter config
 
@@ -77,18 +89,24 @@ def check_version(version: str | None = None) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- hooks
-def peagle_active() -> bool:
-    """Whether this process serves ``--speculative-algorithm PEAGLE`` (SGLang's published spec config)."""
-    try:
-        from sglang.srt.runtime_context import get_spec
+def peagle_active(server_args: Any = None) -> bool:
+    """Whether ``server_args`` (when a sizing function was given them, `compat.hook_server_args`), else this
+    process (SGLang's published spec config), serve ``--speculative-algorithm PEAGLE``."""
+    if server_args is not None:
+        algo = getattr(server_args, "speculative_algorithm", None)
+    else:
+        try:
+            from sglang.srt.runtime_context import get_spec
 
-        algo = get_spec().speculative_algorithm
-    except Exception:  # noqa: BLE001 - no published context yet
-        return False
+            algo = get_spec().speculative_algorithm
+        except Exception:  # noqa: BLE001 - no published context yet
+            return False
     return bool(algo) and str(algo).upper() == ALGORITHM
 
 
-def current_k() -> int:
+def current_k(server_args: Any = None) -> int:
+    if server_args is not None:
+        return int(server_args.speculative_num_steps)
     from sglang.srt.runtime_context import get_spec
 
     return int(get_spec().speculative_num_steps)
@@ -112,25 +130,25 @@ def _draft_arch_hook(result: Any, model_config: Any, *args: Any, **kwargs: Any) 
 
 def _alloc_len_hook(original_fn: Any, *args: Any, **kwargs: Any) -> int:
     stock = original_fn(*args, **kwargs)
-    if not peagle_active():
+    sa = compat.hook_server_args(args, kwargs)
+    if not peagle_active(sa):
         return stock
     from .layout import alloc_len_per_decode
 
-    return alloc_len_per_decode(current_k(), stock)
+    return alloc_len_per_decode(current_k(sa), stock)
 
 
 def _row_extra_hook(original_fn: Any, *args: Any, **kwargs: Any) -> int:
     stock = original_fn(*args, **kwargs)
-    if not peagle_active():
+    sa = compat.hook_server_args(args, kwargs)
+    if not peagle_active(sa):
         return stock
-    from sglang.srt.mem_cache.allocation_sizing import get_alloc_reserve_per_decode
-
-    return max(int(stock), int(get_alloc_reserve_per_decode()) + 4)
+    return max(int(stock), compat.alloc_reserve_per_decode(sa) + 4)
 
 
 def _slot_reserve_hook(original_fn: Any, *args: Any, **kwargs: Any) -> int:
-    """AROUND ``request_slot_reserve``: the stock extra slots of a request being admitted, plus the K-1
-    scratch slots its prefill draft step takes (`prefill_scratch_slots`)."""
+    """AROUND the admission's per-request extra (`compat.slot_reserve_target`): the stock extra slots of a
+    request being admitted, plus the K-1 scratch slots its prefill draft step takes (`prefill_scratch_slots`)."""
     stock = original_fn(*args, **kwargs)
     if not peagle_active():
         return stock
@@ -145,23 +163,47 @@ def install_model_class() -> None:
 
     from .model import ARCHITECTURE, PedagleSglangDrafter
 
-    ModelRegistry._load_default_models()
+    compat.load_default_models(ModelRegistry)
     if ModelRegistry.models.get(ARCHITECTURE) is not PedagleSglangDrafter:
         ModelRegistry.models[ARCHITECTURE] = PedagleSglangDrafter
 
 
-def _register_hooks() -> None:
-    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+def _resolve_all() -> dict[str, Any]:
+    """Import and resolve everything `register` needs, registering nothing: SGLang's registry and hook classes,
+    every hook target (`hook_targets`), the server-argument step, pedagle's spec class and CPU module. Raises
+    ImportError naming what is missing."""
+    what = "SGLang's speculative-algorithm registry and HookRegistry"
+    try:
+        from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+        from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
+        from sglang.srt.speculative.spec_registry import get_spec as registered_spec
 
-    HookRegistry.register(HOOK_TARGETS["draft_arch"], _draft_arch_hook, HookType.AFTER)
-    HookRegistry.register(HOOK_TARGETS["alloc_len"], _alloc_len_hook, HookType.AROUND)
-    HookRegistry.register(HOOK_TARGETS["row_extra"], _row_extra_hook, HookType.AROUND)
-    HookRegistry.register(HOOK_TARGETS["slot_reserve"], _slot_reserve_hook, HookType.AROUND)
-    from sglang.srt.arg_groups.resolution_hooks import register_resolution_hook
+        what = "pedagle's PEAGLE spec class (spec_algo)"
+        from . import cpu
+        from .spec_algo import PEagleSpecAlgo, serve_speculators_drafter_converted, validate_server_args
 
-    from .spec_algo import serve_speculators_drafter_converted
+        what = "the hook targets"
+        targets = hook_targets()
+        for target in targets.values():
+            compat.resolve_target(target)
+        what = "the speculative server-argument step"
+        if not compat.has_resolution_hooks():
+            compat.resolve_target(compat.SPECULATIVE_STEP_TARGET)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ImportError(f"pedagle's SGLang plugin registered nothing: {what} could not be resolved in SGLang "
+                          f"{sglang_version()}: {type(e).__name__}: {e}") from e
+    return dict(HookRegistry=HookRegistry, HookType=HookType, SpeculativeAlgorithm=SpeculativeAlgorithm,
+                registered_spec=registered_spec, PEagleSpecAlgo=PEagleSpecAlgo, cpu=cpu, targets=targets,
+                validate_server_args=validate_server_args, speculators_wrapper=serve_speculators_drafter_converted)
 
-    register_resolution_hook(RESOLUTION_STEP)(serve_speculators_drafter_converted)
+
+def _register_hooks(r: dict[str, Any]) -> None:
+    HookRegistry, HookType, targets = r["HookRegistry"], r["HookType"], r["targets"]
+    HookRegistry.register(targets["draft_arch"], _draft_arch_hook, HookType.AFTER)
+    HookRegistry.register(targets["alloc_len"], _alloc_len_hook, HookType.AROUND)
+    HookRegistry.register(targets["row_extra"], _row_extra_hook, HookType.AROUND)
+    HookRegistry.register(targets["slot_reserve"], _slot_reserve_hook, HookType.AROUND)
+    compat.register_speculative_step_wrapper(r["speculators_wrapper"], RESOLUTION_STEP)
 
 
 # ---------------------------------------------------------------------------------------------- entry point
@@ -179,22 +221,17 @@ def register() -> None:
         if _registered:
             return
         version = check_version()
-        from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
-        from sglang.srt.speculative.spec_registry import get_spec as registered_spec
-
-        from .spec_algo import PEagleSpecAlgo, validate_server_args
-
-        existing = registered_spec(ALGORITHM)
-        if existing is None:
-            SpeculativeAlgorithm.register(ALGORITHM, supports_overlap=False, validate_server_args=validate_server_args,
-                                          spec_class=PEagleSpecAlgo)(_worker_factory)
-        elif type(existing).__name__ != PEagleSpecAlgo.__name__:
+        r = _resolve_all()                      # everything imported and resolved before anything is registered
+        existing = r["registered_spec"](ALGORITHM)
+        if existing is not None and type(existing).__name__ != r["PEagleSpecAlgo"].__name__:
             raise RuntimeError(f"pedagle: the speculative algorithm {ALGORITHM} is already registered by another "
                                f"plugin ({existing!r})")
-        _register_hooks()
-        from . import cpu
-
-        cpu.apply_in_process()                  # SGLang's CPU engine, when opted in (a no-op otherwise)
+        if existing is None:
+            r["SpeculativeAlgorithm"].register(ALGORITHM, supports_overlap=False,
+                                               validate_server_args=r["validate_server_args"],
+                                               spec_class=r["PEagleSpecAlgo"])(_worker_factory)
+        _register_hooks(r)
+        r["cpu"].apply_in_process()             # SGLang's CPU engine, when opted in (a no-op otherwise)
         _registered = True
         logger.debug("pedagle: SGLang %s plugin registered %s", version, ALGORITHM)
 
@@ -211,4 +248,4 @@ def is_registered() -> bool:
 
 
 __all__ = ["register", "apply_hooks", "check_version", "UnsupportedSglangVersion", "install_model_class",
-           "peagle_active", "HOOK_TARGETS"]
+           "peagle_active", "hook_targets", "FIXED_HOOK_TARGETS"]

@@ -1,6 +1,6 @@
 """The ``PEAGLE`` speculative algorithm as SGLang sees it: a `CustomSpecAlgo` subclass (``spec_class``).
 
-SGLang 0.5.23's scheduler calls methods a bare ``CustomSpecAlgo`` lacks (``carries_draft_hidden_states``,
+SGLang's scheduler (0.5.17-0.5.23) calls methods a bare ``CustomSpecAlgo`` lacks (``carries_draft_hidden_states``,
 ``create_future_map``, ``need_topk``) and routes EAGLE-family setup on ``is_eagle()`` / ``is_eagle3()``
 (target aux-hidden-state capture, draft KV sizing, verify inputs). `PEagleSpecAlgo` answers all of them
 and resolves the server arguments:
@@ -12,8 +12,8 @@ and resolves the server arguments:
 
 `validate_server_args` rejects what PEAGLE does not support, with the reason and the fix.
 
-`serve_speculators_drafter_converted` wraps SGLang's resolution step ``handle_speculative_decoding`` (the plugin
-registers it): that step reads the drafter's config.json with transformers before any hook of the algorithm runs,
+`serve_speculators_drafter_converted` wraps SGLang's server-argument step ``handle_speculative_decoding`` (the
+plugin registers it: `compat.register_speculative_step_wrapper`): that step reads the drafter's config.json with transformers before any hook of the algorithm runs,
 and a speculators-format config has no ``model_type``. A local speculators-format drafter is converted once to
 the vLLM format (`pedagle_core.formats.convert`, tensor for tensor) into pedagle's cache, keyed by the source's
 config and weight files, and ``speculative_draft_model_path`` is declared to be that copy.
@@ -31,7 +31,7 @@ from typing import Any
 
 from sglang.srt.speculative.spec_registry import CustomSpecAlgo
 
-from . import ALGORITHM
+from . import ALGORITHM, compat
 
 logger = logging.getLogger("pedagle.sglang")
 
@@ -153,15 +153,12 @@ def served_drafter_path(path: str) -> str:
 
 def serve_speculators_drafter_converted(server_args: Any, previous: Any) -> None:
     """Wrapper of SGLang's ``handle_speculative_decoding`` resolution step (see the module docstring)."""
-    from sglang.srt.arg_groups.model_override_base import resolving_view
-    from sglang.srt.arg_groups.overrides import declare_resolution
-
-    cfg = resolving_view(server_args)
+    cfg = compat.resolving_view(server_args)
     algo, path = cfg.speculative_algorithm, cfg.speculative_draft_model_path
     if algo and str(algo).upper() == ALGORITHM and path:
         served = served_drafter_path(str(path))
         if served != str(path):
-            declare_resolution(server_args, CONVERTED_SOURCE, speculative_draft_model_path=served)
+            compat.declare_resolution(server_args, CONVERTED_SOURCE, speculative_draft_model_path=served)
     previous(server_args)
 
 
@@ -203,8 +200,8 @@ class PEagleSpecAlgo(CustomSpecAlgo):
 
 
 def resolve_server_args(sa: Any) -> None:
-    """Fill PEAGLE's defaults on ``sa`` (SGLang's recording stand-in or a plain namespace), then run SGLang's
-    EAGLE-family defaulting."""
+    """Fill PEAGLE's defaults on ``sa`` (0.5.23: SGLang's recording stand-in; 0.5.17: the ServerArgs itself; or
+    a plain namespace), then run SGLang's EAGLE-family defaulting."""
     steps, topk, ndt = (_get(sa, "speculative_num_steps"), _get(sa, "speculative_eagle_topk"),
                         _get(sa, "speculative_num_draft_tokens"))
     if steps is None:

@@ -45,7 +45,7 @@ from sglang.srt.speculative.spec_utils import get_plan_stream
 
 from pedagle_core.draft_record import RECORD_ENV, DraftRecordWriter
 
-from . import ALGORITHM, SUPPORTED_SGLANG, layout, step_timer
+from . import ALGORITHM, SUPPORTED_SGLANG, compat, layout, step_timer
 from .drafting import drafter_mask_token, greedy_drafts, plan_step
 from .model import PedagleSglangDrafter
 from .plugin import install_model_class
@@ -152,7 +152,7 @@ def record_fields(kind: str, batch: Any, K: int, drafts: torch.Tensor, **extra: 
 class PEagleDraftWorker(EagleDraftWorker):
     """The draft side: no multi-step draft loop; one drafter forward in each draft-extend."""
 
-    def __init__(self, server_args: Any, gpu_id: int, nccl_port: int, target_worker: Any) -> None:
+    def __init__(self, server_args: Any, gpu_id: int, nccl_port: int, target_worker: Any, ps: Any = None) -> None:
         spec = get_spec()
         check_runtime(page_size=int(get_schedule().page_size or 1), tp_size=int(get_parallel().tp_size),
                       pp_size=int(get_parallel().pp_size), topk=int(spec.speculative_eagle_topk),
@@ -160,7 +160,7 @@ class PEagleDraftWorker(EagleDraftWorker):
                       num_draft_tokens=int(spec.speculative_num_draft_tokens),
                       overlap=not get_schedule().disable_overlap_schedule)
         install_model_class()
-        super().__init__(server_args, gpu_id, nccl_port, target_worker)
+        compat.init_eagle_draft_worker(EagleDraftWorker, self, server_args, gpu_id, nccl_port, target_worker, ps)
         model = self.draft_runner.model
         if not isinstance(model, PedagleSglangDrafter):
             raise PEagleRuntimeError(f"the draft model is {type(model).__name__}, not pedagle's drafter: the pedagle "
@@ -185,13 +185,14 @@ class PEagleDraftWorker(EagleDraftWorker):
         """Share the target's embedding / lm_head only for the weights the head does not have."""
         if self.model.has_own_embed_tokens and self.model.has_own_lm_head:
             return
-        embed, head = self._resolve_shared_embed_and_head()      # (weight tensors) from the target
+        embed, head = compat.shared_embed_and_head(self)         # (weight tensors) from the target
         weight = lambda m: None if m is None else getattr(m, "weight", m)  # noqa: E731
         self.model.share_from_target(weight(embed), weight(head))
 
     def init_attention_backend(self):
         """Only the draft-extend backend: PEAGLE has no multi-step draft-decode forwards."""
-        factory = DraftBackendFactory(self.draft_runner, self.topk, self.speculative_num_steps)
+        factory = compat.draft_backend_factory(DraftBackendFactory, self.server_args, self.draft_runner, self.topk,
+                                               self.speculative_num_steps)
         self.draft_attn_backend = None
         self.draft_extend_attn_backend = factory.create_draft_extend_backend()
         self.draft_runner.draft_attn_backend = None
@@ -201,7 +202,7 @@ class PEagleDraftWorker(EagleDraftWorker):
         # Both run here, not in __init__: SGLang builds the draft runner's KV index translator in
         # alloc_memory_pool, and the scheduler initialises the target's attention backends (which re-set its
         # aux capture layers from spec_aux_config) just before this, before any CUDA graph is captured.
-        if self.draft_runner.kv_index_translator.is_translating:
+        if compat.kv_index_translating(self.draft_runner):
             raise PEagleRuntimeError("KV index translation (hierarchical / virtual KV ids) is not supported")
         check_target_capture(self.target_worker.model_runner.model, self.aux_layer_ids)
 
@@ -255,7 +256,7 @@ class PEagleDraftWorker(EagleDraftWorker):
                              "draft_sliding_window_size": getattr(self.draft_runner, "sliding_window_size", None),
                              "layer_windows": [self.drafter.config.layer_window(i)
                                                for i in range(self.drafter.config.num_hidden_layers)],
-                             "radix_cache": bool(tc is not None and tc.supports_prefix_sharing()),
+                             "radix_cache": compat.prefix_sharing(tc),
                              "prefix_cache": type(tc).__name__})
 
     def _run_drafter(self, forward_batch: ForwardBatch, B: int) -> torch.Tensor:
@@ -384,7 +385,8 @@ class PEagleDraftWorker(EagleDraftWorker):
         b = copy.copy(batch)
         b.out_cache_loc = lay.out_cache_loc
         fb = prepare_for_draft_extend(spec, b, plan.expanded.input_ids, width, self.draft_runner, None,
-                                      return_hidden_states_before_norm=False, kv_loc_plan=None)
+                                      return_hidden_states_before_norm=False,
+                                      **compat.draft_extend_kwargs(prepare_for_draft_extend))
         new_drafts = self._run_drafter(fb, B)
         if self.recorder is not None:
             self.recorder.write(record_fields("decode", batch, K, new_drafts, seq_lens=batch.seq_lens,
@@ -402,8 +404,11 @@ class PEagleWorkerV2(EAGLEWorkerV2):
     """``EAGLEWorkerV2`` whose draft worker is `PEagleDraftWorker` (its ``__init__`` mirrors the base class, which
     hard-codes ``EagleDraftWorker``); verify and the scheduler-facing API are SGLang's."""
 
-    def __init__(self, server_args: Any, gpu_id: int, nccl_port: int, target_worker: Any) -> None:
+    def __init__(self, server_args: Any, gpu_id: int, nccl_port: int, target_worker: Any, ps: Any = None) -> None:
+        """SGLang's scheduler passes keywords; ``ps`` (a ParallelState) only where ``EAGLEWorkerV2`` takes it
+        (`compat.worker_init_takes_ps`: 0.5.17, whose ``update_weights_from_tensor`` reads ``self.ps``)."""
         BaseSpecWorker.__init__(self)
+        self.ps = ps
         self.server_args = server_args
         self.topk = get_spec().speculative_eagle_topk
         self.speculative_num_steps = get_spec().speculative_num_steps
@@ -415,7 +420,7 @@ class PEagleWorkerV2(EAGLEWorkerV2):
         self.speculative_algorithm = SpeculativeAlgorithm.from_string(get_spec().speculative_algorithm)
         self.enable_dp_spec_prefill_coordination = False
         self._hosts_draft = True
-        self._draft_worker = PEagleDraftWorker(server_args, gpu_id, nccl_port, target_worker)
+        self._draft_worker = PEagleDraftWorker(server_args, gpu_id, nccl_port, target_worker, ps=ps)
         self.adaptive_controller = None
         self.num_new_pages_per_topk = torch.empty((), dtype=torch.int64, device=self.device)
         self.extend_lens = torch.empty((), dtype=torch.int64, device=self.device)

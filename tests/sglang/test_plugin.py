@@ -1,4 +1,5 @@
-"""The PEAGLE plugin against SGLang 0.5.23's real plugin loader, speculative-algorithm registry and hooks."""
+"""The PEAGLE plugin against the installed SGLang's (0.5.17-0.5.23) real plugin loader, speculative-algorithm
+registry and hooks."""
 
 from __future__ import annotations
 
@@ -26,14 +27,14 @@ def test_entry_points_declared():
     assert backends.get("sglang") == "pedagle_backends.sglang.backend:SglangBackend"
 
 
-@pytest.mark.parametrize("version, ok", [("0.5.23", True), ("0.5.23.post1", True), ("0.5.22", False),
-                                         ("0.5.24", False), ("0.6.0", False)])
+@pytest.mark.parametrize("version, ok", [("0.5.23", True), ("0.5.23.post1", True), ("0.5.22", True),
+                                         ("0.5.17", True), ("0.5.16", False), ("0.5.24", False), ("0.6.0", False)])
 def test_version_range(version, ok):
     from pedagle_core.versions import version_in_range
 
     assert version_in_range(version, SUPPORTED_SGLANG) is ok
     if not ok:
-        with pytest.raises(plugin.UnsupportedSglangVersion, match="sglang>=0.5.23,<0.5.24"):
+        with pytest.raises(plugin.UnsupportedSglangVersion, match="sglang>=0.5.17,<0.5.24"):
             plugin.check_version(version)
 
 
@@ -122,15 +123,15 @@ def test_hooks_applied_by_load_plugins(loaded):
     from sglang.srt.mem_cache import allocation_sizing
     from sglang.srt.plugins.hook_registry import HookRegistry
 
-    assert set(plugin.HOOK_TARGETS.values()) <= HookRegistry._patched
+    assert set(plugin.hook_targets().values()) <= HookRegistry._patched
     assert allocation_sizing.get_alloc_len_per_decode is not None
 
 
 def test_alloc_hooks_widen_only_under_peagle(monkeypatch):
-    monkeypatch.setattr(plugin, "peagle_active", lambda: False)
+    monkeypatch.setattr(plugin, "peagle_active", lambda sa=None: False)
     assert plugin._alloc_len_hook(lambda: 5) == 5
-    monkeypatch.setattr(plugin, "peagle_active", lambda: True)
-    monkeypatch.setattr(plugin, "current_k", lambda: 4)
+    monkeypatch.setattr(plugin, "peagle_active", lambda sa=None: True)
+    monkeypatch.setattr(plugin, "current_k", lambda sa=None: 4)
     assert plugin._alloc_len_hook(lambda: 5) == 8                      # 2K slots per decode step
     assert plugin._alloc_len_hook(lambda: 11) == 11
 

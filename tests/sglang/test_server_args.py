@@ -20,13 +20,13 @@ def paths(tmp_path_factory):
 
 
 def resolved(paths, **kw):
-    from sglang.srt.arg_groups.model_override_base import resolved_view
     from sglang.srt.server_args import ServerArgs
+
+    from pedagle_backends.sglang.compat import resolved_server_args
 
     sa = ServerArgs(model_path=str(paths / "target"), speculative_algorithm="peagle",
                     speculative_draft_model_path=str(paths / "drafter"), device="cpu", skip_tokenizer_init=True, **kw)
-    sa.resolve_once()
-    return sa, resolved_view(sa)
+    return sa, resolved_server_args(sa)
 
 
 @pytest.mark.parametrize("kw, K", [({"speculative_num_draft_tokens": 4}, 3), ({"speculative_num_steps": 2}, 2),

@@ -2,7 +2,7 @@
 with transformers (``get_config``) while it resolves the speculative arguments, and a speculators config has no
 ``model_type``. The plugin's resolution step converts such a drafter once into pedagle's cache (vLLM format,
 tensor for tensor) and points ``speculative_draft_model_path`` at the copy; a vLLM-format drafter is left alone.
-Runs SGLang's real ``ServerArgs.resolve_once`` (no engine start)."""
+Runs SGLang's real server-argument resolution (0.5.23: ``ServerArgs.resolve_once``; 0.5.17: ``__post_init__``; no engine start)."""
 
 from __future__ import annotations
 
@@ -32,14 +32,14 @@ def cache(tmp_path, monkeypatch):
 
 
 def resolve(paths, drafter: str, algorithm: str = "peagle"):
-    from sglang.srt.arg_groups.model_override_base import resolved_view
     from sglang.srt.server_args import ServerArgs
+
+    from pedagle_backends.sglang.compat import resolved_server_args
 
     sa = ServerArgs(model_path=str(paths / "target"), speculative_algorithm=algorithm,
                     speculative_draft_model_path=str(paths / drafter), device="cpu", skip_tokenizer_init=True,
                     speculative_num_draft_tokens=4)
-    sa.resolve_once()
-    return sa, resolved_view(sa)
+    return sa, resolved_server_args(sa)
 
 
 def _tensors(path):
@@ -58,7 +58,12 @@ def test_speculators_drafter_is_served_from_a_converted_vllm_copy(paths, cache, 
     assert served != str(paths / "spec_drafter")
     assert served.startswith(str(cache)), served
     assert detect_format(served) == "vllm"
-    assert sa.speculative_draft_model_path == str(paths / "spec_drafter")        # the operator's input is kept
+    from pedagle_backends.sglang import compat
+
+    if compat.has_resolution_hooks():         # 0.5.23 records resolutions: the operator's input is kept
+        assert sa.speculative_draft_model_path == str(paths / "spec_drafter")
+    else:                                     # 0.5.17 resolves on the ServerArgs itself
+        assert sa is v
     assert v.speculative_algorithm == "PEAGLE" and v.speculative_num_steps == 3
     lines = [r.getMessage() for r in caplog.records if "speculators" in r.getMessage()]
     assert len(lines) == 1 and str(paths / "spec_drafter") in lines[0] and served in lines[0], lines

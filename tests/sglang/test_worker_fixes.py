@@ -86,16 +86,19 @@ def test_aux_ids_outside_the_target_are_an_error():
 
 
 def test_request_slot_reserve_covers_the_prefill_scratch_slots(monkeypatch):
-    from sglang.srt.mem_cache.allocator.base import BaseTokenToKVPoolAllocator
+    from pedagle_backends.sglang import compat
 
-    monkeypatch.setattr(plugin, "peagle_active", lambda: False)
+    monkeypatch.setattr(plugin, "peagle_active", lambda sa=None: False)
     assert plugin._slot_reserve_hook(lambda **kw: 3, has_req_pool_slot=False) == 3
-    monkeypatch.setattr(plugin, "peagle_active", lambda: True)
+    monkeypatch.setattr(plugin, "peagle_active", lambda sa=None: True)
     for K, extra in ((1, 0), (4, 3), (7, 6)):
-        monkeypatch.setattr(plugin, "current_k", lambda K=K: K)
+        monkeypatch.setattr(plugin, "current_k", lambda sa=None, K=K: K)
         assert plugin._slot_reserve_hook(lambda **kw: 3, has_req_pool_slot=False) == 3 + extra
-    # the stock method the hook wraps (what every non-hybrid allocator inherits): no extra slots
-    assert BaseTokenToKVPoolAllocator.request_slot_reserve.__qualname__.endswith("request_slot_reserve")
+        # 0.5.17's hook point is a method of PrefillAdder called with the request: (self, req)
+        assert plugin._slot_reserve_hook(lambda adder, req: 0, object(), object()) == extra
+    # the stock admission extra the hook wraps (0.5.23: every non-hybrid allocator's request_slot_reserve;
+    # 0.5.17: PrefillAdder's Mamba gap budget) is a function of the installed SGLang
+    assert callable(compat.resolve_target(compat.slot_reserve_target()))
     assert layout.prefill_scratch_slots(5) == 4
 
 
