@@ -17,7 +17,8 @@ slots allocated for the forward and freed after it (their positions lie past the
 allocated yet).
 
 The drafter is `model.PedagleSglangDrafter` (pedagle_core's model on SGLang's attention backend and draft KV
-pool). CUDA graphs are not captured for the draft step (it runs eagerly; the target's graphs are SGLang's).
+pool). The decode draft step is captured in CUDA graphs by `cuda_graphs` (per batch size, on the Triton attention
+backend; eager otherwise, and for prefill as in SGLang's own EAGLE); the target's graphs are SGLang's.
 Set ``PEDAGLE_RECORD_DRAFTS=path.jsonl`` to record every draft step (`record_fields`).
 """
 
@@ -207,8 +208,14 @@ class PEagleDraftWorker(EagleDraftWorker):
         check_target_capture(self.target_worker.model_runner.model, self.aux_layer_ids)
 
     def _capture_cuda_graphs(self):
-        self.cuda_graph_runner = None                  # no draft-decode loop
-        self.cuda_graph_runner_for_draft_extend = None  # the 2K-wide draft step runs eagerly
+        """SGLang's draft graph runners do not fit PEAGLE (no draft-decode loop; its draft extend has 2K rows per
+        request, not K+1): both stay None. The decode draft step gets pedagle's own runner (`cuda_graphs`),
+        captured on CUDA unless switched off; None runs it eagerly."""
+        from .cuda_graphs import build_for_worker
+
+        self.cuda_graph_runner = None
+        self.cuda_graph_runner_for_draft_extend = None
+        self.decode_draft_graphs = build_for_worker(self)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -373,6 +380,25 @@ class PEagleDraftWorker(EagleDraftWorker):
         else:
             new_bonus = nxt.bonus_tokens.to(torch.int64)
         aux = batch_result.logits_output.hidden_states
+        graphs = getattr(self, "decode_draft_graphs", None)
+        graph_bs = None
+        if graphs is not None and graphs.can_run(B):   # static buffers, padded to a captured size, replayed
+            new_drafts = graphs.run(bonus, drafts, batch.seq_lens, accept_lens, new_bonus, aux, batch.req_pool_indices)
+            graph_bs = graphs.last_bs
+        else:
+            new_drafts = self._decode_drafts_eager(batch, bonus, drafts, accept_lens, new_bonus, aux)
+        if self.recorder is not None:
+            self.recorder.write(record_fields("decode", batch, K, new_drafts, seq_lens=batch.seq_lens,
+                                              verified=drafts, accept_lens=accept_lens, next_token_ids=new_bonus,
+                                              graph_bs=graph_bs))
+        nxt.topk_index = new_drafts
+        nxt.topk_p = torch.ones((B, K), dtype=torch.float32, device=new_drafts.device)
+        nxt.hidden_states = None
+
+    def _decode_drafts_eager(self, batch: ScheduleBatch, bonus: torch.Tensor, drafts: torch.Tensor,
+                             accept_lens: torch.Tensor, new_bonus: torch.Tensor, aux: torch.Tensor) -> torch.Tensor:
+        """The decode draft step without graphs: the next drafts [B, K] (target ids)."""
+        K, B = self.K, int(drafts.shape[0])
         step = layout.decode_step_input(bonus, drafts, batch.seq_lens, accept_lens, new_bonus, aux)
         plan = plan_step(step, K, self.mask_token_id)
         lay = layout.decode_extend_layout(self.req_to_token, batch.req_pool_indices, batch.seq_lens, K)
@@ -387,13 +413,7 @@ class PEagleDraftWorker(EagleDraftWorker):
         fb = prepare_for_draft_extend(spec, b, plan.expanded.input_ids, width, self.draft_runner, None,
                                       return_hidden_states_before_norm=False,
                                       **compat.draft_extend_kwargs(prepare_for_draft_extend))
-        new_drafts = self._run_drafter(fb, B)
-        if self.recorder is not None:
-            self.recorder.write(record_fields("decode", batch, K, new_drafts, seq_lens=batch.seq_lens,
-                                              verified=drafts, accept_lens=accept_lens, next_token_ids=new_bonus))
-        nxt.topk_index = new_drafts
-        nxt.topk_p = torch.ones((B, K), dtype=torch.float32, device=new_drafts.device)
-        nxt.hidden_states = None
+        return self._run_drafter(fb, B)
 
 
 step_timer.instrument(PEagleDraftWorker)   # CUDA events around the decode draft step when PEDAGLE_SGLANG_TIME_DRAFT is set
