@@ -15,11 +15,11 @@ same checkpoint). Nothing in this package imports vLLM at import time except the
 (``model``, ``proposer``); ``plugin`` and ``backend`` import it lazily.
 """
 
-SUPPORTED_VLLM = ">=0.26.0,<0.33"
-"""The vLLM releases this backend supports: every proposer hook it patches, and every vLLM class and
-attribute it uses, has the same signature from 0.26 to 0.32 (both ends are tested in CI with vLLM's CPU
-build: the full suite on 0.32, its version-dependent subset on 0.26; 0.26.0 also on an H200). The two
-behaviours that differ (the mask-token lookup, the K of a speculators checkpoint served as the model) are
-followed per installed version in `compat`."""
+SUPPORTED_VLLM = ">=0.26.0,<0.35"
+"""The vLLM releases this backend supports. 0.26-0.33: model runner V1's proposer hooks (every hook and class
+it uses has the same signature from 0.26 to 0.32; both ends tested in CI with vLLM's CPU build, 0.26.0 also on
+an H200) and, with ``VLLM_USE_V2_MODEL_RUNNER=1``, pedagle's V2 speculator. 0.34: V2 only (V1 and P-EAGLE were
+removed from vLLM), through its speculator registration (method ``peagle``); checked in CI at import and
+configuration level only (no CPU build of vLLM 0.34 exists). What differs is detected in `compat`."""
 
 __all__ = ["SUPPORTED_VLLM"]

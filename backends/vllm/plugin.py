@@ -5,7 +5,11 @@
 1. checks the installed vLLM against ``SUPPORTED_VLLM`` and raises a clear error otherwise, before it
    changes anything (so an unsupported vLLM is never half-patched; exclude the plugin with
    ``VLLM_PLUGINS`` to run such a vLLM without pedagle);
-2. maps the architecture names vLLM gives EAGLE-3 heads to pedagle's classes, lazily
+2. by what the installed vLLM has (`compat`): with V2's speculator registration (0.34+) registers the
+   ``peagle`` method and translates the old ``parallel_drafting`` flags (`v2_registration`); with model runner V2
+   (0.26-0.34) installs `v2_patch` (0.26-0.33: pedagle's V2 speculator for P-EAGLE heads when V2 is forced;
+   every release: the draft recorder for V2 speculators when ``PEDAGLE_RECORD_DRAFTS`` is set);
+3. maps the architecture names vLLM gives EAGLE-3 heads to pedagle's classes, lazily
    (``"module:Class"``, so nothing is imported and no CUDA is touched here). The names survive vLLM's
    EAGLE-3 config renaming: a drafter ``config.json`` saying ``LlamaForCausalLM`` becomes
    ``Eagle3LlamaForCausalLM``; the speculators format gives ``PeagleLlamaForCausalLM``; published heads
@@ -97,15 +101,32 @@ def register() -> None:
         if _registered:
             return
         version = check_version()
-        if os.environ.get(RECORD_ONLY_ENV) == "1":
-            from .proposer import install
+        from . import compat
 
-            install(record_only=True)
+        v1, v2 = compat.has_v1_runner(), compat.has_v2_runner()
+        registration = compat.has_speculator_registration()
+        if os.environ.get(RECORD_ONLY_ENV) == "1":
+            if v1:
+                from .proposer import install
+
+                install(record_only=True)
+            if v2:
+                from . import v2_patch
+
+                v2_patch.install(serve_peagle=False, record_only=True)
             _registered = True
             logger.info("pedagle: vLLM %s, record-only mode (vLLM's own drafters, drafts recorded)", version)
             return
         from vllm import ModelRegistry
 
+        if registration:
+            from . import v2_registration
+
+            v2_registration.register()
+        if v2:
+            from . import v2_patch
+
+            v2_patch.install(serve_peagle=not registration)
         for arch, cls in ARCHITECTURES.items():
             ModelRegistry.register_model(arch, f"{_MODEL_MODULE}:{cls}")
         _registered = True
