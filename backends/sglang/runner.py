@@ -1,6 +1,6 @@
 """Run jobs through ``sglang.Engine`` (PEAGLE, SGLang's own EAGLE3, or target-only) and shape the result like
 pedagle's conformance result (`pedagle_core.hooks`). Used by `backend.SglangBackend.run_case`, the engine tests
-(tests/sglang/test_engine_*.py) and ``scripts/sglang_gpu_e2e.py``.
+(tests/sglang/test_engine_*.py) and ``bench/sglang_gpu_e2e.py``.
 
 Where the engine runs: on a CUDA GPU with SGLang's own kernels, or on a CPU with SGLang's CPU engine
 (``SGLANG_USE_CPU_ENGINE=1``, ``device="cpu"``) and pedagle's test-support CPU ``sgl_kernel`` ops (the SGLang

@@ -6,7 +6,7 @@ iteration: step input, expansion, layout, the drafter forward, greedy readout) i
 events; one JSON line per call:
 
     {"kind": "decode", "B": requests, "K": drafts, "gpu_ms": GPU time between the events,
-     "cpu_ms": host time of the call, "t": time.time() at its end}
+     "cpu_ms": host time of the call, "t": time.time() when the call returned}
 
 ``gpu_ms`` is the elapsed time on the GPU's timeline between the two events: the draft step's kernels and
 any gaps between them (a host-bound step shows as gaps). The events are read without blocking the step:
@@ -48,9 +48,9 @@ class DraftStepTimer:
         import torch
 
         start, t0 = token
-        info = {**info, "cpu_ms": 1e3 * (time.perf_counter() - t0)}
+        info = {**info, "cpu_ms": 1e3 * (time.perf_counter() - t0), "t": time.time()}
         if start is None:
-            self._write({**info, "gpu_ms": None, "t": time.time()})
+            self._write({**info, "gpu_ms": None})
             return
         stop = torch.cuda.Event(enable_timing=True)
         stop.record()
@@ -64,7 +64,7 @@ class DraftStepTimer:
             if block:
                 stop.synchronize()
             if block or stop.query():
-                self._write({**info, "gpu_ms": start.elapsed_time(stop), "t": time.time()})
+                self._write({**info, "gpu_ms": start.elapsed_time(stop)})
             else:
                 keep.append((start, stop, info))
         self._pending = keep

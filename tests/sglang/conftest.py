@@ -5,7 +5,7 @@
 They exercise SGLang 0.5.23's real Python classes (plugin loader, speculative-algorithm registry,
 ServerArgs, ModelConfig, memory pools, ForwardBatch, RadixAttention and the torch-native attention backend)
 on the CPU. SGLang's engine (scheduler, CUDA attention backends, the worker's forward loop) does not run on a
-CPU-only machine; ``scripts/sglang_gpu_e2e.py`` covers that on a GPU. Without SGLang installed (pedagle's
+CPU-only machine; ``bench/sglang_gpu_e2e.py`` covers that on a GPU. Without SGLang installed (pedagle's
 main environment) nothing here is collected.
 """
 

@@ -7,7 +7,7 @@ worker's row layout (`layout`) and expansion (`drafting.plan_step`). The same st
 `pedagle_core.draft.draft_parallel` with the reference `ContiguousKVCache`. Drafts must be equal and logits
 close, over a prefill and several decode steps with varied acceptance, a sliding-window layer and a reduced
 draft vocabulary (d2t). Not covered here: SGLang's CUDA attention backends, the scheduler and the worker's
-forward loop (see scripts/sglang_gpu_e2e.py).
+forward loop (see bench/sglang_gpu_e2e.py).
 """
 
 from __future__ import annotations
