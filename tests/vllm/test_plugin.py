@@ -21,8 +21,9 @@ def test_entry_points_declared():
 
 
 @pytest.mark.parametrize("version, ok", [("0.32.0", True), ("0.32.3+cpu", True), ("0.32.0rc1", True), ("0.26.0", True),
-                                         ("0.26.0+cpu", True), ("0.29.1", True), ("0.25.9", False), ("0.33.0", False),
-                                         ("0.16.0", False), ("1.0.0", False)])
+                                         ("0.26.0+cpu", True), ("0.29.1", True), ("0.25.9", False), ("0.33.0", True),
+                                         ("0.34.0", True), ("0.34.2", True), ("0.35.0", False), ("0.16.0", False),
+                                         ("1.0.0", False)])
 def test_version_range(version, ok):
     assert plugin.version_supported(version) is ok
 
