@@ -8,10 +8,21 @@ without AMX, SGLang's argument resolution swaps it for ``torch_native``, which h
 Opt-in: with ``PEDAGLE_SGLANG_CPU_ENGINE=1`` (and ``SGLANG_USE_CPU_ENGINE=1``), `apply_in_process` tells SGLang's
 platform facts that AMX is present (``override_platform(has_amx=True)``; SGLang 0.5.17, which has no platform
 facts: its argument resolution's AMX probe, `compat.keep_intel_amx_attention`), so the ``intel_amx`` backend is kept;
-the ops it calls then come from whatever ``sgl_kernel`` is installed. Nothing is patched in site-packages, and
-SGLang's layers still take their plain-PyTorch paths (their own AMX probe, ``cpu_has_amx_support()``, asks the
-CPU). `engine_kwargs` sets the environment and the override in this process (where ``sglang.Engine`` resolves
-its arguments) and returns the engine keywords; the PEAGLE plugin calls `apply_in_process` in every SGLang process.
+the ops it calls then come from whatever ``sgl_kernel`` is installed. Nothing is patched in site-packages.
+`engine_kwargs` sets the environment and the override in this process (where ``sglang.Engine`` resolves its
+arguments) and returns the engine keywords; the PEAGLE plugin calls `apply_in_process` in every SGLang process.
+
+AMX switch (a test / CPU-engine facility): ``PEDAGLE_SGLANG_CPU_AMX=1|0|auto`` (default auto) decides whether
+SGLang's layers take their AMX branches (``cpu_has_amx_support()``: packed-weight linears, ``rmsnorm_cpu``,
+``rotary_embedding_cpu``, ...) whatever the CPU: 1 forces them (served by pedagle's CPU ops on any x86 CPU), 0 keeps
+the plain-PyTorch branches even on a CPU with AMX, auto lets SGLang ask the CPU. SGLang caches the answer in module
+globals at import, so it is decided before its layers are imported, in every SGLang process: `apply_amx_switch`
+sets SGLang's probe (``sglang.srt.utils.common.is_amx_tile_supported``); `prepare_env` calls it in the engine's
+process, and pedagle's CPU ``sgl_kernel`` test package calls it when SGLang first imports that package in a spawned
+process (before the layers decide); with 0 that package also leaves out ``convert_weight_packed``, by which SGLang
+recognises an AMX-capable ``sgl_kernel``. `apply_in_process` (the plugin, in every process) checks that the
+layers' cached decisions agree, and raises otherwise. The engine tests run with 0 and start a few engines with 1
+(tests/sglang/test_engine_amx.py).
 """
 
 from __future__ import annotations
@@ -23,6 +34,73 @@ from typing import Any
 OPT_IN_ENV = "PEDAGLE_SGLANG_CPU_ENGINE"
 SGLANG_CPU_ENV = "SGLANG_USE_CPU_ENGINE"
 ATTENTION_BACKEND = "intel_amx"
+AMX_ENV = "PEDAGLE_SGLANG_CPU_AMX"
+_AMX_VALUES: dict[str, bool | None] = {"1": True, "0": False, "auto": None, "": None}
+AMX_PROBE_MODULE = "sglang.srt.utils.common"       # cpu_has_amx_support() reads this module's globals
+AMX_PROBE = "is_amx_tile_supported"
+_AMX_CACHES = ("_is_cpu_amx_available", "_cpu_has_amx_support")  # module globals SGLang's layers cache it in
+
+
+def amx_forced() -> bool | None:
+    """``PEDAGLE_SGLANG_CPU_AMX``: True (1: SGLang's AMX branches forced on), False (0: off), None (auto / unset)."""
+    raw = os.environ.get(AMX_ENV, "auto").strip().lower()
+    if raw not in _AMX_VALUES:
+        raise ValueError(f"{AMX_ENV}={raw!r}: expected 1 (SGLang's AMX branches on), 0 (off) or auto")
+    return _AMX_VALUES[raw]
+
+
+def amx_decisions() -> dict[str, bool]:
+    """The AMX decisions that SGLang modules loaded in this process cached at import ({"module.global": value})."""
+    out: dict[str, bool] = {}
+    for name, mod in list(sys.modules.items()):
+        if not name.startswith("sglang.") or mod is None:
+            continue
+        for attr in _AMX_CACHES:
+            value = vars(mod).get(attr)
+            if isinstance(value, bool):
+                out[f"{name}.{attr}"] = value
+    return out
+
+
+def _set_probe(common: Any, forced: bool) -> None:
+    """Point SGLang's probe at ``forced``. A probe module still being imported (its probe not assigned yet: an
+    SGLang whose probe module imports ``sgl_kernel`` first) gets the answer through torch's, once."""
+    if hasattr(common, AMX_PROBE):
+        setattr(common, AMX_PROBE, forced)
+        return
+    import torch
+
+    original = torch.cpu._is_amx_tile_supported
+
+    def answer_once() -> bool:
+        torch.cpu._is_amx_tile_supported = original
+        return forced
+
+    torch.cpu._is_amx_tile_supported = answer_once
+
+
+def apply_amx_switch(import_probe: bool = True) -> bool | None:
+    """Apply ``PEDAGLE_SGLANG_CPU_AMX`` in this process; returns the forced value (None: auto, nothing done).
+
+    ``import_probe``: import SGLang's probe module if it is not loaded yet (False: act only once SGLang has
+    loaded it, as `sgl_kernel` does when SGLang imports it). Raises RuntimeError when SGLang modules of this
+    process already cached the other answer (the switch came too late here)."""
+    forced = amx_forced()
+    if forced is None:
+        return None
+    common = sys.modules.get(AMX_PROBE_MODULE)
+    if common is None:
+        if not import_probe:
+            return forced
+        import importlib
+
+        common = importlib.import_module(AMX_PROBE_MODULE)
+    _set_probe(common, forced)
+    stale = sorted(k for k, v in amx_decisions().items() if v != forced)
+    if stale:
+        raise RuntimeError(f"{AMX_ENV}={int(forced)} came too late in process {os.getpid()}: SGLang modules "
+                           f"already decided AMX={not forced} at import: {stale[:5]}")
+    return forced
 
 
 def requested() -> bool:
@@ -52,7 +130,8 @@ def engine_status() -> tuple[bool, str]:
 
 def apply_in_process() -> bool:
     """In an SGLang process with the opt-in set: keep the intel_amx attention backend on a CPU without AMX.
-    Returns whether the override was installed."""
+    Returns whether the override was installed. Also applies (and checks) the AMX switch, `apply_amx_switch`."""
+    apply_amx_switch(import_probe=False)
     if not requested():
         return False
     from . import compat
@@ -74,6 +153,7 @@ def prepare_env() -> None:
     ok, reason = engine_status()
     if not ok:
         raise RuntimeError(f"SGLang's CPU engine cannot run here: {reason}")
+    apply_amx_switch()
     apply_in_process()
 
 

@@ -84,11 +84,54 @@ def test_rotary_embedding(dtype, neox, rot):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_weight_packed_linear(dtype):
-    x, w, b = torch.randn(7, 64, dtype=dtype), torch.randn(48, 64, dtype=dtype), torch.randn(48, dtype=dtype)
+@pytest.mark.parametrize("rot", [64, 32])
+def test_apply_rotary_pos_emb_matches_rotation_by_position(dtype, rot):
+    """Hugging Face-style RoPE with per-token cos / sin ([T, D], each frequency twice) == rotating (k, k + D/2)
+    pairs by pos * theta^(-2k/D)."""
+    torch.manual_seed(2)
+    head, theta, pos = rot, 10000.0, torch.tensor([0, 5, 31, 200])
+    inv = theta ** (-torch.arange(0, head, 2, dtype=torch.float64) / head)
+    freqs = pos.double()[:, None] * inv
+    emb = torch.cat([freqs, freqs], -1)
+    q, k = torch.randn(4, 4, head, dtype=dtype), torch.randn(4, 2, head, dtype=dtype)
+    q2, k2 = OPS.apply_rotary_pos_emb_cpu(q, k, emb.cos().float(), emb.sin().float())
+    assert q2.dtype == dtype and q2.shape == q.shape and k2.shape == k.shape
+    torch.testing.assert_close(q2, rope_reference(pos, q.view(4, -1), head, theta, head, True).view(q.shape),
+                               **tol(dtype))
+    torch.testing.assert_close(k2, rope_reference(pos, k.view(4, -1), head, theta, head, True).view(k.shape),
+                               **tol(dtype))
+    assert torch.equal(q, q.clone())                        # inputs untouched (new tensors returned)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("n", [48, 40, 8])                  # whole blocks, a narrower last block, one narrow block
+def test_packed_weight_is_a_reordering_that_weight_packed_linear_undoes(dtype, n):
+    from sgl_kernel.linear import unpack
+
+    torch.manual_seed(3)
+    x, w, b = torch.randn(7, 64, dtype=dtype), torch.randn(n, 64, dtype=dtype), torch.randn(n).float()
     packed = OPS.convert_weight_packed(w)
-    torch.testing.assert_close(OPS.weight_packed_linear(x, packed, b, True), F.linear(x, w, b), **tol(dtype))
-    torch.testing.assert_close(OPS.weight_packed_linear(x, w, None, False), F.linear(x, w), **tol(dtype))
+    # SGLang keeps the packed tensor as the layer's weight and reads its shape: [N, K] as before
+    assert packed.shape == w.shape and packed.dtype == w.dtype
+    assert not torch.equal(packed, w)                       # reading it as a plain weight would be wrong
+    assert torch.equal(torch.sort(packed.flatten()).values, torch.sort(w.flatten()).values)
+    assert torch.equal(unpack(packed), w)
+    ref = (x.double() @ w.double().t() + b.double()).to(dtype)
+    torch.testing.assert_close(OPS.weight_packed_linear(x, packed, b, True), ref, **tol(dtype))
+    torch.testing.assert_close(OPS.weight_packed_linear(x, w, None, False), (x.double() @ w.double().t()).to(dtype),
+                               **tol(dtype))
+    experts = torch.randn(3, n, 64, dtype=dtype)            # [E, N, K]: packed per expert
+    packed3 = OPS.convert_weight_packed(experts)
+    assert packed3.shape == experts.shape and torch.equal(packed3[1], OPS.convert_weight_packed(experts[1]))
+
+
+def test_packing_refuses_what_sglang_does_not_pack():
+    with pytest.raises(NotImplementedError, match="float32 .*convert_weight_packed"):
+        OPS.convert_weight_packed(torch.randn(16, 64))      # SGLang packs only 16-bit (and quantized) weights
+    with pytest.raises(ValueError, match="expected a multiple of 2"):
+        OPS.convert_weight_packed(torch.randn(16, 63).bfloat16())
+    with pytest.raises(ValueError, match=r"expected \[M, K\] and \[N, K\]"):
+        OPS.weight_packed_linear(torch.randn(2, 32).bfloat16(), torch.randn(16, 64).bfloat16(), None, True)
 
 
 # ---- attention over the token-level KV pool -----------------------------------------------------------------

@@ -67,6 +67,21 @@ def rotary_embedding(
     return apply(query), apply(key)
 
 
+def apply_rotary_pos_emb(query: torch.Tensor, key: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoPE with per-token cos / sin given (Hugging Face's ``apply_rotary_pos_emb``, neox halves): query [T, Hq, D],
+    key [T, Hk, D], cos / sin [T, D] (each frequency twice: [f | f]). x * cos + rotate_half(x) * sin in float32;
+    returns new (query, key) in their dtypes."""
+    c, s = cos.float().unsqueeze(1), sin.float().unsqueeze(1)
+
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        x1, x2 = xf.chunk(2, dim=-1)
+        return (xf * c + torch.cat([-x2, x1], dim=-1) * s).to(x.dtype)
+
+    return apply(query), apply(key)
+
+
 rmsnorm_cpu = define("rmsnorm_cpu(Tensor input, Tensor weight, float eps) -> Tensor", rmsnorm)
 fused_add_rmsnorm_cpu = define(
     "fused_add_rmsnorm_cpu(Tensor(a!) input, Tensor(b!) residual, Tensor weight, float eps) -> ()", fused_add_rmsnorm
@@ -76,4 +91,8 @@ rotary_embedding_cpu = define(
     "rotary_embedding_cpu(Tensor positions, Tensor query, Tensor key, int head_size, Tensor cos_sin_cache, "
     "bool is_neox) -> (Tensor, Tensor)",
     rotary_embedding,
+)
+apply_rotary_pos_emb_cpu = define(
+    "apply_rotary_pos_emb_cpu(Tensor query, Tensor key, Tensor cos, Tensor sin) -> (Tensor, Tensor)",
+    apply_rotary_pos_emb,
 )
