@@ -28,6 +28,7 @@ T=${1:?seconds}; shift
 export PEDAGLE_COMMIT="${PEDAGLE_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
 set +u; cd /tmp && source "$R/.gpucarry/bin/gpu_assemble.sh" install; rc=$?; cd "$R"; set -u   # no pyproject in /tmp
 [ -d /tmp/site-sglang ] || { echo "SGLang not unpacked (rc $rc)"; exit 1; }
+python3 bench/gpu_sglang_stubs.py /tmp/site-sglang || exit 1   # EAGLE3 graph capture imports DeepSeek backends (not carried)
 python3 bench/gpu_site.py /tmp/site-pedagle || exit 1
 export SGLANG_PYTHONPATH=/tmp/site-pedagle:/tmp/site-sglang VLLM_PYTHONPATH=/tmp/site-pedagle:/tmp/site-vllm
 export PYTHONPATH=$SGLANG_PYTHONPATH PEDAGLE_SRC=$R HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 \
