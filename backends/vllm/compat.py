@@ -96,6 +96,24 @@ def v2_propose_params() -> tuple[str, ...]:
     return tuple(inspect.signature(module.BaseSpeculator.propose).parameters)
 
 
+def v2_block_size(block_tables: Any, group: int) -> int:
+    """The block size the block table of KV-cache ``group`` is indexed with: ``kernel_block_sizes`` (0.26, where
+    attention kernels may split a cache block) else ``block_sizes`` (0.32+)."""
+    sizes = getattr(block_tables, "kernel_block_sizes", None) or block_tables.block_sizes
+    return int(sizes[group])
+
+
+def v2_cudagraph_manager(vllm_config: Any, device: Any, mode: Any, query_len: int, max_reqs: int) -> Any:
+    """V2's ``CudaGraphManager`` for uniform decode batches of ``query_len`` rows per request: 0.26-0.33 take
+    ``decode_query_len``, 0.34 ``decode_query_lens`` ({query length: most requests})."""
+    from vllm.v1.worker.gpu.cudagraph_utils import CudaGraphManager
+
+    params = inspect.signature(CudaGraphManager.__init__).parameters
+    if "decode_query_lens" in params:
+        return CudaGraphManager(vllm_config, device, mode, decode_query_lens={query_len: max_reqs})
+    return CudaGraphManager(vllm_config, device, mode, decode_query_len=query_len)
+
+
 def v2_propose_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
     """A V2 ``propose(*args, **kwargs)`` call (without ``self``) as {parameter: value}, defaults filled in,
     whatever the installed release's parameter order; ``next_prefill_tokens`` as vLLM passed it ([max_reqs]
@@ -146,5 +164,5 @@ def checkpoint_speculative_tokens(config: dict[str, Any]) -> int | None:
 
 
 __all__ = ["PEAGLE_METHOD", "has_v1_runner", "wants_parallel_drafting", "has_v1_parallel_drafting", "has_v2_runner", "has_speculator_registration", "runner_in_use",
-           "v2_propose_params", "v2_propose_arguments", "MASK_TOKEN_ID_SINCE", "SPECULATORS_USER_CONFIG_SINCE", "vllm_mask_token",
+           "v2_propose_params", "v2_propose_arguments", "v2_block_size", "v2_cudagraph_manager", "MASK_TOKEN_ID_SINCE", "SPECULATORS_USER_CONFIG_SINCE", "vllm_mask_token",
            "speculators_num_speculative_tokens", "checkpoint_speculative_tokens"]

@@ -46,6 +46,7 @@ from vllm.v1.worker.gpu.spec_decode.speculator import DraftModelSpeculator
 
 from pedagle_core.draft_record import RECORD_ENV, DraftRecordWriter
 
+from .compat import v2_block_size, v2_cudagraph_manager
 from .v2_inputs import DraftBuffers, PreparedStep, bonus_positions, next_token_ids, prepare_peagle_inputs
 from .v2_patch import building_for_v2
 
@@ -61,6 +62,10 @@ class PedagleSpeculator(DraftModelSpeculator):
             raise ValueError(f"speculative_config.draft_sample_method = "
                              f"{self.speculative_config.draft_sample_method!r}; pedagle's P-EAGLE speculator "
                              "drafts greedily (expected 'greedy', vLLM's default)")
+        dcp = int(getattr(vllm_config.parallel_config, "decode_context_parallel_size", 1) or 1)
+        if dcp > 1:
+            raise ValueError(f"decode_context_parallel_size = {dcp}; pedagle's P-EAGLE speculator for model runner V2 "
+                             "supports 1")
         if self.dp_size > 1:
             raise ValueError(f"data_parallel_size = {self.dp_size}; pedagle's P-EAGLE speculator for model runner V2 "
                              "supports 1 (tensor parallelism is supported)")
@@ -111,7 +116,7 @@ class PedagleSpeculator(DraftModelSpeculator):
             raise RuntimeError(f"pedagle: the drafter's attention layers are in KV-cache groups {groups}; expected "
                                "one group (pedagle's drafter layers share the target's block table)")
         self.draft_group = groups[0]
-        self.block_size = int(self.block_tables.kernel_block_sizes[self.draft_group])
+        self.block_size = v2_block_size(self.block_tables, self.draft_group)
         self.draft_slots = torch.full((len(self.attn_groups), self.max_rows), -1, dtype=torch.int64,
                                       device=self.device)
 
@@ -130,8 +135,8 @@ class PedagleSpeculator(DraftModelSpeculator):
             logger.warning("pedagle: draft attention (%s) has no full CUDA graphs for uniform batches; the P-EAGLE "
                            "draft step runs eagerly", self.attn_cg_support.min_cg_attn_backend)
         mode = CUDAGraphMode.FULL_DECODE_ONLY if wants_full and supports_full else CUDAGraphMode.NONE
-        self.cudagraph_manager = CudaGraphManager(self.vllm_config, self.device, mode,
-                                                  decode_query_len=self.num_query_per_req)
+        self.cudagraph_manager = v2_cudagraph_manager(self.vllm_config, self.device, mode, self.num_query_per_req,
+                                                      self.max_num_reqs)
 
     def capture(self) -> None:
         assert self.cudagraph_manager is not None

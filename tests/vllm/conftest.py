@@ -54,7 +54,7 @@ def _engine_runs_here() -> bool:
 
 # Tests that need no engine (imports, registration, configuration, pure tensor code): the only ones collected
 # where no engine runs.
-IMPORT_LEVEL_TESTS = ("test_v2_inputs.py", "test_v034.py")
+IMPORT_LEVEL_TESTS = ("test_v2_inputs.py", "test_v2_math.py", "test_v034.py")
 
 collect_ignore_glob: list[str] = []
 if not _vllm_installed():
