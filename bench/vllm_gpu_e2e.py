@@ -28,6 +28,14 @@ Phases (each writes into --out; the run stops starting new phases past --budget-
    children's compile caches (same engine configuration: max_model_len 320, 8 sequences, 512 MiB KV).
 
     python3 bench/vllm_gpu_e2e.py --out OUT [--phases kernels,conformance,tiny,bench] [--budget-s 540]
+                                  [--runner v1|v2]
+
+``--runner v2`` (issue 23): pedagle's children run vLLM's model runner V2 (``VLLM_USE_V2_MODEL_RUNNER=1``):
+P-EAGLE through pedagle's V2 speculator (`backends/vllm/v2_speculator.py`: one drafter forward, FULL CUDA
+graphs for uniform decode batches), EAGLE-3 through vLLM's own V2 EAGLE speculator running pedagle's
+drafter, both recorded by the plugin's V2 recorder. vLLM's native P-EAGLE exists only on V1, so the native
+P-EAGLE children stay on V1 (outputs, acceptance and drafts compared against them as before); in the bench,
+``native-eagle3`` is vLLM's EAGLE-3 on V2 and target-only runs on V2 too.
     python3 bench/vllm_gpu_e2e.py --reanalyze LOGS REFERENCE_JSON WHERE     # redo the draft comparisons
 
 On the lent H200: bench/vllm_gpu_run.sh is the device side (stash the carried pieces of
@@ -75,24 +83,31 @@ def prompts(n: int = 8, max_len: int = 128) -> list[list[int]]:
 
 
 # ---------------------------------------------------------------------------------------------- children
-def child_env(record_only: bool, util: float, tag: str = "main") -> dict[str, str]:
-    """vLLM settings of every child: its GPU memory share, no flashinfer sampler (not carried), the V1 runner
-    (parallel drafting), and a compile cache of its own (children that compile the same configuration at
-    the same time must not write one cache directory)."""
+RUNNER = "v1"     # --runner: the model runner of pedagle's children (and, in the bench, of every config but
+#                   native P-EAGLE, which vLLM has on V1 only)
+
+
+def child_env(record_only: bool, util: float, tag: str = "main", runner: str = "v1") -> dict[str, str]:
+    """vLLM settings of every child: its GPU memory share, no flashinfer sampler (not carried), the model
+    runner (V1 unless ``runner`` is "v2"), and a compile cache of its own (children that compile the same
+    configuration at the same time must not write one cache directory)."""
     env = {"PEDAGLE_VLLM_GPU_MEMORY_UTILIZATION": str(util), "VLLM_USE_FLASHINFER_SAMPLER": "0",
-           "VLLM_USE_V2_MODEL_RUNNER": "0", "VLLM_CACHE_ROOT": f"/tmp/pedagle-vllm-cache/{tag}"}
+           "VLLM_USE_V2_MODEL_RUNNER": "1" if runner == "v2" else "0",
+           "VLLM_CACHE_ROOT": f"/tmp/pedagle-vllm-cache/{tag}{'_v2' if runner == 'v2' else ''}"}
     if record_only:
         env["PEDAGLE_VLLM_RECORD_ONLY"] = "1"
     return env
 
 
-def spawn_jobs(jobs: list[dict], plugin: bool, record_only: bool, util: float, logf: Path) -> subprocess.Popen:
+def spawn_jobs(jobs: list[dict], plugin: bool, record_only: bool, util: float, logf: Path,
+               runner: str = "v1") -> subprocess.Popen:
     """`pedagle_backends.vllm.runner` in a child (returns the Popen; results in logf.with_suffix('.json'))."""
     from pedagle_backends.vllm.runner import child_env as runner_env
 
     jf = logf.with_suffix(".jobs.json")
     jf.write_text(json.dumps({"plugin": plugin, "jobs": jobs}))
-    env = runner_env(plugin, record=any(j.get("record") for j in jobs), extra=child_env(record_only, util, logf.stem))
+    env = runner_env(plugin, record=any(j.get("record") for j in jobs),
+                     extra=child_env(record_only, util, logf.stem, runner))
     return subprocess.Popen([sys.executable, "-m", "pedagle_backends.vllm.runner", str(jf),
                              str(logf.with_suffix(".out.json"))], env=env, stdout=open(logf, "w"),
                             stderr=subprocess.STDOUT)
@@ -182,7 +197,7 @@ def phase_tiny(out: Path, ks: list[int], max_tokens: int, util: float, dtypes: l
     mk = lambda who: [{**base, "dtype": dt, "target": str(FAMILY / "target"), "drafter": c["drafter"],  # noqa: E731
                        "K": c["K"], "parallel": c["parallel"],
                        "record": str(logs / f"{who}_{c['name']}_{dt}.jsonl")} for c, dt in runs]
-    procs = {"plugin": spawn_jobs(mk("plugin"), True, False, util, logs / "tiny_plugin.log")}
+    procs = {"plugin": spawn_jobs(mk("plugin"), True, False, util, logs / "tiny_plugin.log", RUNNER)}
     if reuse is not None:       # target-only and native results of an earlier run (they do not run pedagle's code)
         import shutil
 
@@ -238,6 +253,7 @@ def analyze_tiny(logs: Path, P: list[list[int]], runs: list[tuple[dict, str]], m
                                       "plugin": p["metrics"]["accepted_per_pos"]},
             "num_drafts": {"native": n["metrics"]["num_drafts"], "plugin": p["metrics"]["num_drafts"]},
             "init_s": {"native": n["init_s"], "plugin": p["init_s"]},
+            "model_runner": {"native": n.get("model_runner"), "plugin": p.get("model_runner")},
         })
         try:
             t0 = time.perf_counter()
@@ -373,14 +389,14 @@ def bench_child(spec: dict) -> dict:
     return res
 
 
-def run_bench_child(spec: dict, plugin: bool, logf: Path, util: float) -> dict:
+def run_bench_child(spec: dict, plugin: bool, logf: Path, util: float, runner: str = "v1") -> dict:
     from pedagle_backends.vllm.runner import child_env as runner_env
 
     sf = logf.with_suffix(".spec.json")
     sf.write_text(json.dumps(spec))
     # the tiny-code children's compile caches (same engine configurations), reused by every round
     tag = "tiny_" + ("plugin" if plugin else "native" if spec.get("drafter") else "target")
-    env = runner_env(plugin, record=False, extra=child_env(False, util, tag))
+    env = runner_env(plugin, record=False, extra=child_env(False, util, tag, runner))
     with open(logf, "w") as f:
         rc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--bench-child", str(sf)], env=env,
                             stdout=f, stderr=subprocess.STDOUT).returncode
@@ -420,8 +436,9 @@ def phase_bench(out: Path, k_peagle: int, max_tokens: int, rounds: int, deadline
             logf = out / "logs" / f"bench_r{rnd}_{name}.log"
             if rnd == rounds - 1 and name != "target-only":
                 spec = {**spec, "profile": str(logf.with_suffix(""))}
-            r = run_bench_child(spec, plugin, logf, spec["util"])
-            runs.append({"round": rnd, "config": name, **r})
+            runner = "v1" if name == "native-peagle" else RUNNER      # vLLM has native P-EAGLE on V1 only
+            r = run_bench_child(spec, plugin, logf, spec["util"], runner)
+            runs.append({"round": rnd, "config": name, "runner": runner, **r})
             (out / "bench_runs.json").write_text(json.dumps(runs, indent=1))          # kept if the call is cut
             log(f"bench r{rnd} {name}: " + (r.get("error") or ", ".join(
                 f"b{b} {v['tokens_per_s']:.0f} tok/s" for b, v in r["batches"].items()) + f" (init {r['init_s']:.0f} s)"))
@@ -449,7 +466,7 @@ def phase_bench(out: Path, k_peagle: int, max_tokens: int, rounds: int, deadline
                 ratios[f"{kind}_b{b}"] = {**ratios.get(f"{kind}_b{b}", {}), "gpu_ms_native": prof["native"]["self_cuda_ms"],
                                           "gpu_ms_plugin": prof["plugin"]["self_cuda_ms"],
                                           "gpu_time_ratio": prof["plugin"]["self_cuda_ms"] / prof["native"]["self_cuda_ms"]}
-    return {"k_peagle": k_peagle, "k_eagle3": 3, "max_tokens": max_tokens, "prompt_lengths": list(map(len, P)),
+    return {"runner": RUNNER, "k_peagle": k_peagle, "k_eagle3": 3, "max_tokens": max_tokens, "prompt_lengths": list(map(len, P)),
             "tokens_per_s": table, "plugin_vs_native": ratios, "runs": runs}
 
 
@@ -500,6 +517,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ref-dtypes", nargs="+", default=["float32"])
     ap.add_argument("--bench-configs", nargs="+", default=None, help="bench only these configurations")
     ap.add_argument("--util", type=float, default=0.08, help="GPU memory share of each concurrent engine")
+    ap.add_argument("--runner", choices=("v1", "v2"), default="v1",
+                    help="model runner of pedagle's children (v2: pedagle's V2 speculator; module docstring)")
     ap.add_argument("--bench-child", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--reanalyze", nargs=3, metavar=("LOGS", "REFERENCE_JSON", "WHERE"),
                     help="redo the draft comparisons of a run's logs against a reference result file; prints JSON")
@@ -512,6 +531,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.reanalyze:
         print(json.dumps(reanalyze(Path(args.reanalyze[0]), Path(args.reanalyze[1]), args.reanalyze[2]), indent=1))
         return 0
+    global RUNNER
+    RUNNER = args.runner
     out = args.out
     if args.retrace:
         out.mkdir(parents=True, exist_ok=True)
@@ -522,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "logs").mkdir(parents=True, exist_ok=True)
     deadline = T0 + args.budget_s
     phases = args.phases.split(",")
-    result: dict[str, Any] = {"env": env_info(), "phases": phases}
+    result: dict[str, Any] = {"env": {**env_info(), "runner": RUNNER}, "phases": phases}
     save = lambda: (out / args.json_name).write_text(json.dumps(result, indent=1))  # noqa: E731
     save()
     log("env", json.dumps(result["env"]))
@@ -538,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
                "--json", str(out / "conformance_cuda.json"), "--report", str(out / "conformance_cuda.md")]
         for name in args.conf_cases or []:
             cmd += ["--case", name]
-        conf = subprocess.Popen(cmd, env={**os.environ, **child_env(False, args.util, "conformance")},
+        conf = subprocess.Popen(cmd, env={**os.environ, **child_env(False, args.util, "conformance", RUNNER)},
                                 stdout=open(out / "logs" / "conformance.log", "w"), stderr=subprocess.STDOUT)
         result["conformance"] = {"command": "pedagle conformance run --backends reference,vllm --device cuda"}
     if "tiny" in phases and time.monotonic() < deadline:

@@ -26,8 +26,9 @@ A job (JSON object):
 
 Result per job: ``{"outputs": [[ids]], "metrics": {"num_drafts", "num_draft_tokens",
 "num_accepted_tokens", "accepted_per_pos"}, "drafts": [records] | null, "init_s", "gen_s",
-"gen_s_all", "num_output_tokens", "vllm_version", "plugin", "num_speculative_tokens"}`` (the K the engine
-drafted with: for a speculators checkpoint it may differ from ``K``, see `compat`) or ``{"error": "..."}``.
+"gen_s_all", "num_output_tokens", "vllm_version", "plugin", "num_speculative_tokens", "model_runner"}``
+(``num_speculative_tokens``: the K the engine drafted with, for a speculators checkpoint it may differ from ``K``,
+see `compat`; ``model_runner``: "v1" or "v2", the runner vLLM chose) or ``{"error": "..."}``.
 """
 
 from __future__ import annotations
@@ -156,6 +157,9 @@ def _run_job(job: dict[str, Any], plugin: bool) -> dict[str, Any]:
               tensor_parallel_size=int(job.get("tensor_parallel_size", 1)), **extra)
     init_s = time.perf_counter() - t0
     k_used = _num_speculative_tokens(llm)
+    from .compat import runner_in_use
+
+    model_runner = runner_in_use(llm.llm_engine.vllm_config)
     if job.get("speculators") and job.get("K") and k_used != int(job["K"]):
         print(f"pedagle runner: vLLM drafts K = {k_used} for the speculators checkpoint {model}, not the requested "
               f"K = {job['K']} (vLLM before 0.29 ignores the user's speculative config there: "
@@ -179,7 +183,7 @@ def _run_job(job: dict[str, Any], plugin: bool) -> dict[str, Any]:
 
     res = {"outputs": outputs, "metrics": metrics, "drafts": drafts, "init_s": init_s, "gen_s": gen_all[-1],
            "gen_s_all": gen_all, "num_output_tokens": sum(map(len, outputs)), "vllm_version": vllm.__version__,
-           "plugin": plugin, "num_speculative_tokens": k_used}
+           "plugin": plugin, "num_speculative_tokens": k_used, "model_runner": model_runner}
     del llm
     gc.collect()
     return res
