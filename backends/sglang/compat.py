@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import inspect
 import pkgutil
 from typing import Any, Callable, Optional
@@ -284,8 +285,66 @@ def keep_intel_amx_attention() -> str:
     return "overrides.cpu_has_amx_support"
 
 
+INTEL_AMX_BACKEND = "sglang.srt.layers.attention.intel_amx_backend"
+
+
+def verify_attention_reads_pre_verify_lens() -> bool:
+    """Whether the CPU engine's ``intel_amx`` attention hands extend attention the pre-verify sequence lengths
+    in TARGET_VERIFY passes (an SGLang bug: each request's prefix then looks K+1 tokens short, and the verify
+    attends to the wrong keys).
+
+    * 0.5.17: ``IntelAMXAttnBackend.forward_extend`` reads ``seq_lens = forward_batch.seq_lens`` after the
+      per-pass metadata (``_build_extend_metadata``: ``seq_lens + num_draft_tokens`` for a verify) and passes
+      that;
+    * 0.5.23: passes the metadata's lengths.
+
+    Detected from the module's source text without importing it (importing SGLang's layers early would fix
+    their AMX decisions before pedagle's CPU-engine set-up makes them)."""
+    import ast
+
+    spec = importlib.util.find_spec(INTEL_AMX_BACKEND)
+    if spec is None or not spec.origin:
+        return False
+    tree = ast.parse(open(spec.origin, encoding="utf-8").read())
+    for cls in tree.body:
+        if isinstance(cls, ast.ClassDef) and cls.name == "IntelAMXAttnBackend":
+            methods = {f.name: f for f in cls.body if isinstance(f, ast.FunctionDef)}
+            fwd = methods.get("forward_extend")
+            return "_build_extend_metadata" in methods and fwd is not None and \
+                "seq_lens = forward_batch.seq_lens" in ast.unparse(fwd)
+    return False
+
+
+def fix_cpu_verify_lengths() -> bool:
+    """Where `verify_attention_reads_pre_verify_lens` (0.5.17), make ``IntelAMXAttnBackend.forward_extend`` see
+    the verify's own lengths (its metadata's ``seq_lens``) in TARGET_VERIFY passes, as 0.5.23 does; a no-op
+    elsewhere. For SGLang's CPU engine only (pedagle's tests); returns whether the fix is installed."""
+    if not verify_attention_reads_pre_verify_lens():
+        return False
+    IntelAMXAttnBackend = importlib.import_module(INTEL_AMX_BACKEND).IntelAMXAttnBackend
+
+    original = IntelAMXAttnBackend.forward_extend
+    if getattr(original, "_pedagle_verify_lens", False):
+        return True
+
+    @functools.wraps(original)
+    def forward_extend(self, q, k, v, layer, forward_batch, *args, **kwargs):
+        if not forward_batch.forward_mode.is_target_verify() or self.extend_metadata is None:
+            return original(self, q, k, v, layer, forward_batch, *args, **kwargs)
+        pre_verify = forward_batch.seq_lens
+        forward_batch.seq_lens = self.extend_metadata[0]
+        try:
+            return original(self, q, k, v, layer, forward_batch, *args, **kwargs)
+        finally:
+            forward_batch.seq_lens = pre_verify
+
+    forward_extend._pedagle_verify_lens = True        # type: ignore[attr-defined]
+    IntelAMXAttnBackend.forward_extend = forward_extend
+    return True
+
+
 __all__ = ["resolve_target", "slot_reserve_target", "has_resolution_hooks", "register_speculative_step_wrapper",
            "resolving_view", "declare_resolution", "resolved_server_args", "load_default_models", "hook_server_args",
            "alloc_reserve_per_decode", "worker_init_takes_ps", "init_eagle_draft_worker", "draft_backend_factory",
            "shared_embed_and_head", "kv_index_translating", "draft_extend_kwargs", "prefix_sharing",
-           "keep_intel_amx_attention", "SLOT_RESERVE_TARGETS", "SPECULATIVE_STEP_TARGET"]
+           "keep_intel_amx_attention", "verify_attention_reads_pre_verify_lens", "fix_cpu_verify_lengths", "SLOT_RESERVE_TARGETS", "SPECULATIVE_STEP_TARGET"]

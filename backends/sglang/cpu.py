@@ -137,6 +137,7 @@ def apply_in_process() -> bool:
     from . import compat
 
     compat.keep_intel_amx_attention()            # 0.5.23: override_platform; 0.5.17: argument resolution's probe
+    compat.fix_cpu_verify_lengths()              # 0.5.17's intel_amx verify passes pre-verify lengths (a no-op on 0.5.23)
     return True
 
 

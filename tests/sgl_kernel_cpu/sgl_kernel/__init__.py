@@ -10,7 +10,7 @@ here raises torch's AttributeError naming it.
 
 from __future__ import annotations
 
-from . import _amx_switch, attention, kv_cache, linear, norm_act, runtime, speculative
+from . import _amx_switch, attention, kv_cache, linear, norm_act, older_schemas, runtime, speculative
 from ._library import not_implemented
 from .attention import decode_attention_cpu, extend_attention_cpu
 from .kv_cache import assign_req_to_token_pool_cpu, copy_all_layer_kv_cache_cpu, store_cache_cpu
