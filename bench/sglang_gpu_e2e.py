@@ -79,6 +79,12 @@ PROD_FAMILY = "qwen3-coder-30b-a3b"                    # bench_drafter.py's head
 SWA_WINDOW = 4
 
 
+def engine_defaults(device: str) -> dict[str, Any]:
+    """Engine keywords of every engine here: on CUDA ``GPU_ENGINE``; on the CPU none (SGLang's CPU engine set up
+    by `pedagle_backends.sglang.cpu`, no graphs: a smoke run of the plumbing, not of the GPU)."""
+    return dict(GPU_ENGINE) if device == "cuda" else {}
+
+
 def log(*a: Any) -> None:
     print(f"[{time.monotonic() - T0:6.1f}s]", *a, flush=True)
 
@@ -513,14 +519,14 @@ def check_table(rows: list[dict[str, Any]]) -> str:
 
 def phase_check(out: Path, heads: dict[str, str], args: argparse.Namespace, deadline: float) -> dict[str, Any]:
     cfgs = check_configs(heads, args.check_groups.split(","), args.dtypes, args.ks, args.steps, args.random_steps)
-    jobs = [c.job(GPU_ENGINE) for c in cfgs]
+    jobs = [c.job(engine_defaults(args.device)) for c in cfgs]
     (out / "logs" / "check_jobs.json").write_text(json.dumps(jobs))
     log(f"check: {len(jobs)} engines: " + ", ".join(c.name for c in cfgs))
     # the analysis loads float32 reference models on the GPU: leave it time after the engines
-    results = run_jobs_resilient(jobs, deadline - args.analysis_s, out / "logs")
+    results = run_jobs_resilient(jobs, deadline - args.analysis_s, out / "logs", device=args.device)
     (out / "logs" / "check_results.json").write_text(json.dumps(results))
     rows = analyze_check(cfgs, results, References(args.ref_device), reference_engine=not args.no_reference_engine)
-    return {"engine_defaults": {**GPU_ENGINE, "context_length": CONTEXT, "radix_cache": True,
+    return {"engine_defaults": {**engine_defaults(args.device), "device": args.device, "context_length": CONTEXT, "radix_cache": True,
                                 "disable_overlap_schedule": True, "page_size": 1},
             "configs": rows, "ok": bool(rows) and all(r.get("ok") for r in rows), "table": check_table(rows)}
 
@@ -535,8 +541,9 @@ def python_wrapper(path: Path, pythonpath: str, python: str = sys.executable) ->
     return path
 
 
-def conformance_command(out: Path, backends: str, pythons: dict[str, str], cases: Sequence[str] = ()) -> list[str]:
-    cmd = [sys.executable, "-m", "pedagle_conformance", "run", "--backends", backends, "--device", "cuda",
+def conformance_command(out: Path, backends: str, pythons: dict[str, str], cases: Sequence[str] = (),
+                        device: str = "cuda") -> list[str]:
+    cmd = [sys.executable, "-m", "pedagle_conformance", "run", "--backends", backends, "--device", device,
            "--json", str(out / "conformance_cuda.json"), "--report", str(out / "conformance_cuda.md")]
     for name, py in pythons.items():
         cmd += ["--python", f"{name}={py}"]
@@ -550,8 +557,8 @@ def phase_conformance(out: Path, args: argparse.Namespace, deadline: float) -> d
     for name, var in (("vllm", "VLLM_PYTHONPATH"), ("sglang", "SGLANG_PYTHONPATH")):
         if name in args.conf_backends.split(",") and os.environ.get(var):
             pythons[name] = str(python_wrapper(out / f"python-{name}", os.environ[var]))
-    cmd = conformance_command(out, args.conf_backends, pythons, args.conf_cases or ())
-    env = {**os.environ, "PEDAGLE_SGLANG_ENGINE_ARGS": json.dumps(GPU_ENGINE),
+    cmd = conformance_command(out, args.conf_backends, pythons, args.conf_cases or (), args.device)
+    env = {**os.environ, "PEDAGLE_SGLANG_ENGINE_ARGS": json.dumps(engine_defaults(args.device)),
            "PEDAGLE_VLLM_GPU_MEMORY_UTILIZATION": "0.3", "VLLM_CACHE_ROOT": "/tmp/pedagle-vllm-cache/conformance"}
     log("conformance:", " ".join(cmd))
     logf = out / "logs" / "conformance.log"
@@ -579,10 +586,15 @@ def engine_child(spec: dict[str, Any]) -> dict[str, Any]:
     """One engine in this process: ``spec`` = {"kwargs": sglang.Engine keywords, "calls": [{"name", "prompts",
     "max_new_tokens", "repeat"}], "timer": path or None}. Each call's wall window (time.time()) is kept, to
     attribute the draft-step timer's lines to it."""
+    kwargs = dict(spec["kwargs"])
+    if spec.get("device", "cuda") == "cpu":
+        from pedagle_backends.sglang import cpu
+
+        kwargs = {**cpu.engine_kwargs(), **kwargs}           # before SGLang is imported
     import sglang
 
     t0 = time.perf_counter()
-    engine = sglang.Engine(**spec["kwargs"])
+    engine = sglang.Engine(**kwargs)
     res: dict[str, Any] = {"start_s": time.perf_counter() - t0, "calls": []}
     try:
         for c in spec["calls"]:
@@ -633,15 +645,17 @@ def draft_share(res: dict[str, Any], name: str, batch: int | None = None) -> dic
     lines = res.get("timer") or []
     if not timed or not lines:
         return None
-    inside = [x for x in lines if x.get("gpu_ms") is not None and any(c["t0"] <= x["t"] <= c["t1"] for c in timed)]
-    full = [x["gpu_ms"] for x in inside if batch is None or x.get("B") == batch]
-    wall_ms = 1e3 * sum(c["seconds"] for c in timed)
+    inside = [x for x in lines if any(c["t0"] <= x["t"] <= c["t1"] for c in timed)]
     if not inside:
         return None
-    return {"steps": len(inside), "draft_gpu_ms_median": statistics.median(full) if full else None,
+    clock = "gpu" if all(x.get("gpu_ms") is not None for x in inside) else "cpu"    # no CUDA: host time
+    ms = lambda x: x["gpu_ms"] if clock == "gpu" else x["cpu_ms"]  # noqa: E731
+    full = [ms(x) for x in inside if batch is None or x.get("B") == batch]
+    wall_ms = 1e3 * sum(c["seconds"] for c in timed)
+    return {"clock": clock, "steps": len(inside), "draft_gpu_ms_median": statistics.median(full) if full else None,
             "draft_gpu_ms_full_batch": full, "draft_cpu_ms_median": statistics.median(x["cpu_ms"] for x in inside),
-            "draft_gpu_ms_total": sum(x["gpu_ms"] for x in inside), "wall_ms_total": wall_ms,
-            "share": sum(x["gpu_ms"] for x in inside) / wall_ms if wall_ms else None}
+            "draft_gpu_ms_total": sum(ms(x) for x in inside), "wall_ms_total": wall_ms,
+            "share": sum(ms(x) for x in inside) / wall_ms if wall_ms else None}
 
 
 # ---------------------------------------------------------------------------------------------- bench
@@ -649,11 +663,11 @@ BENCH_E3_KS = (1, 3, 5, 7)
 BENCH_PE_KS = (3, 5, 7)
 
 
-def bench_config(name: str, heads: dict[str, str], overlap: bool) -> dict[str, Any]:
+def bench_config(name: str, heads: dict[str, str], overlap: bool, device: str = "cuda") -> dict[str, Any]:
     """Engine keywords and environment of a bench configuration name: target-only, eagle3-kN, peagle-kN,
     peagle-kN-eager."""
     kw: dict[str, Any] = dict(model_path=heads["tiny-target"], dtype="bfloat16", skip_tokenizer_init=True,
-                              random_seed=0, context_length=CONTEXT, log_level="error", **GPU_ENGINE)
+                              random_seed=0, context_length=CONTEXT, log_level="error", **engine_defaults(device))
     env: dict[str, str] = {}
     if not overlap:
         kw["disable_overlap_schedule"] = True
@@ -682,14 +696,18 @@ def bench_best(runs: list[dict[str, Any]], prefix: str, batch: str = "1", exclud
     return max(tps, key=lambda k: statistics.median(tps[k])) if tps else None
 
 
-def bench_next(runs: list[dict[str, Any]], rounds: int) -> tuple[int, str] | None:
-    """The next (round, configuration) of the bench schedule given the runs so far (see the module doc)."""
+def bench_next(runs: list[dict[str, Any]], rounds: int, only: Sequence[str] | None = None) -> tuple[int, str] | None:
+    """The next (round, configuration) of the bench schedule given the runs so far (see the module doc); ``only``:
+    shell patterns (fnmatch) of the configurations to run, the others are skipped."""
+    import fnmatch
+
     done = {(r["round"], r["config"]) for r in runs}
+    chosen = lambda n: not only or any(fnmatch.fnmatch(n, pat) for pat in only)  # noqa: E731
     for rnd in range(rounds):
         if rnd == 0:
             order = ["target-only"] + [f"eagle3-k{k}" for k in BENCH_E3_KS] + [f"peagle-k{k}" for k in BENCH_PE_KS]
             best_pe = bench_best([r for r in runs if r["round"] == 0], "peagle-k")
-            if all((0, n) in done for n in order):
+            if all((0, n) in done for n in order if chosen(n)):
                 order.append(f"{best_pe or 'peagle-k7'}-eager")
         else:
             r0 = [r for r in runs if r["round"] == 0]
@@ -699,7 +717,7 @@ def bench_next(runs: list[dict[str, Any]], rounds: int) -> tuple[int, str] | Non
             if rnd % 2:
                 order = order[::-1]
         for n in order:
-            if (rnd, n) not in done:
+            if (rnd, n) not in done and chosen(n):
                 return rnd, n
     return None
 
@@ -757,16 +775,16 @@ def phase_bench(out: Path, heads: dict[str, str], args: argparse.Namespace, dead
     runs: list[dict[str, Any]] = json.loads(state.read_text())["runs"] if state.is_file() else []
     P = tiny_prompts((128,) * 8, start=0)
     batches = (1, 8)
-    while (nxt := bench_next(runs, args.rounds)) is not None:
+    while (nxt := bench_next(runs, args.rounds, args.bench_configs)) is not None:
         if time.monotonic() > deadline - args.child_s:
             log(f"bench: out of time before round {nxt[0]} {nxt[1]} (state kept in {state}: call again to go on)")
             break
         rnd, name = nxt
-        cfg = bench_config(name, heads, overlap=args.overlap == "default")
+        cfg = bench_config(name, heads, overlap=args.overlap == "default", device=args.device)
         calls = [{"name": f"b{b}", "prompts": P[:b], "max_new_tokens": args.bench_tokens, "repeat": 1 + args.repeat}
                  for b in batches]
         timer = str(out / "logs" / f"bench_r{rnd}_{name}.timer.jsonl") if name.startswith("peagle") else None
-        res = run_engine_child({"kwargs": cfg["kwargs"], "calls": calls, "timer": timer},
+        res = run_engine_child({"kwargs": cfg["kwargs"], "calls": calls, "timer": timer, "device": args.device},
                                out / "logs" / f"bench_r{rnd}_{name}.log", cfg["env"],
                                timeout=max(30.0, deadline - time.monotonic()))
         row = {"round": rnd, "config": name, "env": cfg["env"]}
@@ -777,7 +795,7 @@ def phase_bench(out: Path, heads: dict[str, str], args: argparse.Namespace, dead
             f"b{b} {v:.0f} tok/s" for b, v in row["tokens_per_s"].items()) + f" (start {row['start_s']:.0f} s)"))
     summary = bench_summary(runs)
     return {"prompt_len": 128, "max_tokens": args.bench_tokens, "repeat": args.repeat, "overlap": args.overlap,
-            "complete": bench_next(runs, args.rounds) is None, "runs": runs, **summary,
+            "complete": bench_next(runs, args.rounds, args.bench_configs) is None, "runs": runs, **summary,
             "table": bench_table(summary)}
 
 
@@ -820,15 +838,18 @@ def phase_prod(out: Path, heads: dict[str, str], args: argparse.Namespace, deadl
     kw = dict(model_path=heads["prod-target"], dtype="bfloat16", skip_tokenizer_init=True, load_format="dummy",
               random_seed=0, context_length=ctx + args.prod_tokens + 64, log_level="error",
               speculative_algorithm="PEAGLE", speculative_draft_model_path=heads["prod-peagle"],
-              speculative_num_draft_tokens=K + 1, disable_overlap_schedule=True, page_size=1, **GPU_ENGINE)
+              speculative_draft_load_format="auto",          # the head from its checkpoint (the target: dummy)
+              speculative_num_draft_tokens=K + 1, disable_overlap_schedule=True, page_size=1,
+              **engine_defaults(args.device))
     calls = [{"name": f"b{b}", "prompts": P[:b], "max_new_tokens": args.prod_tokens, "repeat": 3} for b in batches]
     timer = str(out / "logs" / "prod.timer.jsonl")
-    inside = run_engine_child({"kwargs": kw, "calls": calls, "timer": timer}, out / "logs" / "prod.log", {},
+    inside = run_engine_child({"kwargs": kw, "calls": calls, "timer": timer, "device": args.device},
+                              out / "logs" / "prod.log", {},
                               timeout=max(30.0, deadline - time.monotonic() - 200))
     res["inside"] = inside
     log("prod inside SGLang: " + (inside.get("error") or f"start {inside['start_s']:.0f} s, "
                                   f"{len(inside.get('timer') or [])} timed draft steps"))
-    cmd = standalone_command(out, ctx, K, batches, dry=False)
+    cmd = standalone_command(out, ctx, K, batches, dry=args.device != "cuda")
     res["standalone_command"] = " ".join(cmd)
     logf = out / "logs" / "prod_standalone.log"
     try:
@@ -974,6 +995,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--phase-budget", action="append", default=[], metavar="PHASE=SECONDS",
                     help="a phase's own limit (default: what is left of --budget-s)")
     ap.add_argument("--dry-run", action="store_true", help="CPU: heads, plans, analysis on synthetic results")
+    ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
+                    help="cpu: SGLang's CPU engine (its test environment), a smoke run of the plumbing")
     ap.add_argument("--check-groups", default="tiny,random", help="check: tiny,random")
     ap.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"], help="check: tiny-code dtypes")
     ap.add_argument("--ks", type=int, nargs="+", default=[1, 3, 7], help="check: tiny-code PEAGLE K")
@@ -991,6 +1014,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="bench: runs so far (the schedule continues from it; delete it to start over)")
     ap.add_argument("--overlap", choices=["default", "off"], default="default",
                     help="bench: target-only / EAGLE3 with SGLang's default overlap schedule, or off (PEAGLE: off)")
+    ap.add_argument("--bench-configs", nargs="+", default=None, metavar="PATTERN",
+                    help="bench: only these configurations (shell patterns, e.g. target-only 'peagle-k7*')")
     ap.add_argument("--child-s", type=float, default=60.0, help="bench: start no child with less time left")
     ap.add_argument("--prod-ctx", type=int, default=512)
     ap.add_argument("--prod-tokens", type=int, default=64)
@@ -1013,7 +1038,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if not args.engine_child and args.out is None:
         ap.error("--out is required")
     if args.ref_device is None:
-        args.ref_device = "cpu" if args.dry_run else "cuda"
+        args.ref_device = "cpu" if args.dry_run else args.device
     return args
 
 
@@ -1037,7 +1062,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     end = T0 + args.budget_s
     phases = args.phases.split(",")
-    heads = prepare_heads(out, prod="prod" in phases, device="cuda")
+    heads = prepare_heads(out, dry=args.device != "cuda", prod="prod" in phases, device=args.device)
     result["heads"] = heads
     for ph in PHASES:
         if ph not in phases:

@@ -102,6 +102,11 @@ def test_bench_schedule_rounds_and_best_k():
     r1 = [n for r, n in order if r == 1]
     assert r0 == list(fake) + ["peagle-k5-eager"]              # the eager A/B at PEAGLE's best K of round 0
     assert r1 == ["peagle-k5-eager", "peagle-k7", "peagle-k5", "peagle-k3", "eagle3-k5", "eagle3-k3", "target-only"]
+    only = []
+    while (nxt := e2e.bench_next(only, 2, ["target-only", "peagle-k7*"])) is not None:
+        only.append({"round": nxt[0], "config": nxt[1], "tokens_per_s": {"1": 1.0}})
+    assert [(r["round"], r["config"]) for r in only] == [(0, "target-only"), (0, "peagle-k7"), (0, "peagle-k7-eager"),
+                                                         (1, "peagle-k7-eager"), (1, "peagle-k7"), (1, "target-only")]
     s = e2e.bench_summary(runs)
     g = s["goals"]["1"]
     assert g["peagle_best"] == 230 and g["eagle3_best"] == 190 and g["peagle_vs_target"] == pytest.approx(2.3)
