@@ -30,7 +30,8 @@ Modes: ``"graph"`` (CUDA: capture, replay) and ``"eager"``: the same buffers, pa
 without capture, with the backend's eager metadata (``init_forward_metadata``): what the CPU tests run, and
 what ``PEDAGLE_SGLANG_DRAFT_GRAPHS=eager`` selects in an engine on any device. ``PEDAGLE_SGLANG_DRAFT_GRAPHS=0``
 keeps the plain eager draft step (for A/B timings); SGLang's ``--disable-cuda-graph`` (decode graphs off) and
-``SGLANG_DISABLE_DRAFT_EXTEND_CUDA_GRAPH`` switch the graphs off too.
+``SGLANG_DISABLE_DRAFT_EXTEND_CUDA_GRAPH`` switch the graphs off too. ``PEDAGLE_SGLANG_DRAFT_GRAPH_BS=1,2,4,8``
+replaces SGLang's batch sizes (fewer graphs; the tests use it to force padding).
 
 ``python -m pedagle_backends.sglang.cuda_graphs --selfcheck`` runs the GPU check (`selfcheck`).
 """
@@ -53,6 +54,7 @@ from .drafting import greedy_drafts, plan_step
 logger = logging.getLogger("pedagle.sglang")
 
 GRAPHS_ENV = "PEDAGLE_SGLANG_DRAFT_GRAPHS"
+SIZES_ENV = "PEDAGLE_SGLANG_DRAFT_GRAPH_BS"
 MODES = ("graph", "eager")
 PAD_REQ = 0
 """Request-pool row of padding requests: SGLang reserves row 0 (never handed to a request). Padding rows read no
@@ -76,6 +78,20 @@ def env_mode(value: Optional[str]) -> str:
         return "eager"
     raise ValueError(f"${GRAPHS_ENV} = {value!r}; expected '1' (default: capture the decode draft step on CUDA), "
                      "'0' (eager draft step) or 'eager' (static buffers without capture)")
+
+
+def env_sizes(value: Optional[str]) -> Optional[list[int]]:
+    """``$PEDAGLE_SGLANG_DRAFT_GRAPH_BS`` (e.g. "1,2,4,8"): the batch sizes to prepare instead of SGLang's decode
+    cuda-graph sizes; None when unset."""
+    if value is None or not value.strip():
+        return None
+    try:
+        sizes = [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"${SIZES_ENV} = {value!r}; expected comma-separated positive batch sizes, e.g. '1,2,4,8'")
+    return sizes
 
 
 def capture_sizes(sizes: Sequence[int], max_requests: int) -> list[int]:
@@ -358,7 +374,9 @@ def build_for_worker(worker: Any) -> Optional[DecodeDraftGraphs]:
         logger.info("pedagle: PEAGLE decode draft step runs eagerly (%s)", why)
         return None
     drafter = worker.drafter
-    sizes = sglang_capture_sizes(worker.draft_runner)
+    override = env_sizes(os.environ.get(SIZES_ENV))
+    sizes = (capture_sizes(override, int(worker.draft_runner.req_to_token_pool.size)) if override
+             else sglang_capture_sizes(worker.draft_runner))
     runner = None
     old_num_draft_tokens = getattr(backend, "num_draft_tokens", None)
     try:
@@ -385,6 +403,16 @@ def build_for_worker(worker: Any) -> Optional[DecodeDraftGraphs]:
     return runner
 
 
-__all__ = ["DecodeDraftGraphs", "StepBuffers", "GraphUnsupported", "GRAPHS_ENV", "PAD_REQ", "env_mode",
-           "capture_sizes", "padded_size", "prepare_triton_backend", "graph_mode", "sglang_capture_sizes",
-           "build_for_worker"]
+__all__ = ["DecodeDraftGraphs", "StepBuffers", "GraphUnsupported", "GRAPHS_ENV", "SIZES_ENV", "PAD_REQ", "env_mode",
+           "env_sizes", "capture_sizes", "padded_size", "prepare_triton_backend", "graph_mode",
+           "sglang_capture_sizes", "build_for_worker"]
+
+
+if __name__ == "__main__":
+    import sys
+
+    if "--selfcheck" not in sys.argv[1:]:
+        sys.exit("usage: python -m pedagle_backends.sglang.cuda_graphs --selfcheck [graph_selfcheck options]")
+    from .graph_selfcheck import main
+
+    sys.exit(main(sys.argv[1:]))

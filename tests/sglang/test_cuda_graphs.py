@@ -30,6 +30,14 @@ def test_env_mode():
         cg.env_mode("yes please")
 
 
+def test_env_sizes():
+    assert cg.env_sizes(None) is None and cg.env_sizes(" ") is None
+    assert cg.env_sizes("1, 2,4,8") == [1, 2, 4, 8]
+    for bad in ("0,2", "two", ","):
+        with pytest.raises(ValueError, match="PEDAGLE_SGLANG_DRAFT_GRAPH_BS.*positive batch sizes"):
+            cg.env_sizes(bad)
+
+
 def test_capture_sizes_and_padding():
     assert cg.capture_sizes([1, 2, 4, 8, 16, 24], 10) == [1, 2, 4, 8, 10]     # capped, the pool size added
     assert cg.capture_sizes([4, 1, 2, 2], 64) == [1, 2, 4]
