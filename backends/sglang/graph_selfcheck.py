@@ -36,7 +36,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .cuda_graphs import GRAPHS_ENV
+from .cuda_graphs import GRAPHS_ENV, SIZES_ENV, env_sizes
 from .step_timer import TIME_ENV
 
 REPO = Path(__file__).resolve().parents[2]
@@ -155,14 +155,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--K", default="3", help="drafts per step, comma-separated (one pair of PEAGLE engines each)")
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     ap.add_argument("--max-new", type=int, default=40, help="new tokens of the long requests")
+    ap.add_argument("--sizes", default=None,
+                    help="batch sizes to capture (PEDAGLE_SGLANG_DRAFT_GRAPH_BS); default: SGLang's on CUDA "
+                         "(1..8, 10, 12, ...: 11 and 9 requests pad), 1,2,4,8,16 on the CPU engine (its list is dense)")
     ap.add_argument("--engine-args", default="{}",
                     help="JSON object of extra sglang.Engine keywords for every engine (they win)")
     args = ap.parse_args(argv)
     try:
         Ks = [int(k) for k in args.K.split(",") if k.strip()]
         extra = json.loads(args.engine_args)
+        env_sizes(args.sizes)
     except ValueError as e:
-        ap.error(f"--K / --engine-args: {e} (expected e.g. --K 3,7 and a JSON object)")
+        ap.error(f"--K / --sizes / --engine-args: {e} (expected e.g. --K 3,7 --sizes 1,2,4,8 and a JSON object)")
     if not Ks or min(Ks) < 1 or not isinstance(extra, dict):
         ap.error(f"--K {args.K!r} / --engine-args {args.engine_args!r}: expected K >= 1 and a JSON object")
     family = Path(args.family)
@@ -194,9 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     for p in (t_graph, t_eager):
         p.unlink(missing_ok=True)
     print(f"graph_selfcheck: {args.device}, K = {Ks}, engines: target-only + 2 per K ...", flush=True)
-    res_a = run_child([job(None)] + [job(K) for K in Ks], args.device,
-                      {GRAPHS_ENV: "1" if mode == "graph" else "eager", TIME_ENV: str(t_graph)},
-                      out / "engine_graph.log")
+    env_a = {GRAPHS_ENV: "1" if mode == "graph" else "eager", TIME_ENV: str(t_graph)}
+    sizes = args.sizes if args.sizes is not None else ("" if args.device == "cuda" else "1,2,4,8,16")
+    if sizes:
+        env_a[SIZES_ENV] = sizes
+    res_a = run_child([job(None)] + [job(K) for K in Ks], args.device, env_a, out / "engine_graph.log")
     res_b = run_child([job(K) for K in Ks], args.device, {GRAPHS_ENV: "0", TIME_ENV: str(t_eager)},
                       out / "engine_eager.log")
     base = res_a[0]

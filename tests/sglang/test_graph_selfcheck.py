@@ -80,5 +80,8 @@ def test_refuses_bad_arguments(tmp_path, capsys):
         gs.main(["--K", "0", "--out", str(tmp_path)])
     assert "expected K >= 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
+        gs.main(["--sizes", "0,4", "--out", str(tmp_path)])
+    assert "PEDAGLE_SGLANG_DRAFT_GRAPH_BS" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
         gs.main(["--family", str(tmp_path), "--out", str(tmp_path)])
     assert "config.json not found" in capsys.readouterr().err
