@@ -73,4 +73,4 @@ def test_unavailable_with_unsupported_vllm(monkeypatch):
 
     monkeypatch.setattr(plugin, "vllm_version", lambda: "0.40.1")
     info = backend.VllmBackend().pedagle_backend_info()
-    assert info["available"] is False and "0.40.1" in info["reason"] and ">=0.26.0,<0.33" in info["reason"]
+    assert info["available"] is False and "0.40.1" in info["reason"] and ">=0.26.0,<0.35" in info["reason"]

@@ -143,6 +143,19 @@ def test_autoregressive_heads_keep_vllms_eagle3_method(registered, family):
         assert all(a in plugin.ARCHITECTURES for a in spec.draft_model_config.architectures)
 
 
+def test_speculators_p_eagle_head_is_refused_by_vllm_and_served_once_converted(registered, family, tmp_path):
+    """vLLM 0.34 refuses a speculators-format P-EAGLE checkpoint while reading its config (the README's known
+    limit); the same head converted to the vLLM format (`pedagle convert --to vllm`) configures as 'peagle'."""
+    from pedagle_core.formats import convert
+
+    with pytest.raises(ValueError, match="P-EAGLE"):
+        _spec(method="peagle", model=family["peagle_spec"], num_speculative_tokens=3)
+    out = tmp_path / "peagle_vllm"
+    convert(family["peagle_spec"], out, "vllm")
+    spec = _spec(method="peagle", model=str(out), num_speculative_tokens=3)
+    assert spec.custom_method == "peagle" and spec.speculator_config.max_num_new_slots_for_drafting == 2
+
+
 def test_refusals_name_the_replacement():
     """Where pedagle cannot serve, start-up stops with what to do (the model class calls check_served)."""
     from pedagle_backends.vllm.model import NotServedByPedagle, check_served
