@@ -57,19 +57,30 @@ done
 PY="${PYTHON:-python3}"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# The check's output (a traceback or assertion message when it fails) goes to CHECK_LOG, shown when it fails after
+# the install. It imports SGLang's modules with SGLang's AMX branches forced on (PEDAGLE_SGLANG_CPU_AMX=1, see
+# backends/sglang/cpu.py), so it asks the same of every host, with or without AMX: e.g. the AMX branch of
+# layers/rotary_embedding/utils.py looks up an sgl_kernel op at import.
+CHECK_LOG="$(mktemp "${TMPDIR:-/tmp}/setup_sglang_env.check.XXXXXX")"
+trap 'rm -f "$CHECK_LOG"' EXIT
 check() {
-    [ -x "$VENV/bin/python" ] || return 1
+    [ -x "$VENV/bin/python" ] || { echo "no $VENV/bin/python" >"$CHECK_LOG"; return 1; }
     (cd / && SGLANG_VERSION="$SGLANG_VERSION" TORCH_VERSION="$TORCH_VERSION" \
-      TRANSFORMERS_VERSION="$TRANSFORMERS_VERSION" REPO="$REPO" SGLANG_USE_CPU_ENGINE=1 "$VENV/bin/python" - <<'EOF'
+      TRANSFORMERS_VERSION="$TRANSFORMERS_VERSION" REPO="$REPO" SGLANG_USE_CPU_ENGINE=1 PEDAGLE_SGLANG_CPU_AMX=1 \
+      "$VENV/bin/python" - <<'EOF'
 import os, importlib.metadata as md, pathlib
-assert md.version("sglang") == os.environ["SGLANG_VERSION"], "sglang version"
-assert md.version("torch").split("+")[0] == os.environ["TORCH_VERSION"], "torch version"
-assert md.version("transformers") == os.environ["TRANSFORMERS_VERSION"], "transformers version"
+def pinned(dist, want, got=None):
+    got = got or md.version(dist)
+    assert got == want, f"{dist} {got} installed, expected {want}"
+pinned("sglang", os.environ["SGLANG_VERSION"])
+pinned("torch", os.environ["TORCH_VERSION"], md.version("torch").split("+")[0])
+pinned("transformers", os.environ["TRANSFORMERS_VERSION"])
 import pytest, pluggy, safetensors, tokenizers, tqdm  # noqa: F401
 repo = pathlib.Path(os.environ["REPO"]).resolve()
 # pedagle's CPU sgl_kernel, from this checkout
 import sgl_kernel
-assert pathlib.Path(sgl_kernel.__file__).resolve().is_relative_to(repo), "sgl_kernel from this checkout"
+assert pathlib.Path(sgl_kernel.__file__).resolve().is_relative_to(repo), f"sgl_kernel from {sgl_kernel.__file__}, " \
+    f"expected pedagle's CPU test kernels of {repo}"
 # SGLang's Python API and the modules its CPU engine's processes import
 import sglang.srt.plugins  # noqa: F401
 from sglang.srt.speculative.spec_info import SpeculativeAlgorithm  # noqa: F401
@@ -81,19 +92,24 @@ import sglang.srt.managers.scheduler, sglang.srt.managers.tokenizer_manager  # n
 import sglang.srt.managers.detokenizer_manager, sglang.srt.model_executor.model_runner  # noqa: F401,E401
 import sglang.srt.layers.attention.intel_amx_backend  # noqa: F401
 import sglang.srt.models.llama, sglang.srt.models.qwen3, sglang.srt.models.llama_eagle3  # noqa: F401,E401
+from sglang.srt.utils import cpu_has_amx_support
+assert cpu_has_amx_support(), "PEDAGLE_SGLANG_CPU_AMX=1 did not turn SGLang's AMX probe on (cpu_has_amx_support())"
 import xgrammar, llguidance  # noqa: F401,E401
 import pedagle_core
-assert pathlib.Path(pedagle_core.__file__).resolve().is_relative_to(repo)
+assert pathlib.Path(pedagle_core.__file__).resolve().is_relative_to(repo), f"pedagle_core from {pedagle_core.__file__}"
 eps = md.entry_points(group="sglang.srt.plugins")
 assert any(ep.name == "pedagle" for ep in eps), "pedagle SGLang plugin entry point"
 import pedagle_conformance, pedagle_backends.sglang  # noqa: F401  (the package-dir mapping of this checkout)
 EOF
-) >/dev/null 2>&1
+) >"$CHECK_LOG" 2>&1
 }
 
 if check; then
     echo "setup_sglang_env: $VENV already usable (sglang $SGLANG_VERSION engine on CPU, torch $TORCH_VERSION); nothing to do"
     exit 0
+fi
+if [ -x "$VENV/bin/python" ]; then
+    echo "setup_sglang_env: $VENV not usable as it is ($(grep -v '^[[:space:]]*$' "$CHECK_LOG" | tail -n 1)); installing"
 fi
 
 start=$(date +%s)
@@ -137,22 +153,16 @@ pip_log install -c "$CONSTRAINTS" "safetensors>=0.4" "pluggy>=1.3" numpy tqdm "p
     || fail "pedagle's dependencies"
 
 if ! check; then
-    echo "setup_sglang_env: $VENV failed its check after install:" >&2
-    (cd / && SGLANG_USE_CPU_ENGINE=1 "$VENV/bin/python" - <<'EOF' >&2) || true
-import importlib.metadata as md, traceback
+    echo "setup_sglang_env: $VENV failed its check after install; the check's output:" >&2
+    tail -n 60 "$CHECK_LOG" >&2
+    echo "setup_sglang_env: installed versions:" >&2
+    (cd / && "$VENV/bin/python" - <<'EOF' >&2) || true
+import importlib.metadata as md
 for p in ("sglang", "torch", "torchvision", "transformers", "pedagle-sgl-kernel-cpu", "pedagle"):
     try:
-        print(p, md.version(p))
+        print(" ", p, md.version(p))
     except md.PackageNotFoundError:
-        print(p, "MISSING")
-try:
-    import sgl_kernel  # noqa: F401
-    from sglang.srt.entrypoints.engine import Engine  # noqa: F401
-    import sglang.srt.managers.scheduler, sglang.srt.model_executor.model_runner  # noqa: F401,E401
-    import sglang.srt.layers.attention.intel_amx_backend  # noqa: F401
-    import xgrammar, llguidance  # noqa: F401,E401
-except Exception:
-    traceback.print_exc()
+        print(" ", p, "MISSING")
 EOF
     exit 1
 fi

@@ -79,6 +79,32 @@ def _set_probe(common: Any, forced: bool) -> None:
     torch.cpu._is_amx_tile_supported = answer_once
 
 
+class _ProbeOnImport:
+    """A one-shot import hook (``sys.meta_path``): sets SGLang's probe as soon as its module has been executed, for a
+    process in which `sgl_kernel` is imported before SGLang's probe module."""
+
+    def __init__(self, forced: bool) -> None:
+        self.forced = forced
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != AMX_PROBE_MODULE:
+            return None
+        import importlib.util
+
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module, forced = spec.loader.exec_module, self.forced
+
+        def exec_then_force(module: Any) -> None:
+            exec_module(module)
+            setattr(module, AMX_PROBE, forced)
+
+        spec.loader.exec_module = exec_then_force      # this spec's own loader instance
+        return spec
+
+
 def apply_amx_switch(import_probe: bool = True) -> bool | None:
     """Apply ``PEDAGLE_SGLANG_CPU_AMX`` in this process; returns the forced value (None: auto, nothing done).
 
@@ -91,6 +117,8 @@ def apply_amx_switch(import_probe: bool = True) -> bool | None:
     common = sys.modules.get(AMX_PROBE_MODULE)
     if common is None:
         if not import_probe:
+            if not any(isinstance(f, _ProbeOnImport) for f in sys.meta_path):
+                sys.meta_path.insert(0, _ProbeOnImport(forced))
             return forced
         import importlib
 

@@ -149,6 +149,7 @@ def run_engine(cfg: EngineConfig, cases: list[dict[str, Any]], timeout: float = 
         in_path, out_path = Path(tmp) / "in.json", Path(tmp) / "out.json"
         in_path.write_text(json.dumps({"config": asdict(cfg), "cases": cases}))
         env = {**os.environ, **cfg.env}
+        env.setdefault("PEDAGLE_SGLANG_CPU_AMX", "0")   # SGLang's plain layers on any CPU unless asked (cpu.AMX_ENV)
         env.setdefault("PYTHONUNBUFFERED", "1")
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), str(in_path), str(out_path)],

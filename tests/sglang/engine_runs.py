@@ -108,7 +108,7 @@ def run_many(specs: dict[str, Spec]) -> dict[str, Run]:
                      "K": sp.K, "algorithm": sp.algorithm or ALGORITHM, "dtype": sp.dtype, "engine": sp.engine,
                      "calls": [{"name": f"{k}-{j.name}", "prompts": j.prompts, "max_new_tokens": j.max_new,
                                 "temperature": j.temperature, "seed": j.seed} for j in sp.jobs]})
-    for k, res in zip(todo, run_jobs(jobs, device="cpu") if jobs else []):
+    for k, res in zip(todo, _run_jobs_amx_default(run_jobs, jobs)):
         r = Run(k)
         if "error" in res:
             r.error = res["error"]
@@ -122,6 +122,28 @@ def run_many(specs: dict[str, Spec]) -> dict[str, Run]:
     for k, r in out.items():
         assert r.error is None, f"engine run {k} failed: {r.error}"
     return out
+
+
+AMX_DEFAULT = "0"   # PEDAGLE_SGLANG_CPU_AMX of the engine tests unless set: SGLang's plain layers on any CPU
+
+
+def _run_jobs_amx_default(run_jobs: Any, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`runner.run_jobs` with ``PEDAGLE_SGLANG_CPU_AMX`` defaulting to `AMX_DEFAULT` in the engine process (the main
+    run keeps SGLang's non-AMX branches even on a CPU with AMX; test_engine_amx starts its engines with 1)."""
+    import os
+
+    from pedagle_backends.sglang.cpu import AMX_ENV
+
+    if not jobs:
+        return []
+    unset = AMX_ENV not in os.environ
+    if unset:
+        os.environ[AMX_ENV] = AMX_DEFAULT
+    try:
+        return run_jobs(jobs, device="cpu")
+    finally:
+        if unset:
+            os.environ.pop(AMX_ENV, None)
 
 
 def cached(key: str) -> Run | None:
