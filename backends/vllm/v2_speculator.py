@@ -166,7 +166,9 @@ class PedagleSpeculator(DraftModelSpeculator):
         self.input_buffers.query_start_loc[num_reqs + 1:].fill_(num_tokens)
         self.input_buffers.seq_lens[:num_reqs].fill_(q)
         self.input_buffers.seq_lens[num_reqs:].zero_()
-        metadata = self._attn_metadata(num_reqs, num_reqs, num_tokens, qsl, q, q, for_capture=True)
+        # max_seq_len: the longest a replay may see (backends size per-graph scheduling state by it)
+        metadata = self._attn_metadata(num_reqs, num_reqs, num_tokens, qsl, q, int(self.max_model_len),
+                                       for_capture=True)
         return metadata, build_slot_mappings_by_layer(self.draft_slots[:, :num_tokens], self.kv_cache_config)
 
     # ------------------------------------------------------------------ one step
