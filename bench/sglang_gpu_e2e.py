@@ -57,7 +57,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -193,10 +193,13 @@ def write_prod_models(dst: Path, dry: bool, device: str = "cpu", seed: int = 0) 
                               aux_layer_ids=prod_aux_layer_ids(tcfg["num_hidden_layers"]))
     head = build_drafter(cfg, torch.device(device), torch.bfloat16, seed)
     save_drafter(head, hdir, "vllm", verifier_name_or_path=str(tdir))
-    back = load_drafter(hdir, device="cpu", dtype=torch.bfloat16, mode="parallel")
-    if back.config.num_hidden_layers != PARALLEL_LAYERS or back.config.hidden_size != cfg.hidden_size:
-        raise RuntimeError(f"{hdir}: read back as {back.config}; expected {cfg}")
-    del head, back
+    del head
+    if dry:            # on the GPU the engine's own load (pedagle's strict loader in SGLang) is the check
+        back = load_drafter(hdir, device="cpu", dtype=torch.bfloat16, mode="parallel")
+        if back.config.num_hidden_layers != PARALLEL_LAYERS or back.config.hidden_size != cfg.hidden_size:
+            raise RuntimeError(f"{hdir}: read back as {back.config}; expected {cfg}")
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()               # the engine child needs the memory
     return tdir, hdir
 
 
@@ -409,7 +412,7 @@ class References:
 
 
 def analyze_config(cfg: CheckConfig, res: dict[str, Any], base: dict[str, Any] | None, refs: References,
-                   reference_engine: bool = True) -> dict[str, Any]:
+                   reference_engine: bool | str = True) -> dict[str, Any]:
     """The checks of one engine's result (``res``: `runner.run_job`'s) against its target-only run (``base``)."""
     from pedagle_backends.sglang import runner
 
@@ -458,7 +461,9 @@ def analyze_config(cfg: CheckConfig, res: dict[str, Any], base: dict[str, Any] |
             row["drafts_vs_forced_reference"] = {"ok": False, "error": f"{type(e).__name__}: {e}",
                                                  "traceback": traceback.format_exc()[-2000:]}
         checks.append(row["drafts_vs_forced_reference"]["ok"])
-        if reference_engine and cfg.steps:
+        if isinstance(reference_engine, str):       # the reason it was skipped
+            row["incomplete"] = f"reference engine not run: {reference_engine}"
+        elif reference_engine and cfg.steps:
             try:
                 from pedagle_core.engine.backend import ReferenceBackend
 
@@ -481,18 +486,31 @@ def analyze_config(cfg: CheckConfig, res: dict[str, Any], base: dict[str, Any] |
 
 
 def analyze_check(cfgs: list[CheckConfig], results: list[dict[str, Any]], refs: References,
-                  reference_engine: bool = True) -> list[dict[str, Any]]:
+                  reference_engine: bool = True, deadline: float | None = None,
+                  on_row: Any = None) -> list[dict[str, Any]]:
+    """`analyze_config` for every engine; past ``deadline`` a config is left unanalysed (`--reanalyze` redoes it
+    from the logs), and within 60 s of it the reference engine is skipped; ``on_row(rows)`` after each."""
     by_name = {c.name: r for c, r in zip(cfgs, results)}
-    rows = []
+    rows: list[dict[str, Any]] = []
     for c, r in zip(cfgs, results):
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left < 10:
+            rows.append({"name": c.name, "ok": False, "error": "not analysed: out of the phase's time budget (redo: "
+                         "bench/sglang_gpu_e2e.py --reanalyze OUT)"})
+            continue
+        ref_engine: bool | str = reference_engine
+        if reference_engine and left is not None and left < 60:
+            ref_engine = "out of the phase's time budget (redo: --reanalyze)"
         try:
-            rows.append(analyze_config(c, r, by_name.get(c.baseline) if c.baseline else None, refs, reference_engine))
+            rows.append(analyze_config(c, r, by_name.get(c.baseline) if c.baseline else None, refs, ref_engine))
         except Exception as e:  # noqa: BLE001 - one config's analysis must not lose the others
             import traceback
 
             rows.append({"name": c.name, "ok": False, "error": f"analysis: {type(e).__name__}: {e}",
                          "traceback": traceback.format_exc()[-2000:]})
         log(f"check {c.name}: {'ok' if rows[-1].get('ok') else 'FAIL'} " + (rows[-1].get("error", "")[:300]))
+        if on_row is not None:
+            on_row(rows)
     return rows
 
 
@@ -513,7 +531,8 @@ def check_table(rows: list[dict[str, Any]]) -> str:
         al = f"{r['acceptance_length']:.2f}" if r.get("acceptance_length") else "-"
         st = f"{r['start_s']:.0f}" if r.get("start_s") else "-"
         lines.append(f"{r['name']:28s} {out:>12s} {drafts:>18s} {steps:>17s} {acc[:26]:>26s} {al:>5s} {st:>7s}  "
-                     + ("ok" if r.get("ok") else "FAIL " + str(r.get("error", ""))[:60].replace("\n", " ")))
+                     + ("ok" if r.get("ok") else "FAIL " + str(r.get("error", ""))[:60].replace("\n", " "))
+                     + (" (incomplete)" if r.get("incomplete") else ""))
     return "\n".join(lines)
 
 
@@ -525,10 +544,35 @@ def phase_check(out: Path, heads: dict[str, str], args: argparse.Namespace, dead
     # the analysis loads float32 reference models on the GPU: leave it time after the engines
     results = run_jobs_resilient(jobs, deadline - args.analysis_s, out / "logs", device=args.device)
     (out / "logs" / "check_results.json").write_text(json.dumps(results))
-    rows = analyze_check(cfgs, results, References(args.ref_device), reference_engine=not args.no_reference_engine)
-    return {"engine_defaults": {**engine_defaults(args.device), "device": args.device, "context_length": CONTEXT, "radix_cache": True,
+    (out / "logs" / "check_configs.json").write_text(json.dumps(
+        {"root": str(SRC), "out": str(out), "configs": [asdict(c) for c in cfgs]}))
+    partial = out / "logs" / "check_rows.json"
+    rows = analyze_check(cfgs, results, References(args.ref_device), reference_engine=not args.no_reference_engine,
+                         deadline=deadline, on_row=lambda rs: partial.write_text(json.dumps(rs, default=str)))
+    return check_result(rows, engine_defaults(args.device), args.device, args.ref_device)
+
+
+def check_result(rows: list[dict[str, Any]], engine: dict[str, Any], device: str, ref_device: str) -> dict[str, Any]:
+    return {"engine_defaults": {**engine, "device": device, "context_length": CONTEXT, "radix_cache": True,
                                 "disable_overlap_schedule": True, "page_size": 1},
-            "configs": rows, "ok": bool(rows) and all(r.get("ok") for r in rows), "table": check_table(rows)}
+            "reference_device": ref_device, "configs": rows, "ok": bool(rows) and all(r.get("ok") for r in rows),
+            "complete": not any(r.get("incomplete") or "not analysed" in str(r.get("error", "")) for r in rows),
+            "table": check_table(rows)}
+
+
+def reanalyze(run: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The check phase's analysis again from a run's logs (``run``: the unpacked OUT of a device call), with the
+    reference on ``--ref-device``; the run's paths are mapped to this checkout and ``run``."""
+    saved = json.loads((run / "logs" / "check_configs.json").read_text())
+    results = json.loads((run / "logs" / "check_results.json").read_text())
+    remap = lambda v: v.replace(saved["out"], str(run)).replace(saved["root"], str(SRC)) \
+        if isinstance(v, str) else v  # noqa: E731
+    cfgs = [CheckConfig(**{k: remap(v) for k, v in c.items()}) for c in saved["configs"]]
+    missing = sorted({p for c in cfgs for p in (c.target, c.ref_drafter) if p and not Path(p).is_dir()})
+    if missing:
+        raise SystemExit(f"--reanalyze {run}: model directories missing here: {missing}")
+    rows = analyze_check(cfgs, results, References(args.ref_device), reference_engine=not args.no_reference_engine)
+    return {**check_result(rows, {}, "as run", args.ref_device), "reanalysis_of": str(run)}
 
 
 # ---------------------------------------------------------------------------------------------- conformance
@@ -952,6 +996,9 @@ def dry_run(out: Path, args: argparse.Namespace) -> dict[str, Any]:
             if rec.get("kind") == "decode" and rec["rids"] and rec["rids"][0] == rids[0]:
                 rec["drafts"][0][0] = (rec["drafts"][0][0] + 1) % 128 or 2
         bad.append(broken)
+    (out / "logs" / "check_results.json").write_text(json.dumps(synth))           # as phase_check leaves them
+    (out / "logs" / "check_configs.json").write_text(json.dumps(
+        {"root": str(SRC), "out": str(out), "configs": [asdict(c) for c in pick]}))
     res["check_synthetic"] = analyze_check(pick, synth, refs)
     res["check_corrupted"] = analyze_check(pick, bad, refs)
     res["check_table"] = check_table(res["check_synthetic"]) + "\n-- corrupted drafts:\n" + \
@@ -1020,6 +1067,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--prod-ctx", type=int, default=512)
     ap.add_argument("--prod-tokens", type=int, default=64)
     ap.add_argument("--json-name", default="sglang_gpu.json")
+    ap.add_argument("--reanalyze", type=Path, metavar="RUN", help="check: the analysis again from RUN/logs (a device "
+                    "call's unpacked OUT), reference on --ref-device; writes --out/--json-name")
     ap.add_argument("--engine-child", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     bad = [p for p in args.phases.split(",") if p not in PHASES]
@@ -1038,7 +1087,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if not args.engine_child and args.out is None:
         ap.error("--out is required")
     if args.ref_device is None:
-        args.ref_device = "cpu" if args.dry_run else args.device
+        args.ref_device = "cpu" if args.dry_run or args.reanalyze else args.device
     return args
 
 
@@ -1055,6 +1104,11 @@ def main(argv: list[str] | None = None) -> int:
     save = lambda: (out / args.json_name).write_text(json.dumps(result, indent=1, default=str))  # noqa: E731
     save()
     log("env", json.dumps(result["env"]))
+    if args.reanalyze:
+        result["check"] = reanalyze(args.reanalyze, args)
+        save()
+        print(result["check"]["table"])
+        return 0
     if args.dry_run:
         result["dry_run"] = dry_run(out, args)
         save()

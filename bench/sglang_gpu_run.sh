@@ -8,14 +8,17 @@
 #                                                      site (bench/gpu_site.py), then sglang_gpu_e2e.py --out
 #                                                      /tmp/sgrun --budget-s SECONDS-30 ARGS under `timeout
 #                                                      SECONDS`; results into $OUT (sglang_gpu.json, run.log,
-#                                                      run.tgz with the logs; the model copies are left out)
+#                                                      run.tgz with the logs and head copies, not the
+#                                                      production-shaped models)
 #
 # One phase per call, e.g. (540 s each):
 #   run 540 --phases check --check-groups tiny      run 540 --phases check --check-groups random
 #   run 540 --phases conformance                    run 540 --phases bench   (again to finish the rounds)
 #   run 540 --phases prod
 # The bench schedule continues across calls on a warm machine (/tmp/pedagle-sglang-bench-state.json; delete it to
-# start over). .h2src/overlay (optional, carried): files copied over the tree first (as vllm_gpu_run.sh).
+# start over). The check analysis can be redone from run.tgz here (CPU reference):
+#   python3 bench/sglang_gpu_e2e.py --reanalyze UNPACKED_RUN --out DIR
+# .h2src/overlay (optional, carried): files copied over the tree first (as vllm_gpu_run.sh).
 # Set PEDAGLE_COMMIT=<sha> when the tree travels without .git.
 set -u
 R=$PWD
@@ -37,6 +40,6 @@ W=/tmp/sgrun; rm -rf $W; mkdir -p $W
 timeout "$T" python3 bench/sglang_gpu_e2e.py --out $W --budget-s $((T - 30)) "$@" > $W/run.log 2>&1
 echo "e2e exit $?" >> $W/run.log
 grep -v "it/s]" $W/run.log | tail -80
-tar czf "$OUT/run.tgz" --exclude=./heads -C $W . ; cp $W/*.json $W/run.log "$OUT/" 2>/dev/null
+tar czf "$OUT/run.tgz" --exclude="./heads/prod-*" -C $W . ; cp $W/*.json $W/run.log "$OUT/" 2>/dev/null
 cp /tmp/pedagle-sglang-bench-state.json "$OUT/" 2>/dev/null
 ls -la "$OUT"

@@ -257,7 +257,7 @@ def test_cli_errors_name_the_option(argv, needle, capsys):
 
 def test_dry_run_end_to_end(tmp_path):
     """The whole --dry-run: every phase planned, the check analysis passes on the reference engine's own results
-    and fails on corrupted drafts."""
+    and fails on corrupted drafts; --reanalyze redoes it from the logs the run left."""
     rc = e2e.main(["--dry-run", "--out", str(tmp_path), "--check-groups", "random", "--random-steps", "3"])
     assert rc == 0
     res = json.loads((tmp_path / "sglang_gpu.json").read_text())
@@ -274,3 +274,9 @@ def test_dry_run_end_to_end(tmp_path):
         assert not bad[name]["ok"]
         assert bad[name]["drafts_vs_forced_reference"]["n_unexplained"] > 0
         assert bad[name]["reference_engine"]["drafts_equal"] < bad[name]["reference_engine"]["compared"]
+    again = tmp_path / "again"
+    assert e2e.main(["--reanalyze", str(tmp_path), "--out", str(again), "--no-reference-engine"]) == 0
+    re = json.loads((again / "sglang_gpu.json").read_text())["check"]
+    assert re["ok"] and re["reanalysis_of"] == str(tmp_path) and re["reference_device"] == "cpu"
+    assert [r["name"] for r in re["configs"]] == [r["name"] for r in dry["check_synthetic"]]
+    assert all("reference_engine" not in r for r in re["configs"])
