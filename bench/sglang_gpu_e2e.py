@@ -785,12 +785,23 @@ def bench_row(res: dict[str, Any], batches: Sequence[int]) -> dict[str, Any]:
     return row
 
 
-def bench_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    table: dict[str, dict[str, float]] = {}
+def _medians(runs: list[dict[str, Any]], get: Any) -> dict[str, dict[str, float]]:
+    """{config: {batch: median over rounds of get(run, batch)}} (None values left out)."""
+    vals: dict[str, dict[str, list[float]]] = {}
     for r in runs:
-        for b, v in r.get("tokens_per_s", {}).items():
-            table.setdefault(r["config"], {}).setdefault(b, []).append(v)   # type: ignore[arg-type]
-    med = {c: {b: statistics.median(v) for b, v in bs.items()} for c, bs in table.items()}
+        for b in r.get("tokens_per_s", {}):
+            v = get(r, b)
+            if v is not None:
+                vals.setdefault(r["config"], {}).setdefault(b, []).append(float(v))
+    return {c: {b: statistics.median(v) for b, v in bs.items()} for c, bs in vals.items()}
+
+
+def bench_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    med = _medians(runs, lambda r, b: r["tokens_per_s"][b])
+    extra = {"step_ms": _medians(runs, lambda r, b: (r.get("step_ms") or {}).get(b)),
+             "acceptance_length": _medians(runs, lambda r, b: (r.get("acceptance_length") or {}).get(b)),
+             "draft_ms": _medians(runs, lambda r, b: ((r.get("draft") or {}).get(b) or {}).get("draft_gpu_ms_median")),
+             "draft_share": _medians(runs, lambda r, b: ((r.get("draft") or {}).get(b) or {}).get("share"))}
     goals: dict[str, Any] = {}
     for b in ("1", "8"):
         t = med.get("target-only", {}).get(b)
@@ -799,18 +810,32 @@ def bench_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
                  default=None)
         goals[b] = {"peagle_best": pe, "eagle3_best": e3, "target_only": t,
                     "peagle_vs_eagle3": pe / e3 if pe and e3 else None, "peagle_vs_target": pe / t if pe and t else None}
-    return {"tokens_per_s_median": med, "goals": goals}
+        eager = [c for c in med if c.endswith("-eager") and b in med[c]]
+        if eager and b in med.get(eager[0].removesuffix("-eager"), {}):
+            goals[b]["graphs_vs_eager"] = med[eager[0].removesuffix("-eager")][b] / med[eager[0]][b]
+            goals[b]["eager_config"] = eager[0]
+    return {"tokens_per_s_median": med, **{f"{k}_median": v for k, v in extra.items()}, "goals": goals}
 
 
 def bench_table(summary: dict[str, Any]) -> str:
     med = summary["tokens_per_s_median"]
-    lines = [f"{'config':20s} {'b1 tok/s':>9s} {'b8 tok/s':>9s}"]
+    cols = [("tokens_per_s_median", "tok/s", "{:11.0f}"), ("step_ms_median", "step ms", "{:11.3f}"),
+            ("acceptance_length_median", "acc len", "{:11.2f}"), ("draft_ms_median", "draft ms", "{:11.3f}"),
+            ("draft_share_median", "draft %", "{:11.1%}")]
+    lines = [f"{'config':20s} " + " ".join(f"{'b' + b + ' ' + name:>11s}" for _, name, _ in cols for b in ("1", "8"))]
     for c in sorted(med):
-        lines.append(f"{c:20s} " + " ".join(f"{med[c].get(b, float('nan')):9.0f}" for b in ("1", "8")))
+        cells = []
+        for key, _, fmt in cols:
+            for b in ("1", "8"):
+                v = summary.get(key, {}).get(c, {}).get(b)
+                cells.append(fmt.format(v) if v is not None else f"{'-':>11s}")
+        lines.append(f"{c:20s} " + " ".join(cells))
     for b, g in summary["goals"].items():
         f = lambda x: f"{x:.3f}" if x else "-"  # noqa: E731
         lines.append(f"batch {b}: PEAGLE best / EAGLE3 best {f(g['peagle_vs_eagle3'])} (goal >= 1), "
-                     f"PEAGLE best / target-only {f(g['peagle_vs_target'])} (goal >= 1.3)")
+                     f"PEAGLE best / target-only {f(g['peagle_vs_target'])} (goal >= 1.3)"
+                     + (f", graphs / eager ({g['eager_config']}) {f(g['graphs_vs_eager'])}" if g.get("graphs_vs_eager")
+                        else ""))
     return "\n".join(lines)
 
 
@@ -908,7 +933,8 @@ def phase_prod(out: Path, heads: dict[str, str], args: argparse.Namespace, deadl
     res["standalone_exit"] = rc
     res["compare"] = prod_compare(inside, standalone, K, ctx, batches)
     res["table"] = "\n".join(
-        f"prod B={b} K={K} ctx={ctx}: draft step inside SGLang {v['inside_ms'] or float('nan'):.3f} ms, standalone "
+        f"prod B={b} K={K} ctx={ctx}: draft step inside SGLang {v['inside_ms'] or float('nan'):.3f} ms "
+        f"({(v['inside'] or {}).get('clock', '-')} clock, {(v['inside'] or {}).get('steps', 0)} steps), standalone "
         f"{v['standalone_ms'] or float('nan'):.3f} ms, ratio {v['ratio'] or float('nan'):.3f} (goal <= 1.1)"
         for b, v in res["compare"].items())
     return res
