@@ -516,7 +516,7 @@ def analyze_check(cfgs: list[CheckConfig], results: list[dict[str, Any]], refs: 
 
 def check_table(rows: list[dict[str, Any]]) -> str:
     lines = [f"{'config':28s} {'out==target':>12s} {'drafts~forced ref':>18s} {'ref engine steps':>17s} "
-             f"{'acc/pos sglang | ref':>26s} {'AL':>5s} {'start s':>7s}  result"]
+             f"{'acc/pos sglang | ref':>26s} {'AL':>5s} {'graph':>7s} {'start s':>7s}  result"]
     for r in rows:
         o = r.get("outputs") or {}
         tr = r.get("drafts_vs_forced_reference") or {}
@@ -530,9 +530,14 @@ def check_table(rows: list[dict[str, Any]]) -> str:
         acc = f"{pp.get('sglang')} | {pp.get('reference')}" if pp else "-"
         al = f"{r['acceptance_length']:.2f}" if r.get("acceptance_length") else "-"
         st = f"{r['start_s']:.0f}" if r.get("start_s") else "-"
-        lines.append(f"{r['name']:28s} {out:>12s} {drafts:>18s} {steps:>17s} {acc[:26]:>26s} {al:>5s} {st:>7s}  "
+        gr = f"{r['decode_records_graph']}/{r['decode_records']}" if "decode_records" in r else "-"
+        lines.append(f"{r['name']:28s} {out:>12s} {drafts:>18s} {steps:>17s} {acc[:26]:>26s} {al:>5s} {gr:>7s} {st:>7s}  "
                      + ("ok" if r.get("ok") else "FAIL " + str(r.get("error", ""))[:60].replace("\n", " "))
                      + (" (incomplete)" if r.get("incomplete") else ""))
+    lines.append("(out==target: requests equal to target-only (+t near-ties); drafts~forced ref: draft slots equal to the "
+                 "float32 reference at SGLang's own states (+t near-ties, X not explained); ref engine steps: (step, "
+                 "request) drafts equal to the reference engine's (float32 gates); AL: tokens per verify; graph: decode "
+                 "draft steps replayed from a CUDA graph)")
     return "\n".join(lines)
 
 
