@@ -138,8 +138,9 @@ def generate(target: str, drafter: str | None, prompts: Sequence[Sequence[int]],
 # ---------------------------------------------------------------------------------------------- jobs in a child
 def run_job(job: dict[str, Any], device_kwargs: dict[str, Any]) -> dict[str, Any]:
     """One engine job (in this process): ``{"target", "drafter" (None: target only), "K", "algorithm", "dtype",
-    "engine": {extra Engine kwargs}, "calls": [{"name", "prompts", "max_new_tokens", "temperature"?, "seed"?}]}``
-    -> ``{"start_s", "total_s", "calls": {name: generate result}, "records": [...]}``."""
+    "engine": {extra Engine kwargs}, "env": {variables set while the engine runs}?, "calls": [{"name", "prompts",
+    "max_new_tokens", "temperature"?, "seed"?}]}`` -> ``{"start_s", "total_s", "calls": {name: generate result},
+    "records": [...]}``. ``env`` reaches SGLang's scheduler process (it inherits this process's environment)."""
     import time
 
     t0 = time.perf_counter()
@@ -147,6 +148,9 @@ def run_job(job: dict[str, Any], device_kwargs: dict[str, Any]) -> dict[str, Any
                             algorithm=job.get("algorithm") or ALGORITHM, dtype=job.get("dtype", "float32"),
                             **{**device_kwargs, **(job.get("engine") or {})})
     out: dict[str, Any] = {"calls": {}}
+    env = {str(k): str(v) for k, v in (job.get("env") or {}).items()}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     try:
         with session:
             out["start_s"] = time.perf_counter() - t0
@@ -159,6 +163,11 @@ def run_job(job: dict[str, Any], device_kwargs: dict[str, Any]) -> dict[str, Any
         out["records"] = session.records()
     finally:
         session.close_record()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     out["total_s"] = time.perf_counter() - t0
     return out
 

@@ -92,6 +92,7 @@ class Spec:
     dtype: str = "float32"
     algorithm: str | None = None
     engine: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)      # environment of the engine (SGLang's scheduler inherits it)
 
 
 def run_many(specs: dict[str, Spec]) -> dict[str, Run]:
@@ -106,6 +107,7 @@ def run_many(specs: dict[str, Spec]) -> dict[str, Run]:
         sp = specs[k]
         jobs.append({"target": str(sp.target), "drafter": None if sp.drafter is None else str(sp.drafter),
                      "K": sp.K, "algorithm": sp.algorithm or ALGORITHM, "dtype": sp.dtype, "engine": sp.engine,
+                     "env": sp.env,
                      "calls": [{"name": f"{k}-{j.name}", "prompts": j.prompts, "max_new_tokens": j.max_new,
                                 "temperature": j.temperature, "seed": j.seed} for j in sp.jobs]})
     for k, res in zip(todo, _run_jobs_amx_default(run_jobs, jobs)):

@@ -11,7 +11,10 @@ serving every prompt set (small: the CPU engine takes ~0.3-1 s per iteration on 
 * K = 3 only: the KV pool driven full with the radix cache ON (a small ``max_total_tokens``, distinct prompts,
   then more and some repeats): the prefill's MASK-row scratch slots must come from the admission budget and the
   prefix cache, and every request completes;
-* K = 5 only: sampling (temperature 0.8).
+* K = 5 only: sampling (temperature 0.8);
+* K = 7 only: every decode draft step through `cuda_graphs.DecodeDraftGraphs` in mode 'eager' (the step function
+  that is captured on CUDA, over its static buffers, batch sizes 1, 2, 4, 8: batches of 3 run padded to 4), so the
+  checks below hold for that path too.
 
 Checks: greedy PEAGLE output == SGLang target-only output token for token (float32; a difference would be
 tolerated only where the float32 target's top-2 margin is < 1e-4, and reported); the drafts the worker recorded,
@@ -25,6 +28,7 @@ from __future__ import annotations
 import pytest
 
 import engine_runs as er
+from pedagle_backends.sglang import cuda_graphs as cg
 from engine_runs import CHUNK, CONTEXT, LONG_PROMPT, MAXCTX_PROMPT, PEAGLE, TARGET, Job
 
 KS = (1, 3, 5, 7)
@@ -33,6 +37,7 @@ SHORT = 3                                   # max_new_tokens of the request that
 ENGINE = dict(context_length=CONTEXT, chunked_prefill_size=CHUNK)
 RADIX_POOL = 320                            # max_total_tokens of the radix run: well below what the waves need
 F32_TIE = 1e-4
+STATIC_K, STATIC_SIZES = 7, (1, 2, 4, 8)    # the engine whose decode draft step runs on cuda_graphs' static buffers
 
 
 def batch_new(K: int) -> int:
@@ -64,13 +69,15 @@ def specs() -> dict[str, er.Spec]:
     base[2] = Job("maxctx", base[2].prompts, [er.max_context_new(0)])          # the target-only limit: CONTEXT
     out = {"f32-target": er.Spec(TARGET, None, 0, base + radix_jobs(), "float32", engine=dict(ENGINE))}
     for K in KS:
-        extra_jobs, extra_kw = [], {}
+        extra_jobs, extra_kw, env = [], {}, {}
         if K == 3:
             extra_jobs, extra_kw = radix_jobs(), {"max_total_tokens": RADIX_POOL}
         if K == 5:
             extra_jobs = [sample_job()]
+        if K == STATIC_K:
+            env = {cg.GRAPHS_ENV: "eager", cg.SIZES_ENV: ",".join(map(str, STATIC_SIZES))}
         out[f"f32-peagle-k{K}"] = er.Spec(TARGET, PEAGLE, K, jobs(K) + extra_jobs, "float32",
-                                          engine={**ENGINE, **extra_kw})
+                                          engine={**ENGINE, **extra_kw}, env=env)
     return out
 
 
@@ -186,3 +193,16 @@ def test_sampling_runs_and_gives_valid_tokens():
     assert all(0 <= t < vocab for o in got["outputs"] for t in o)
     steps = er.steps_of(run, "sample")
     assert all(len(s) >= 2 for s in steps)                                 # drafted and verified several times
+
+
+def test_static_buffer_draft_step_ran_padded_in_the_engine():
+    """K = STATIC_K drafted every decode step through `cuda_graphs.DecodeDraftGraphs` (what CUDA captures), padded
+    to the next prepared batch size; the other engines through the worker's eager path."""
+    dec = [r for r in peagle(STATIC_K).records if r.get("kind") == "decode"]
+    assert dec and all(r.get("graph_bs") == cg.padded_size(STATIC_SIZES, len(r["rids"])) for r in dec)
+    padded = [r for r in dec if r["graph_bs"] > len(r["rids"])]
+    assert padded, sorted({len(r["rids"]) for r in dec})          # e.g. the batch job's 3 requests in a graph of 4
+    for K in KS:
+        if K != STATIC_K:
+            assert all(r.get("graph_bs") is None for r in peagle(K).records if r.get("kind") == "decode")
+    print(f"K={STATIC_K}: {len(dec)} decode draft steps on the static buffers, {len(padded)} padded")
