@@ -50,6 +50,12 @@ TOKENIZERS_VERSION="${PEDAGLE_SGLANG_TOKENIZERS_VERSION:-${pins[3]}}"
 XGRAMMAR_VERSION="${PEDAGLE_SGLANG_XGRAMMAR_VERSION:-${pins[4]}}"
 OPENAI_VERSION="${PEDAGLE_SGLANG_OPENAI_VERSION:-${pins[5]}}"
 COMPRESSED_TENSORS_VERSION="${PEDAGLE_SGLANG_COMPRESSED_TENSORS_VERSION:-${pins[6]}}"
+# numpy: 0.5.17's torch 2.11 brings triton 3.6, whose interpreter (TRITON_INTERPRET=1, how the tests run
+# pedagle's Triton kernels on a CPU) converts 1-element arrays to int, an error from numpy 2.4 on (a warning before)
+case "$SGLANG_VERSION" in
+    0.5.17) NUMPY_SPEC="${PEDAGLE_SGLANG_NUMPY_SPEC:-numpy<2.4}" ;;
+    *) NUMPY_SPEC="${PEDAGLE_SGLANG_NUMPY_SPEC:-numpy}" ;;
+esac
 for v in TORCH_VERSION TORCHVISION_VERSION TRANSFORMERS_VERSION TOKENIZERS_VERSION XGRAMMAR_VERSION OPENAI_VERSION \
          COMPRESSED_TENSORS_VERSION; do
     [ -n "${!v}" ] || { echo "setup_sglang_env: $v is not set for SGLang $SGLANG_VERSION" >&2; exit 2; }
@@ -65,7 +71,7 @@ CHECK_LOG="$(mktemp "${TMPDIR:-/tmp}/setup_sglang_env.check.XXXXXX")"
 trap 'rm -f "$CHECK_LOG"' EXIT
 check() {
     [ -x "$VENV/bin/python" ] || { echo "no $VENV/bin/python" >"$CHECK_LOG"; return 1; }
-    (cd / && SGLANG_VERSION="$SGLANG_VERSION" TORCH_VERSION="$TORCH_VERSION" \
+    (cd / && SGLANG_VERSION="$SGLANG_VERSION" TORCH_VERSION="$TORCH_VERSION" NUMPY_SPEC="$NUMPY_SPEC" \
       TRANSFORMERS_VERSION="$TRANSFORMERS_VERSION" REPO="$REPO" SGLANG_USE_CPU_ENGINE=1 PEDAGLE_SGLANG_CPU_AMX=1 \
       "$VENV/bin/python" - <<'EOF'
 import os, importlib.metadata as md, pathlib
@@ -75,6 +81,9 @@ def pinned(dist, want, got=None):
 pinned("sglang", os.environ["SGLANG_VERSION"])
 pinned("torch", os.environ["TORCH_VERSION"], md.version("torch").split("+")[0])
 pinned("transformers", os.environ["TRANSFORMERS_VERSION"])
+from packaging.requirements import Requirement
+assert md.version("numpy") in Requirement(os.environ["NUMPY_SPEC"]).specifier, \
+    f"numpy {md.version('numpy')} installed, expected {os.environ['NUMPY_SPEC']}"
 import pytest, pluggy, safetensors, tokenizers, tqdm  # noqa: F401
 repo = pathlib.Path(os.environ["REPO"]).resolve()
 # pedagle's CPU sgl_kernel, from this checkout
@@ -126,12 +135,12 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 pip_log() { "$VENV/bin/python" -m pip "$@" >>"$LOG" 2>&1; }
 CONSTRAINTS="$VENV/pins.txt"
-printf 'torch==%s\ntorchvision==%s\ntransformers==%s\n' "$TORCH_VERSION" "$TORCHVISION_VERSION" "$TRANSFORMERS_VERSION" \
-    >"$CONSTRAINTS"
+printf 'torch==%s\ntorchvision==%s\ntransformers==%s\n%s\n' "$TORCH_VERSION" "$TORCHVISION_VERSION" \
+    "$TRANSFORMERS_VERSION" "$NUMPY_SPEC" >"$CONSTRAINTS"
 
 pip_log install --upgrade "pip>=24" setuptools wheel || fail "pip upgrade"
 # 1. torch + torchvision (local disk), transformers at SGLang's pin
-pip_log install "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" "transformers==$TRANSFORMERS_VERSION" \
+pip_log install -c "$CONSTRAINTS" "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" "transformers==$TRANSFORMERS_VERSION" \
     || fail "torch/torchvision/transformers"
 # 2. SGLang without its (CUDA-only) dependency set
 pip_log install --no-deps "sglang==$SGLANG_VERSION" || fail "sglang"
