@@ -45,6 +45,27 @@ def test_rmsnorm_and_fused_add(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_qk_norm_in_place_on_views_into_qkv(dtype):
+    """Qwen3's per-head q/k RMSNorm, in place on the q and k column ranges of a fused qkv tensor."""
+    torch.manual_seed(4)
+    T, hq, hk, d = 5, 4, 2, 32
+    qkv = torch.randn(T, (hq + 2 * hk) * d, dtype=dtype)
+    before = qkv.clone()
+    q, k = qkv[:, : hq * d], qkv[:, hq * d : (hq + hk) * d]
+    wq, wk = torch.randn(d, dtype=dtype), torch.randn(d, dtype=dtype)
+    OPS.fused_qk_norm_cpu(q, k, wq, wk, 1e-6)
+
+    def ref(x, w, h):
+        xs = x.double().view(T, h, d)
+        return (xs / xs.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt() * w.double()).view(T, h * d).to(dtype)
+
+    torch.testing.assert_close(qkv[:, : hq * d], ref(before[:, : hq * d], wq, hq), **tol(dtype))
+    torch.testing.assert_close(qkv[:, hq * d : (hq + hk) * d], ref(before[:, hq * d : (hq + hk) * d], wk, hk),
+                               **tol(dtype))
+    assert torch.equal(qkv[:, (hq + hk) * d :], before[:, (hq + hk) * d :])     # v untouched
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_silu_and_mul(dtype):
     x = torch.randn(3, 2, 40, dtype=dtype)
     ref = (x[..., :20].double() / (1 + torch.exp(-x[..., :20].double())) * x[..., 20:].double()).to(dtype)

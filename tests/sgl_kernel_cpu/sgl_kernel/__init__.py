@@ -18,6 +18,7 @@ from .linear import convert_weight_packed, weight_packed_linear
 from .norm_act import (
     apply_rotary_pos_emb_cpu,
     fused_add_rmsnorm_cpu,
+    fused_qk_norm_cpu,
     rmsnorm_cpu,
     rotary_embedding_cpu,
     silu_and_mul_cpu,
@@ -39,7 +40,8 @@ IMPLEMENTED = (
     "decode_attention_cpu", "extend_attention_cpu",
     "assign_req_to_token_pool_cpu", "copy_all_layer_kv_cache_cpu", "store_cache_cpu",
     "convert_weight_packed", "weight_packed_linear",
-    "rmsnorm_cpu", "fused_add_rmsnorm_cpu", "silu_and_mul_cpu", "rotary_embedding_cpu", "apply_rotary_pos_emb_cpu",
+    "rmsnorm_cpu", "fused_add_rmsnorm_cpu", "fused_qk_norm_cpu", "silu_and_mul_cpu", "rotary_embedding_cpu",
+    "apply_rotary_pos_emb_cpu",
     "init_cpu_threads_env", "initialize",
     "assign_draft_cache_locs_contiguous_cpu", "assign_extend_cache_locs_cpu", "build_draft_decode_metadata_cpu",
     "build_tree_kernel_efficient_cpu", "fill_accept_out_cache_loc_cpu", "fill_bonus_tokens_cpu",

@@ -26,6 +26,14 @@ def fused_add_rmsnorm(input: torch.Tensor, residual: torch.Tensor, weight: torch
     input.copy_(_rms(summed, weight, eps).to(input.dtype))
 
 
+def fused_qk_norm(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor, eps: float) -> None:
+    """In place: per-head RMSNorm of q [T, Hq * D] and k [T, Hk * D] (rows may be strided views into a fused qkv
+    tensor; each head's D values contiguous) with weights [D] (Qwen3's q_norm / k_norm)."""
+    for x, w in ((q, q_weight), (k, k_weight)):
+        heads = x.view(x.shape[0], -1, w.shape[-1])
+        heads.copy_(_rms(heads, w, eps))
+
+
 def silu_and_mul(input: torch.Tensor) -> torch.Tensor:
     """[..., 2D] -> [..., D]: silu(first half) * second half."""
     d = input.shape[-1] // 2
@@ -85,6 +93,9 @@ def apply_rotary_pos_emb(query: torch.Tensor, key: torch.Tensor, cos: torch.Tens
 rmsnorm_cpu = define("rmsnorm_cpu(Tensor input, Tensor weight, float eps) -> Tensor", rmsnorm)
 fused_add_rmsnorm_cpu = define(
     "fused_add_rmsnorm_cpu(Tensor(a!) input, Tensor(b!) residual, Tensor weight, float eps) -> ()", fused_add_rmsnorm
+)
+fused_qk_norm_cpu = define(
+    "fused_qk_norm_cpu(Tensor(a!) q, Tensor(b!) k, Tensor q_weight, Tensor k_weight, float eps) -> ()", fused_qk_norm
 )
 silu_and_mul_cpu = define("silu_and_mul_cpu(Tensor input) -> Tensor", silu_and_mul)
 rotary_embedding_cpu = define(
