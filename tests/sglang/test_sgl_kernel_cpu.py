@@ -124,6 +124,14 @@ def test_apply_rotary_pos_emb_matches_rotation_by_position(dtype, rot):
     assert torch.equal(q, q.clone())                        # inputs untouched (new tensors returned)
 
 
+def pack(w: torch.Tensor) -> torch.Tensor:
+    """convert_weight_packed; its Python function where PEDAGLE_SGLANG_CPU_AMX=0 left the op out (in this process)."""
+    if sgl_kernel._amx_switch.forced() is False:
+        assert not hasattr(OPS, "convert_weight_packed")
+        return sgl_kernel.linear.convert_packed(w)
+    return OPS.convert_weight_packed(w)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("n", [48, 40, 8])                  # whole blocks, a narrower last block, one narrow block
 def test_packed_weight_is_a_reordering_that_weight_packed_linear_undoes(dtype, n):
@@ -131,7 +139,7 @@ def test_packed_weight_is_a_reordering_that_weight_packed_linear_undoes(dtype, n
 
     torch.manual_seed(3)
     x, w, b = torch.randn(7, 64, dtype=dtype), torch.randn(n, 64, dtype=dtype), torch.randn(n).float()
-    packed = OPS.convert_weight_packed(w)
+    packed = pack(w)
     # SGLang keeps the packed tensor as the layer's weight and reads its shape: [N, K] as before
     assert packed.shape == w.shape and packed.dtype == w.dtype
     assert not torch.equal(packed, w)                       # reading it as a plain weight would be wrong
@@ -142,15 +150,15 @@ def test_packed_weight_is_a_reordering_that_weight_packed_linear_undoes(dtype, n
     torch.testing.assert_close(OPS.weight_packed_linear(x, w, None, False), (x.double() @ w.double().t()).to(dtype),
                                **tol(dtype))
     experts = torch.randn(3, n, 64, dtype=dtype)            # [E, N, K]: packed per expert
-    packed3 = OPS.convert_weight_packed(experts)
-    assert packed3.shape == experts.shape and torch.equal(packed3[1], OPS.convert_weight_packed(experts[1]))
+    packed3 = pack(experts)
+    assert packed3.shape == experts.shape and torch.equal(packed3[1], pack(experts[1]))
 
 
 def test_packing_refuses_what_sglang_does_not_pack():
     with pytest.raises(NotImplementedError, match="float32 .*convert_weight_packed"):
-        OPS.convert_weight_packed(torch.randn(16, 64))      # SGLang packs only 16-bit (and quantized) weights
+        pack(torch.randn(16, 64))      # SGLang packs only 16-bit (and quantized) weights
     with pytest.raises(ValueError, match="expected a multiple of 2"):
-        OPS.convert_weight_packed(torch.randn(16, 63).bfloat16())
+        pack(torch.randn(16, 63).bfloat16())
     with pytest.raises(ValueError, match=r"expected \[M, K\] and \[N, K\]"):
         OPS.weight_packed_linear(torch.randn(2, 32).bfloat16(), torch.randn(16, 64).bfloat16(), None, True)
 
