@@ -39,11 +39,12 @@ replaces SGLang's batch sizes (fewer graphs; the tests use it to force padding).
 from __future__ import annotations
 
 import bisect
+import functools
 import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -241,8 +242,10 @@ class DecodeDraftGraphs:
         b.drafts[:bs].copy_(drafts)
 
     # ------------------------------------------------------------------ capture / run
-    def capture(self) -> None:
-        """Capture one graph per size, largest first, all in one memory pool (mode 'graph', CUDA)."""
+    def capture(self, capture_fn: Callable[[Callable[[], None], Any], Any] | None = None) -> None:
+        """Capture one graph per size, largest first, all in one memory pool (mode 'graph', CUDA). ``capture_fn(fn,
+        pool) -> graph`` (default `_capture`; tests pass a stand-in): the graph has ``replay()`` and ``pool()``."""
+        capture_fn = capture_fn or _capture
         if self.mode != "graph":
             raise RuntimeError(f"capture() in mode {self.mode!r}; only mode 'graph' captures")
         t0 = time.perf_counter()
@@ -258,11 +261,12 @@ class DecodeDraftGraphs:
                     raise GraphUnsupported(
                         f"the drafter has sliding-window layers and {type(self.backend).__name__}'s draft-extend "
                         "graph metadata carries no window rail in this SGLang release")
-                g = _capture(lambda: self._step(bs), pool)
+                g = capture_fn(functools.partial(self._step, bs), pool)
                 if pool is None:
                     pool = g.pool()
                 self.graphs[bs] = g
-        torch.cuda.synchronize()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
         self.capture_s = time.perf_counter() - t0
 
     def can_run(self, B: int) -> bool:
@@ -389,7 +393,8 @@ def build_for_worker(worker: Any) -> Optional[DecodeDraftGraphs]:
             runner.capture()
     except Exception as e:  # noqa: BLE001 - the graphs are an optimisation: say why, run eagerly
         if mode == "graph":
-            torch.cuda.synchronize()
+            if torch.device(worker.device).type == "cuda":
+                torch.cuda.synchronize()
             if old_num_draft_tokens is not None:
                 backend.num_draft_tokens = old_num_draft_tokens
         logger.warning("pedagle: PEAGLE decode draft step NOT captured, runs eagerly (%s: %s)", type(e).__name__, e)

@@ -205,3 +205,136 @@ def test_run_refuses_bad_shapes(ckpt):
     with pytest.raises(ValueError, match="increasing positive batch sizes"):
         cg.DecodeDraftGraphs(model, side.backend, side.rtt, 2, MASK_ID, [2, 1], mode="eager", aux_width=n_aux,
                              aux_dtype=torch.float32, device="cpu")
+
+
+# ---------------------------------------------------------------------------------------------- graph mode, no CUDA
+class FakeGraph:
+    """Stands in for a captured CUDA graph on the CPU: replay() re-runs the captured function."""
+
+    def __init__(self, fn, log):
+        self.fn, self.log = fn, log
+
+    def replay(self):
+        self.log.append("replay")
+        self.fn()
+
+    def pool(self):
+        return "pool"
+
+
+def spy_backend(backend, log):
+    """Record the runner's metadata calls on ``backend`` (torch-native: its graph-metadata hooks do nothing, its
+    forward reads the batch, so a replayed step is still computed right)."""
+    out_graph, eager = backend.init_forward_metadata_out_graph, backend.init_forward_metadata
+    backend.init_forward_metadata_out_graph = lambda fb, in_capture=False: (
+        log.append(("out_graph", fb.batch_size, in_capture)), out_graph(fb, in_capture))
+    backend.init_forward_metadata = lambda fb: (log.append(("eager_metadata", fb.batch_size)), eager(fb))
+    return backend
+
+
+@pytest.fixture(scope="module")
+def full_ckpt(tmp_path_factory):
+    d = tiny_drafter(seed=6, num_layers=2, window=None)
+    return save_checkpoint(d, tmp_path_factory.mktemp("graphs_full") / "vllm", "vllm")
+
+
+def test_graph_mode_capture_order_metadata_and_replay(full_ckpt):
+    """Mode 'graph' with a stand-in capture: one graph per size, largest first, each after the backend's
+    in-capture metadata; a run refreshes the metadata out of the graph, replays the padded size's graph, and gives
+    the eager path's drafts."""
+    K, B = 3, 3
+    model = sglang_drafter(full_ckpt)
+    side, eager = SglangSide(model, B), SglangSide(model, B)
+    log: list = []
+    spy_backend(side.backend, log)
+    runner = cg.DecodeDraftGraphs(model, side.backend, side.rtt, K, MASK_ID, [1, 2, 4], mode="graph",
+                                  aux_width=int(model.drafter.fc.weight.shape[1]),
+                                  aux_dtype=model.drafter.fc.weight.dtype, device="cpu")
+    captured = []
+
+    def fake_capture(fn, pool):
+        captured.append(pool)
+        fn()                                   # warm-up, as _capture does
+        return FakeGraph(fn, log)
+
+    assert not runner.can_run(1)               # nothing captured yet
+    runner.capture(capture_fn=fake_capture)
+    assert [e for e in log if e[0] == "out_graph"] == [("out_graph", 4, True), ("out_graph", 2, True),
+                                                       ("out_graph", 1, True)]
+    assert captured == [None, "pool", "pool"] and sorted(runner.graphs) == [1, 2, 4]
+    assert runner.capture_s is not None and runner.can_run(3) and not runner.can_run(5)
+    g = torch.Generator().manual_seed(3)
+    n_aux = model.pedagle_config.fc_input_size
+    seq_lens = torch.tensor([4, 9, 6])
+    bonus, drafts = torch.randint(2, VOCAB, (B,), generator=g), torch.randint(2, VOCAB, (B, K), generator=g)
+    for s in range(3):
+        acc = torch.randint(1, K + 2, (B,), generator=g)
+        new_bonus = torch.randint(2, VOCAB, (B,), generator=g)
+        aux = torch.randn(B * (K + 1), n_aux, generator=g)
+        want = eager_path(eager, layout.decode_step_input(bonus, drafts, seq_lens, acc, new_bonus, aux), K,
+                          eager.req, seq_lens)
+        log.clear()
+        got = runner.run(bonus, drafts, seq_lens, acc, new_bonus, aux, side.req)
+        assert log == [("out_graph", 4, False), "replay"]            # no eager metadata, the graph of size 4
+        assert torch.equal(got, want), f"step {s}"
+        seq_lens, bonus, drafts = seq_lens + acc, new_bonus, got
+
+
+def test_graph_mode_refuses_a_windowed_drafter_without_a_window_rail(ckpt):
+    """A sliding-window drafter on a backend whose draft-extend graph metadata has no window rail (SGLang 0.5.17's
+    Triton backend; torch-native here) is not captured: GraphUnsupported, and build_for_worker runs it eagerly."""
+    model = sglang_drafter(ckpt)
+    side = SglangSide(model, 2)
+    runner = cg.DecodeDraftGraphs(model, side.backend, side.rtt, 2, MASK_ID, [1, 2], mode="graph",
+                                  aux_width=int(model.drafter.fc.weight.shape[1]),
+                                  aux_dtype=model.drafter.fc.weight.dtype, device="cpu")
+    with pytest.raises(cg.GraphUnsupported, match="sliding-window layers.*no window rail"):
+        runner.capture(capture_fn=lambda fn, pool: FakeGraph(fn, []))
+
+
+def test_prepare_triton_backend_sizes_for_2k_rows():
+    calls = []
+    backend = SimpleNamespace(num_draft_tokens=4, max_context_len=50, device="cpu",
+                              init_cuda_graph_state=lambda *a, **kw: calls.append((a, kw)))
+    cg.prepare_triton_backend(backend, K=3, max_bs=8)
+    assert backend.num_draft_tokens == 6                                  # 2K rows per request, not K+1
+    (args, kw), = calls
+    assert args == (8, 8 * 6) and kw["kv_indices_buf"].shape == (8 * 50,)
+
+
+def fake_worker(side: SglangSide, K: int):
+    m = side.model
+    runner_ns = SimpleNamespace(req_to_token_pool=side.rtt_pool)
+    return SimpleNamespace(draft_extend_attn_backend=side.backend, device="cpu", drafter=m.drafter, model=m,
+                           draft_runner=runner_ns, req_to_token=side.rtt, K=K, mask_token_id=MASK_ID)
+
+
+def test_build_for_worker_modes(full_ckpt, monkeypatch, caplog):
+    model = sglang_drafter(full_ckpt)
+    side = SglangSide(model, 2)
+    worker = fake_worker(side, 2)
+    monkeypatch.setenv(cg.GRAPHS_ENV, "0")
+    with caplog.at_level("INFO", logger="pedagle.sglang"):
+        assert cg.build_for_worker(worker) is None
+    assert "runs eagerly (PEDAGLE_SGLANG_DRAFT_GRAPHS=0)" in caplog.text
+    monkeypatch.setenv(cg.GRAPHS_ENV, "eager")
+    monkeypatch.setenv(cg.SIZES_ENV, "1,2,4,8")
+    caplog.clear()
+    with caplog.at_level("INFO", logger="pedagle.sglang"):
+        r = cg.build_for_worker(worker)
+    assert r is not None and r.mode == "eager" and r.sizes == [1, 2]              # capped by the pool (2 requests)
+    assert "static buffers without capture" in caplog.text and "[1, 2]" in caplog.text
+    # graph mode whose capture fails: a warning, eager draft step, the backend's num_draft_tokens restored
+    monkeypatch.setattr(cg, "graph_mode", lambda device, backend: ("graph", "test"))
+    monkeypatch.setattr(cg, "prepare_triton_backend", lambda b, K, max_bs: setattr(b, "num_draft_tokens", 2 * K))
+
+    def boom(self, capture_fn=None):
+        raise RuntimeError("capture invalidated")
+
+    monkeypatch.setattr(cg.DecodeDraftGraphs, "capture", boom)
+    side.backend.num_draft_tokens = 3
+    caplog.clear()
+    with caplog.at_level("INFO", logger="pedagle.sglang"):
+        assert cg.build_for_worker(worker) is None
+    assert "NOT captured, runs eagerly (RuntimeError: capture invalidated)" in caplog.text
+    assert side.backend.num_draft_tokens == 3
