@@ -73,7 +73,7 @@ T0 = time.monotonic()
 TINY_LENGTHS = (5, 12, 23, 37, 50, 71, 96, 120)        # 8 prompts of different lengths, one batch
 RANDOM_LENGTHS = (3, 9, 17, 31)
 CONTEXT = 320                                           # context_length of the tiny-code / random engines
-GPU_ENGINE = {"attention_backend": "triton", "disable_cuda_graph": False, "cuda_graph_max_bs": 8}
+GPU_ENGINE = {"attention_backend": "triton", "disable_cuda_graph": False}
 EAGLE3_ARCH = "LlamaForCausalLMEagle3"
 PROD_FAMILY = "qwen3-coder-30b-a3b"                    # bench_drafter.py's head shape with a dense Qwen3 target
 SWA_WINDOW = 4
@@ -593,7 +593,7 @@ def python_wrapper(path: Path, pythonpath: str, python: str = sys.executable) ->
 def conformance_command(out: Path, backends: str, pythons: dict[str, str], cases: Sequence[str] = (),
                         device: str = "cuda") -> list[str]:
     cmd = [sys.executable, "-m", "pedagle_conformance", "run", "--backends", backends, "--device", device,
-           "--json", str(out / "conformance_cuda.json"), "--report", str(out / "conformance_cuda.md")]
+           "--json", str(out / f"conformance_{device}.json"), "--report", str(out / f"conformance_{device}.md")]
     for name, py in pythons.items():
         cmd += ["--python", f"{name}={py}"]
     for c in cases:
@@ -619,7 +619,7 @@ def phase_conformance(out: Path, args: argparse.Namespace, deadline: float) -> d
         rc = "timeout"
     tail = logf.read_text().strip().splitlines()
     res: dict[str, Any] = {"command": " ".join(cmd), "exit": rc, "tail": tail[-25:]}
-    jf = out / "conformance_cuda.json"
+    jf = out / f"conformance_{args.device}.json"
     if jf.is_file():
         rep = json.loads(jf.read_text())
         counts: dict[str, int] = {}
