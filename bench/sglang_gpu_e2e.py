@@ -542,7 +542,8 @@ def check_table(rows: list[dict[str, Any]]) -> str:
 
 
 def phase_check(out: Path, heads: dict[str, str], args: argparse.Namespace, deadline: float) -> dict[str, Any]:
-    cfgs = check_configs(heads, args.check_groups.split(","), args.dtypes, args.ks, args.steps, args.random_steps)
+    cfgs = check_configs(heads, args.check_groups.split(","), args.dtypes, args.ks, args.steps, args.random_steps,
+                         args.random_dtypes)
     jobs = [c.job(engine_defaults(args.device)) for c in cfgs]
     (out / "logs" / "check_jobs.json").write_text(json.dumps(jobs))
     log(f"check: {len(jobs)} engines: " + ", ".join(c.name for c in cfgs))
@@ -986,7 +987,8 @@ def dry_run(out: Path, args: argparse.Namespace) -> dict[str, Any]:
     plan, and the check analysis on an engine result synthesised from pedagle's reference engine (CPU, float32:
     it must pass) and on a corrupted copy (it must fail)."""
     heads = prepare_heads(out, dry=True, prod=True)
-    cfgs = check_configs(heads, args.check_groups.split(","), args.dtypes, args.ks, args.steps, args.random_steps)
+    cfgs = check_configs(heads, args.check_groups.split(","), args.dtypes, args.ks, args.steps, args.random_steps,
+                         args.random_dtypes)
     res: dict[str, Any] = {"heads": heads, "check_jobs": [c.job(GPU_ENGINE) for c in cfgs]}
     runs: list[dict[str, Any]] = []
     plan = []
@@ -1080,6 +1082,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--ks", type=int, nargs="+", default=[1, 3, 7], help="check: tiny-code PEAGLE K")
     ap.add_argument("--steps", type=int, default=10, help="check: verify steps compared per request (tiny-code)")
     ap.add_argument("--random-steps", type=int, default=6, help="check: verify steps compared (random heads)")
+    ap.add_argument("--random-dtypes", nargs="+", default=["float32"], help="check: random heads' dtypes")
     ap.add_argument("--ref-device", default=None, help="check: where pedagle's reference runs (default cuda, dry: cpu)")
     ap.add_argument("--no-reference-engine", action="store_true", help="check: forced-reference trace only")
     ap.add_argument("--analysis-s", type=float, default=90.0, help="check: seconds kept for the analysis")
