@@ -201,19 +201,15 @@ class DecodeDraftGraphs:
               new_bonus: Tensor, aux: Tensor, req_pool_indices: Tensor) -> None:
         """Copy the live batch (B requests) into rows [0, B) and padding into rows [B, bs); device ops only."""
         b, K, w = self.buf, self.K, self.width
-        if B:
-            b.bonus[:B].copy_(bonus)
-            b.verified[:B].copy_(verified)
-            b.seq_lens[:B].copy_(seq_lens)
-            b.accept_lens[:B].copy_(accept_lens)
-            b.new_bonus[:B].copy_(new_bonus)
+        if B:                        # the small index tensors in one multi-tensor copy (one launch on CUDA)
+            torch._foreach_copy_([b.bonus[:B], b.verified[:B], b.seq_lens[:B], b.accept_lens[:B], b.new_bonus[:B],
+                                  b.req_pool_indices[:B]],
+                                 [bonus, verified, seq_lens, accept_lens, new_bonus, req_pool_indices])
             b.aux[:B * (K + 1)].copy_(aux)
-            b.req_pool_indices[:B].copy_(req_pool_indices)
             b.out_cache_loc[:B * w].copy_(layout.draft_extend_cache_locs(self.req_to_token, b.req_pool_indices[:B],
                                                                          b.seq_lens[:B], w))
         if bs > B:
-            for t in (b.bonus, b.verified, b.seq_lens, b.new_bonus):
-                t[B:bs].zero_()
+            torch._foreach_zero_([b.bonus[B:bs], b.verified[B:bs], b.seq_lens[B:bs], b.new_bonus[B:bs]])
             b.accept_lens[B:bs].fill_(1)
             b.aux[B * (K + 1):bs * (K + 1)].zero_()
             b.req_pool_indices[B:bs].fill_(PAD_REQ)
