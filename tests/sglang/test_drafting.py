@@ -23,6 +23,8 @@ from pedagle_core.attention import ContiguousKVCache
 from pedagle_core.draft import StepInput, draft_parallel
 from tiny import MASK_ID, TARGET_HIDDEN, VOCAB, save_checkpoint, tiny_drafter
 
+pytestmark = pytest.mark.sglang_versions          # part of the --sglang-cases versions subset
+
 MAXLEN = 64
 
 

@@ -10,6 +10,8 @@ import pytest
 
 from pedagle_backends.sglang import ALGORITHM, SUPPORTED_SGLANG, plugin
 
+pytestmark = pytest.mark.sglang_versions          # part of the --sglang-cases versions subset
+
 
 @pytest.fixture(scope="module")
 def loaded():

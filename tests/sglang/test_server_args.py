@@ -7,6 +7,8 @@ import pytest
 
 from tiny import save_checkpoint, save_target_config, tiny_drafter
 
+pytestmark = pytest.mark.sglang_versions          # part of the --sglang-cases versions subset
+
 
 @pytest.fixture(scope="module")
 def paths(tmp_path_factory):

@@ -20,6 +20,8 @@ import torch
 from pedagle_backends.sglang import layout, plugin
 from tiny import save_checkpoint, tiny_drafter
 
+pytestmark = pytest.mark.sglang_versions          # part of the --sglang-cases versions subset
+
 
 class _TargetModel:
     """SGLang's ``LlamaForCausalLM.set_eagle3_layers_to_capture`` semantics on a stand-in model."""
