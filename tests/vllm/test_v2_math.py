@@ -40,8 +40,10 @@ def _drafter(seed: int = 0) -> Drafter:
 class PagedAttention:
     """Attention as V2's metadata describes it (module docstring); k/v caches [n_slots, kv_heads, D]."""
 
-    def __init__(self, k: torch.Tensor, v: torch.Tensor, buf: DraftBuffers, num_reqs: int, block_table: torch.Tensor):
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, buf: DraftBuffers, num_reqs: int, block_table: torch.Tensor,
+                 block_size: int = BLOCK):
         self.k, self.v, self.buf, self.B, self.block_table = k, v, buf, num_reqs, block_table
+        self.block_size = block_size
 
     def __call__(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window) -> torch.Tensor:
         assert layer_idx == 0 and window is None
@@ -57,7 +59,8 @@ class PagedAttention:
             for i in range(s, e):
                 pos = L - (e - s) + (i - s)
                 key_pos = torch.arange(max(pos, 0) + 1)       # (a wrong seq_len may put a row before 0)
-                ks = self.block_table[r, key_pos // BLOCK].long() * BLOCK + key_pos % BLOCK
+                bs = self.block_size
+                ks = self.block_table[r, key_pos // bs].long() * bs + key_pos % bs
                 kk = self.k[ks].repeat_interleave(rep, dim=1)          # [P, hq, D]
                 vv = self.v[ks].repeat_interleave(rep, dim=1)
                 w = torch.softmax(torch.einsum("hd,phd->hp", q[i], kk) * q.shape[-1] ** -0.5, dim=-1)
