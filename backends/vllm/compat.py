@@ -163,6 +163,7 @@ def checkpoint_speculative_tokens(config: dict[str, Any]) -> int | None:
     return None if value is None else int(value)
 
 
-__all__ = ["PEAGLE_METHOD", "has_v1_runner", "wants_parallel_drafting", "has_v1_parallel_drafting", "has_v2_runner", "has_speculator_registration", "runner_in_use",
-           "v2_propose_params", "v2_propose_arguments", "v2_block_size", "v2_cudagraph_manager", "MASK_TOKEN_ID_SINCE", "SPECULATORS_USER_CONFIG_SINCE", "vllm_mask_token",
-           "speculators_num_speculative_tokens", "checkpoint_speculative_tokens"]
+__all__ = ["PEAGLE_METHOD", "has_v1_runner", "wants_parallel_drafting", "has_v1_parallel_drafting", "has_v2_runner",
+           "has_speculator_registration", "runner_in_use", "v2_propose_params", "v2_propose_arguments",
+           "v2_block_size", "v2_cudagraph_manager", "MASK_TOKEN_ID_SINCE", "SPECULATORS_USER_CONFIG_SINCE",
+           "vllm_mask_token", "speculators_num_speculative_tokens", "checkpoint_speculative_tokens"]

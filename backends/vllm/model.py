@@ -380,5 +380,6 @@ def is_pedagle_drafter(model: Any) -> bool:
     return isinstance(model, _PedagleEagle3Mixin)
 
 
-__all__ = ["NotServedByPedagle", "check_served", "PedagleEagle3LlamaForCausalLM", "PedagleEagle3Qwen3ForCausalLM", "VllmAttention", "VllmDrafter", "is_pedagle_drafter",
-           "checkpoint_dir", "unsupported_reason", "vllm_mask_token"]
+__all__ = ["NotServedByPedagle", "check_served", "PedagleEagle3LlamaForCausalLM", "PedagleEagle3Qwen3ForCausalLM",
+           "VllmAttention", "VllmDrafter", "is_pedagle_drafter", "checkpoint_dir", "unsupported_reason",
+           "vllm_mask_token"]

@@ -175,5 +175,5 @@ def recording_to() -> str | None:
     return _record_path if is_installed() else None
 
 
-__all__ = ["install", "record_proposals", "building_for_v2", "is_building_for_v2", "is_peagle_request", "v2_forced", "V2_PARALLEL_DRAFTING_UNSUPPORTED",
-           "is_installed", "recording_to"]
+__all__ = ["install", "record_proposals", "building_for_v2", "is_building_for_v2", "is_peagle_request", "v2_forced",
+           "V2_PARALLEL_DRAFTING_UNSUPPORTED", "is_installed", "recording_to"]

@@ -217,8 +217,10 @@ class PedagleSpeculator(DraftModelSpeculator):
         num_reqs, T = int(input_batch.num_reqs), int(input_batch.num_tokens)
         fc_out = self.model.combine_hidden_states(torch.cat([h[:T] for h in aux], dim=-1))
         dummy_run, skip_attn = bool(arg("dummy_run", False)), bool(arg("skip_attn_for_dummy_run", False))
-        if dummy_run and skip_attn:                      # memory profiling: no KV cache yet, no metadata
-            n = T + num_reqs * (self.K - 1)
+        n = T + num_reqs * (self.K - 1)
+        # memory profiling (no KV cache yet), or a dummy batch larger than any real step (the scheduler keeps
+        # K-1 rows per request free, so real steps fit max_num_batched_tokens): no metadata, drafts discarded
+        if dummy_run and (skip_attn or n > self.max_num_tokens):
             self.draft_hidden[:T].copy_(fc_out)
             self.sample_rows[:num_reqs * self.K].zero_()
             self._draft(num_reqs, n, None, None, arg("num_tokens_across_dp"))

@@ -68,6 +68,14 @@ class PagedAttention:
         return out
 
 
+def _buffers(rows: int, reqs: int, K: int) -> DraftBuffers:
+    return DraftBuffers(input_ids=torch.zeros(rows, dtype=torch.int32), positions=torch.zeros(rows, dtype=torch.int64),
+                        hidden_states=torch.zeros(rows, 64), slot_mapping=torch.zeros(rows, dtype=torch.int64),
+                        query_start_loc=torch.zeros(reqs + 1, dtype=torch.int32),
+                        seq_lens=torch.zeros(reqs, dtype=torch.int32),
+                        sample_rows=torch.zeros(reqs * K, dtype=torch.int64))
+
+
 def _v2_drafts(d: Drafter, buf: DraftBuffers, cache: tuple, step: StepInput, seq_lens: torch.Tensor,
                block_table: torch.Tensor, K: int, pad_rows: int) -> torch.Tensor:
     B = step.batch_size
@@ -93,10 +101,7 @@ def test_v2_drafts_equal_the_reference_over_two_steps(K):
     g = torch.Generator().manual_seed(K)
     prompt_lens = [5, 9, 3]
     B = len(prompt_lens)
-    buf = DraftBuffers(input_ids=torch.zeros(MAX_ROWS, dtype=torch.int32), positions=torch.zeros(MAX_ROWS, dtype=torch.int64),
-                       hidden_states=torch.zeros(MAX_ROWS, 64), slot_mapping=torch.zeros(MAX_ROWS, dtype=torch.int64),
-                       query_start_loc=torch.zeros(MAX_REQS + 1, dtype=torch.int32),
-                       seq_lens=torch.zeros(MAX_REQS, dtype=torch.int32), sample_rows=torch.zeros(MAX_REQS * K, dtype=torch.int64))
+    buf = _buffers(MAX_ROWS, MAX_REQS, K)
     block_table = torch.randperm(B * 16, generator=g).view(B, 16).int()
     paged = (torch.zeros(B * 16 * BLOCK + 1, 2, 16), torch.zeros(B * 16 * BLOCK + 1, 2, 16))
     ref_cache = ContiguousKVCache(1, B, MAX_LEN, 2, 16, impl="torch")
@@ -107,7 +112,8 @@ def test_v2_drafts_equal_the_reference_over_two_steps(K):
         T = int(qsl[-1])
         return StepInput(token_ids=torch.randint(2, V, (T,), generator=g),
                          positions=torch.cat([torch.arange(s, s + n) for s, n in zip(starts, lens)]),
-                         query_start_loc=qsl, num_rejected=rejected, next_token_ids=torch.randint(2, V, (B,), generator=g),
+                         query_start_loc=qsl, num_rejected=rejected,
+                         next_token_ids=torch.randint(2, V, (B,), generator=g),
                          aux_hidden=torch.randn(T, N_AUX * HT, generator=g))
 
     # step 1: the prefill (nothing rejected); step 2: a decode step of K+1 rows per request, rejections 0..K
@@ -127,18 +133,18 @@ def test_a_wrong_query_extension_changes_the_drafts():
     g = torch.Generator().manual_seed(0)
     lens = [7, 6]
     qsl = torch.tensor([0, 7, 13])
-    step = StepInput(token_ids=torch.randint(2, V, (13,), generator=g), positions=torch.cat([torch.arange(7), torch.arange(6)]),
-                     query_start_loc=qsl, num_rejected=torch.zeros(2, dtype=torch.long),
-                     next_token_ids=torch.randint(2, V, (2,), generator=g), aux_hidden=torch.randn(13, N_AUX * HT, generator=g))
-    buf = DraftBuffers(input_ids=torch.zeros(64, dtype=torch.int32), positions=torch.zeros(64, dtype=torch.int64),
-                       hidden_states=torch.zeros(64, 64), slot_mapping=torch.zeros(64, dtype=torch.int64),
-                       query_start_loc=torch.zeros(3, dtype=torch.int32), seq_lens=torch.zeros(2, dtype=torch.int32),
-                       sample_rows=torch.zeros(2 * K, dtype=torch.int64))
+    step = StepInput(token_ids=torch.randint(2, V, (13,), generator=g),
+                     positions=torch.cat([torch.arange(7), torch.arange(6)]), query_start_loc=qsl,
+                     num_rejected=torch.zeros(2, dtype=torch.long),
+                     next_token_ids=torch.randint(2, V, (2,), generator=g),
+                     aux_hidden=torch.randn(13, N_AUX * HT, generator=g))
+    buf = _buffers(64, 2, K)
     bt = torch.arange(32).view(2, 16).int()
-    ref = draft_parallel(d, step, K, ContiguousKVCache(1, 2, MAX_LEN, 2, 16, impl="torch").for_requests(torch.arange(2))).token_ids
-    ok = _v2_drafts(d, buf, (torch.zeros(129, 2, 16), torch.zeros(129, 2, 16)), step, torch.tensor(lens), bt, K, 0)
+    ref_cache = ContiguousKVCache(1, 2, MAX_LEN, 2, 16, impl="torch").for_requests(torch.arange(2))
+    ref = draft_parallel(d, step, K, ref_cache).token_ids
+    cache = lambda: (torch.zeros(129, 2, 16), torch.zeros(129, 2, 16))   # noqa: E731
+    ok = _v2_drafts(d, buf, cache(), step, torch.tensor(lens), bt, K, 0)
     assert torch.equal(ok, ref)
     # the same rows with seq_lens not extended by K-1: every row attends as if K-1 positions earlier
-    wrong = _v2_drafts(d, buf, (torch.zeros(129, 2, 16), torch.zeros(129, 2, 16)), step, torch.tensor(lens) - (K - 1), bt,
-                       K, 0)
+    wrong = _v2_drafts(d, buf, cache(), step, torch.tensor(lens) - (K - 1), bt, K, 0)
     assert not torch.equal(wrong, ref)

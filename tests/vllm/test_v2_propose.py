@@ -73,7 +73,8 @@ def speculator(family, monkeypatch, tmp_path):
     spec.attn_groups, spec.draft_group, spec.block_size = [["draft layers"]], 0, BLOCK
     spec.draft_slots = torch.full((1, spec.max_rows), -1, dtype=torch.int64)
     spec.block_tables = SimpleNamespace(input_block_tables=[block_table])
-    spec.kv_cache_config = SimpleNamespace(kv_cache_groups=[SimpleNamespace(layer_names=["model.layers.4.self_attn.attn"])])
+    group = SimpleNamespace(layer_names=["model.layers.4.self_attn.attn"])
+    spec.kv_cache_config = SimpleNamespace(kv_cache_groups=[group])
     built = []
     monkeypatch.setattr(v2_speculator, "build_attn_metadata", lambda **kw: built.append(kw) or {"metadata": kw})
     return spec, drafter, record, built
