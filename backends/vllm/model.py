@@ -166,7 +166,7 @@ def check_served(runner: str, parallel: bool) -> None:
     * model runner V2, a P-EAGLE head, and the drafter built by another speculator than pedagle's
       (`v2_speculator`): vLLM's own V2 speculators draft autoregressively and would ignore the MASK slots;
     * model runner V2 with ``PEDAGLE_RECORD_DRAFTS`` set but the V2 recorder not installed (the plugin's
-      `v2_patch`): the file would silently stay empty.
+      `v2_patch` installs it when the variable is set as the plugin loads): the file would silently stay empty.
     An autoregressive EAGLE-3 head under V2 is served by vLLM's V2 EAGLE speculator running pedagle's drafter.
     """
     import os
@@ -188,8 +188,7 @@ def check_served(runner: str, parallel: bool) -> None:
                 "model runner V1")
         raise NotServedByPedagle(f"pedagle: vLLM {version} runs this P-EAGLE head on model runner V2 with a "
                                  f"speculator other than pedagle's, which would not draft in parallel; {hint}")
-    record = os.environ.get("PEDAGLE_RECORD_DRAFTS")
-    if record and v2_patch.recording_to() != record:
+    if os.environ.get("PEDAGLE_RECORD_DRAFTS") and not v2_patch.recording_installed():
         raise NotServedByPedagle(f"pedagle: PEDAGLE_RECORD_DRAFTS is set but pedagle's draft recorder for model "
                                  f"runner V2 is not installed in this process (vLLM {version}); load the plugin "
                                  "through VLLM_PLUGINS before vLLM builds its speculator, or unset the variable")

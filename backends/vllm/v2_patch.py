@@ -36,7 +36,8 @@ SPEC_DECODE_PACKAGE = "vllm.v1.worker.gpu.spec_decode"
 _MARK = "__pedagle_v2_hook__"
 _building = threading.local()
 _install_lock = threading.Lock()
-_record_path: str | None = None          # the recorder's file when the factory was wrapped with one
+_recording = False        # the factory was wrapped with a recorder (it writes where PEDAGLE_RECORD_DRAFTS points
+#                           at each proposal, so a process may move it between engines, as the job runner does)
 
 
 @contextlib.contextmanager
@@ -99,7 +100,7 @@ def install(serve_peagle: bool, record_only: bool = False) -> None:
     """Install the V2 patches (module docstring). ``serve_peagle``: pedagle's speculator for P-EAGLE heads and
     the unsupported-feature filter (0.26-0.33; 0.34 registers its method instead). ``record_only``: vLLM's own
     speculators, recorded (needs ``PEDAGLE_RECORD_DRAFTS``)."""
-    global _record_path
+    global _recording
     record_path = os.environ.get(RECORD_ENV) or None
     with _install_lock:
         package = importlib.import_module(SPEC_DECODE_PACKAGE)
@@ -127,7 +128,7 @@ def install(serve_peagle: bool, record_only: bool = False) -> None:
         for owner, name, value in targets:
             setattr(owner, name, value)
         if record_path and any(name == "init_speculator" for _, name, _ in targets):
-            _record_path = record_path
+            _recording = True
 
 
 def record_proposals(speculator: Any, recorder: DraftRecordWriter) -> None:
@@ -170,10 +171,10 @@ def is_installed() -> bool:
     return package is not None and bool(getattr(getattr(package, "init_speculator", None), _MARK, False))
 
 
-def recording_to() -> str | None:
-    """The file V2 proposals are recorded to in this process (None: not recording)."""
-    return _record_path if is_installed() else None
+def recording_installed() -> bool:
+    """Whether V2 proposals are recorded in this process (to the file ``PEDAGLE_RECORD_DRAFTS`` names)."""
+    return _recording and is_installed()
 
 
 __all__ = ["install", "record_proposals", "building_for_v2", "is_building_for_v2", "is_peagle_request", "v2_forced",
-           "V2_PARALLEL_DRAFTING_UNSUPPORTED", "is_installed", "recording_to"]
+           "V2_PARALLEL_DRAFTING_UNSUPPORTED", "is_installed", "recording_installed"]

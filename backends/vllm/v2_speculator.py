@@ -29,6 +29,7 @@ target (greedy or sampling) is vLLM's. Version differences of V2 (``propose``'s 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import torch
@@ -82,8 +83,6 @@ class PedagleSpeculator(DraftModelSpeculator):
         self.cudagraph_manager: CudaGraphManager | None = None
         self.supports_mm_inputs = False
         self._recorder: DraftRecordWriter | None = None
-        import os
-
         if os.environ.get(RECORD_ENV):
             self._recorder = DraftRecordWriter(os.environ[RECORD_ENV])
 

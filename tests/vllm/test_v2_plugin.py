@@ -155,8 +155,9 @@ def test_start_up_refusals_say_what_to_do(monkeypatch):
     with v2_patch.building_for_v2():
         check_served("v2", parallel=True)                     # built by pedagle's speculator
     monkeypatch.setenv("PEDAGLE_RECORD_DRAFTS", "/tmp/elsewhere.jsonl")
+    monkeypatch.setattr(v2_patch, "_recording", False)
     with pytest.raises(NotServedByPedagle, match="PEDAGLE_RECORD_DRAFTS"):
-        check_served("v2", parallel=False)                    # recording asked, V2 recorder not on that file
-    monkeypatch.setattr(v2_patch, "_record_path", "/tmp/elsewhere.jsonl")
+        check_served("v2", parallel=False)                    # recording asked, no V2 recorder in this process
+    monkeypatch.setattr(v2_patch, "_recording", True)         # the plugin loaded with the variable set
     plugin.register()
     check_served("v2", parallel=False)
