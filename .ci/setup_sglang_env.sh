@@ -6,13 +6,14 @@
 # CPU engine imports, pedagle's CPU `sgl_kernel` test package and pedagle (both editable, pointing at this
 # checkout, with the sglang plugin entry point).
 #
-# SGLang 0.5.23's CPU engine (`SGLANG_USE_CPU_ENGINE=1`, `sglang.Engine(..., device="cpu")`) calls ops of the
+# SGLang's CPU engine (0.5.23 and 0.5.17; `SGLANG_USE_CPU_ENGINE=1`, `sglang.Engine(..., device="cpu")`) calls ops of the
 # `sgl_kernel` package, which PyPI publishes only as CUDA builds. tests/sgl_kernel_cpu is pedagle's own plain-
 # PyTorch implementation of the ops the engine uses for dense Llama/Qwen3 targets with EAGLE-style speculation;
 # it is installed here (import name `sgl_kernel`) and nowhere else.
 #
 # Order matters:
-#   1. torch==2.14.1 + torchvision==0.29.1 from local disk, transformers at SGLang's pin. SGLang's configs/ import
+#   1. torch + torchvision at SGLang's torch pin (0.5.23: 2.14.1 + 0.29.1 from local disk; 0.5.17: 2.11.0 + 0.26.0),
+#      transformers at SGLang's pin. SGLang's configs/ import
 #      torchvision unconditionally (configs/deepseek_ocr.py via utils/hf_transformers/common.py), so torch and
 #      torchvision must match. This is torch's CUDA wheel, with its nvidia-* libraries (~3 GB), although nothing
 #      here uses a GPU. The CPU alternatives were tried and fail (2026-12-02):
@@ -22,7 +23,8 @@
 #          one): torchvision's _C.so needs libtorch_cuda.so, so `import torchvision` raises "operator
 #          torchvision::nms does not exist"; without torchvision SGLang's config loading fails to import; a
 #          CPU torchvision (download.pytorch.org/whl/cpu) is not reachable from CI.
-#   2. sglang==0.5.23 with --no-deps: its published dependency set is CUDA-only (flashinfer, sglang-kernel, ...).
+#   2. sglang==$SGLANG_VERSION with --no-deps: its published dependency set is CUDA-only (flashinfer, sglang-kernel,
+#      ...).
 #   3. what SGLang's Python API and its CPU engine (tokenizer manager, scheduler, detokenizer, grammar backend,
 #      model loader) import, under a constraints file that holds torch, torchvision and transformers at their pins.
 #   4. pedagle's CPU `sgl_kernel` test package and pedagle itself, editable, --no-deps, plus test tools.

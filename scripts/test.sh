@@ -13,7 +13,10 @@
 #           rejects code that torch 2.13 accepts);
 #   vllm034 vLLM 0.34's model runner V2 registration at import/config level (its GPU wheel, a CPU torch, no engine);
 #   sglang  the SGLang backend suite in its own environment: SGLang's CPU engine (sglang.Engine, device="cpu", on
-#           pedagle's CPU sgl_kernel test ops) end to end, and its Python API.
+#           pedagle's CPU sgl_kernel test ops) end to end, and its Python API (SGLang 0.5.23, the newest supported);
+#   sglang0517 the same suite's `--sglang-cases versions` subset in an SGLang 0.5.17 environment (the oldest
+#           supported SGLang): every test of a part of SGLang whose behaviour differs between the releases
+#           (backends/sglang/compat.py), the engine runs cut to target-only + PEAGLE K = 3 and 7 in one engine process.
 # The backend environments are created on first use (a few minutes each) under $PEDAGLE_VENVS
 # (default ~/.cache/pedagle/venvs) and reused afterwards.
 #
@@ -130,6 +133,11 @@ backend_step vllm034 "vLLM 0.34 registration and config (GPU wheel, CPU torch, n
     .ci/setup_vllm034_env.sh -- tests/vllm
 backend_step sglang "SGLang backend suite (CPU engine + Python API)" in_venv "$VENVS/sglang" .ci/setup_sglang_env.sh -- \
     tests/sglang tests/test_conformance_sglang.py
+# Oldest supported SGLang: the version-dependent subset only, to keep CI short (tests/sglang/subset.py; ~4 min of
+# tests; the venv build is ~3 min once, ~3 GB of CUDA torch 2.11 wheels: see .ci/setup_sglang_env.sh). The full
+# suite on 0.5.17 is run by hand (`... -m pytest tests/sglang` in that venv).
+backend_step sglang0517 "SGLang backend subset (SGLang 0.5.17)" in_venv "$VENVS/sglang0517" .ci/setup_sglang_env.sh \
+    0.5.17 -- tests/sglang --sglang-cases versions
 
 # ---- summary ----
 echo
