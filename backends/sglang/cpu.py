@@ -19,7 +19,8 @@ the plain-PyTorch branches even on a CPU with AMX, auto lets SGLang ask the CPU.
 globals at import, so it is decided before its layers are imported, in every SGLang process: `apply_amx_switch`
 sets SGLang's probe (``sglang.srt.utils.common.is_amx_tile_supported``); `prepare_env` calls it in the engine's
 process, and pedagle's CPU ``sgl_kernel`` test package calls it when SGLang first imports that package in a spawned
-process (before the layers decide); with 0 that package also leaves out ``convert_weight_packed``, by which SGLang
+process (before the layers decide; where ``sgl_kernel`` comes before the probe module, an import hook sets the probe
+as soon as that module has run); with 0 that package also leaves out ``convert_weight_packed``, by which SGLang
 recognises an AMX-capable ``sgl_kernel``. `apply_in_process` (the plugin, in every process) checks that the
 layers' cached decisions agree, and raises otherwise. The engine tests run with 0 and start a few engines with 1
 (tests/sglang/test_engine_amx.py).

@@ -92,3 +92,30 @@ def test_values(value, want, monkeypatch):
     assert cpu.amx_forced() is want
     monkeypatch.delenv(cpu.AMX_ENV)
     assert cpu.amx_forced() is None
+
+
+def test_sgl_kernel_imported_before_sglangs_probe_module_still_forces_it():
+    """An SGLang whose processes import ``sgl_kernel`` before the probe module (0.5.17's order): an import hook sets
+    the probe once the module has run."""
+    code = ("import sys, sgl_kernel; assert 'sglang.srt.utils.common' not in sys.modules\n"
+            "from sglang.srt.utils import common; print('PROBE', common.is_amx_tile_supported)")
+    for mode, want in (("1", "PROBE True"), ("0", "PROBE False")):
+        proc = run_python(code, **{cpu.AMX_ENV: mode})
+        assert want in proc.stdout, (mode, proc.stdout[-500:], proc.stderr[-2000:])
+
+
+def test_a_probe_module_mid_import_gets_the_answer_through_torch_once():
+    """The probe module is being imported (its probe not assigned yet) when the switch is applied: torch's answer is
+    forced for exactly one call, the one the module makes next."""
+    import types
+
+    import torch
+
+    original = torch.cpu._is_amx_tile_supported
+    cpu._set_probe(types.SimpleNamespace(), True)
+    try:
+        assert torch.cpu._is_amx_tile_supported() is True
+    finally:
+        got_back = torch.cpu._is_amx_tile_supported
+        torch.cpu._is_amx_tile_supported = original
+    assert got_back is original
