@@ -1,6 +1,6 @@
 """The SGLang worker's per-step bookkeeping as pure functions over plain tensors (no SGLang import).
 
-SGLang's EAGLE V2 conventions (0.5.23), which these functions translate into pedagle's `StepInput`:
+SGLang's EAGLE V2 conventions (0.5.17-0.5.23), which these functions translate into pedagle's `StepInput`:
 
 * ``seq_lens`` [B] = the committed length of each request *before* this iteration;
 * the verify window of a decode step is ``[bonus, d_1 .. d_K]`` at positions ``seq_lens .. seq_lens+K``

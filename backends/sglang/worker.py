@@ -240,14 +240,15 @@ class PEagleDraftWorker(EagleDraftWorker):
     def _alloc_scratch(self, batch: ScheduleBatch, n: int) -> torch.Tensor:
         """``n`` KV slots for the MASK rows of a prefill draft step (freed after the forward). As SGLang's own
         allocations do, evict from the prefix (radix) cache first; the scheduler's prefill admission has
-        reserved these slots (the plugin's ``request_slot_reserve`` hook: K-1 per admitted request)."""
+        reserved these slots (the plugin's admission reserve hook, `compat.slot_reserve_target`: K-1 per admitted
+        request)."""
         evict_from_tree_cache(getattr(batch, "tree_cache", None), n)
         slots = self.token_to_kv_pool_allocator.alloc(n)
         if slots is None:
             raise PEagleRuntimeError(
                 f"no free KV slots for the {n} MASK rows of a prefill draft step even after evicting the prefix "
                 f"cache ({self.token_to_kv_pool_allocator.available_size()} free); the prefill admission should "
-                "have reserved them (is the pedagle plugin's request_slot_reserve hook applied?)")
+                f"have reserved them (is the pedagle plugin's hook on {compat.slot_reserve_target()} applied?)")
         return slots
 
     def _record_config(self, batch: ScheduleBatch) -> None:
