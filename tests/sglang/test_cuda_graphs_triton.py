@@ -15,10 +15,11 @@ import pytest
 HERE = Path(__file__).parent
 
 
-def run_check(override: bool) -> dict:
+def run_check(override: bool, window: int | None = None) -> dict:
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([sys.executable, str(HERE / "triton_graph_check.py"), "1" if override else "0"],
-                          env=env, capture_output=True, text=True, timeout=900)
+    argv = [sys.executable, str(HERE / "triton_graph_check.py"), "1" if override else "0"]
+    proc = subprocess.run(argv + ([str(window)] if window else []), env=env, capture_output=True, text=True,
+                          timeout=900)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     assert proc.returncode == 0 and line, (proc.stdout + proc.stderr)[-4000:]
     return json.loads(line[len("RESULT "):])
@@ -48,3 +49,10 @@ def test_without_the_2k_override_the_drafts_differ():
     res = run_check(False)
     assert res["meta"]["4"] == [4, 4]
     assert not all(s["equal"] for s in res["steps"])
+
+
+def test_sliding_window_drafter_replays_through_the_window_rail():
+    """A drafter with a sliding-window layer (window 4; the steps' prefixes are longer): SGLang 0.5.23's Triton
+    draft-extend graph metadata carries the window rail, and the replayed drafts equal the eager path's."""
+    res = run_check(True, window=4)
+    assert all(s["equal"] for s in res["steps"]), res["steps"]

@@ -1,7 +1,7 @@
 """SGLang's Triton attention backend under PEAGLE's decode draft-step graphs, on the CPU (Triton's interpreter).
 
 Run as a script with ``TRITON_INTERPRET=1`` set before anything imports SGLang's kernels (test_cuda_graphs_triton
-does): ``python triton_graph_check.py OVERRIDE`` prints one JSON line.
+does): ``python triton_graph_check.py OVERRIDE [WINDOW]`` prints one JSON line (WINDOW: a sliding-window layer).
 
 The Triton backend is SGLang's real class; only what needs a GPU or a ModelRunner is stood in for: its
 constructor (attributes set here instead), the KV-index packing kernel (`Translator`: the same CSR rows, in
@@ -30,12 +30,15 @@ class Translator:
     """SGLang's KV index translator for a pool that does not translate: CSR rows of ``req_to_token`` prefixes."""
 
     is_translating = False
+    window_kv_kind = None
 
     def __init__(self, req_to_token: torch.Tensor) -> None:
         self.req_to_token = req_to_token
 
-    def pack_read_stream(self, plan, *, req_pool_indices, seq_lens, indptr, out, **_kw) -> bool:
-        rows = [self.req_to_token[int(r), :int(n)] for r, n in zip(req_pool_indices[:seq_lens.numel()], seq_lens)]
+    def pack_read_stream(self, plan, *, req_pool_indices, seq_lens, indptr, out, kv_start_idx=None, **_kw) -> bool:
+        start = [0] * seq_lens.numel() if kv_start_idx is None else [int(x) for x in kv_start_idx]
+        rows = [self.req_to_token[int(r), s:s + int(n)]
+                for r, s, n in zip(req_pool_indices[:seq_lens.numel()], start, seq_lens)]
         flat = torch.cat(rows) if rows else out[:0]
         out[:flat.numel()] = flat.to(out.dtype)
         return False
@@ -54,7 +57,7 @@ def triton_backend(side, K: int):
     attrs = dict(dllm_attention=None, num_head=cfg.num_attention_heads, max_kv_splits=2, v_head_dim=int(cfg.head_dim),
                  swa_v_head_dim=None, device="cpu", lean_total_programs=1, lean_block_m=1,
                  max_context_len=side.rtt.shape[1], is_draft_runner=True, skip_prefill=False,
-                 num_draft_tokens=K + 1, speculative_num_steps=K, sliding_window_size=None,
+                 num_draft_tokens=K + 1, speculative_num_steps=K, sliding_window_size=side.model.attn.model_window,
                  use_sliding_window_kv_pool=False, _translate_kv_loc=None, req_to_token=side.rtt,
                  qo_indptr=torch.zeros(rows, **i32), kv_indptr=torch.zeros(rows, **i32),
                  window_kv_indptr=torch.zeros(rows, **i32), kv_index_translator=Translator(side.rtt), dcp_size=1,
@@ -83,7 +86,7 @@ class BakedGraph:
         return None
 
 
-def main(override: bool) -> dict:
+def main(override: bool, window: int | None) -> dict:
     from pedagle_backends.sglang import cuda_graphs as cg
     from pedagle_backends.sglang import layout
     from test_cuda_graphs import eager_path
@@ -91,7 +94,7 @@ def main(override: bool) -> dict:
     from tiny import MASK_ID, VOCAB, save_checkpoint, tiny_drafter
 
     K, B, sizes = 3, 3, [1, 2, 4]
-    ckpt = save_checkpoint(tiny_drafter(seed=6, num_layers=2, window=None), Path(tempfile.mkdtemp()) / "h", "vllm")
+    ckpt = save_checkpoint(tiny_drafter(seed=6, num_layers=2, window=window), Path(tempfile.mkdtemp()) / "h", "vllm")
     model = sglang_drafter(ckpt)
     side, eager = SglangSide(model, 4), SglangSide(model, 4)
     tb = triton_backend(side, K)
@@ -122,4 +125,4 @@ def main(override: bool) -> dict:
 
 
 if __name__ == "__main__":
-    print("RESULT " + json.dumps(main(sys.argv[1] == "1")))
+    print("RESULT " + json.dumps(main(sys.argv[1] == "1", int(sys.argv[2]) if len(sys.argv) > 2 else None)))
