@@ -71,9 +71,12 @@ def has_resolution_hooks() -> bool:
     * 0.5.17: no such module; ``ServerArgs.__post_init__`` calls
       ``arg_groups.speculative_hook.handle_speculative_decoding`` on the real ServerArgs (looked up in that
       module at call time, so a ``HookRegistry`` AROUND hook on it wraps the step)."""
+    name = "sglang.srt.arg_groups.resolution_hooks"
     try:
-        importlib.import_module("sglang.srt.arg_groups.resolution_hooks")
-    except ModuleNotFoundError:
+        importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name != name:                          # the module is there but cannot be imported: say so
+            raise
         return False
     return True
 
