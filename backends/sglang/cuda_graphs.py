@@ -179,7 +179,8 @@ class DecodeDraftGraphs:
     def _forward_batch(self, bs: int) -> Any:
         """SGLang's ``ForwardBatch`` over the buffers' first ``bs`` rows (DRAFT_EXTEND_V2, 2K rows per request;
         ``seq_lens`` = committed + 2K as SGLang's draft extend hands it to the backend, ``extend_seq_lens_tensor``
-        on the spec info for the graph metadata's prefix lengths)."""
+        on the spec info for the graph metadata's prefix lengths). No host mirrors (``seq_lens_cpu``,
+        ``seq_lens_sum``): their values change per replay and the step's metadata paths do not read them."""
         from sglang.srt.model_executor.forward_batch_info import CaptureHiddenMode, ForwardBatch, ForwardMode
         from sglang.srt.speculative.eagle_info import EagleDraftExtendInput
 
@@ -191,7 +192,7 @@ class DecodeDraftGraphs:
         placeholder = torch.zeros(n, dtype=torch.int64, device=self.device)
         return ForwardBatch(forward_mode=ForwardMode.DRAFT_EXTEND_V2, batch_size=bs, input_ids=placeholder,
                             req_pool_indices=b.req_pool_indices[:bs], seq_lens=b.post_seq_lens[:bs],
-                            out_cache_loc=b.out_cache_loc[:n], seq_lens_sum=bs * self.width, positions=placeholder,
+                            out_cache_loc=b.out_cache_loc[:n], seq_lens_sum=None, positions=placeholder,
                             extend_seq_lens=b.extend_lens[:bs], extend_prefix_lens=b.prefix_lens[:bs],
                             extend_start_loc=b.extend_start_loc[:bs], extend_seq_lens_cpu=[self.width] * bs,
                             spec_info=spec, capture_hidden_mode=CaptureHiddenMode.NULL, return_logprob=False)
