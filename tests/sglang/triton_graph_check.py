@@ -104,7 +104,10 @@ def main(override: bool, window: int | None) -> dict:
     runner = cg.DecodeDraftGraphs(model, tb, side.rtt, K, MASK_ID, sizes, mode="graph",
                                   aux_width=int(model.drafter.fc.weight.shape[1]),
                                   aux_dtype=model.drafter.fc.weight.dtype, device="cpu")
-    runner.capture(capture_fn=lambda fn, pool: BakedGraph(fn, tb))
+    try:
+        runner.capture(capture_fn=lambda fn, pool: BakedGraph(fn, tb))
+    except cg.GraphUnsupported as e:                    # e.g. a windowed drafter where the metadata has no rail
+        return {"unsupported": str(e)}
     meta = {bs: (g.meta.max_extend_len, g.meta.qo_indptr.shape[0] - 1) for bs, g in runner.graphs.items()}
     g = torch.Generator().manual_seed(3)
     n_aux = model.pedagle_config.fc_input_size
