@@ -21,6 +21,8 @@ from tiny import MASK_ID, VOCAB, save_checkpoint, tiny_drafter
 
 from test_drafting import MAXLEN, SglangSide, sglang_drafter
 
+pytestmark = pytest.mark.sglang_versions          # ForwardBatch / spec-input / backend hooks differ by release
+
 
 # ---------------------------------------------------------------------------------------------- helpers
 def test_env_mode():
