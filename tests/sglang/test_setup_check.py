@@ -1,5 +1,6 @@
-""".ci/setup_sglang_env.sh's venv check (its ``check`` function, run against this venv): it passes here, and a
-failing check leaves its own error (the assertion message or traceback) where the script prints it."""
+""".ci/setup_sglang_env.sh's venv check (its ``check`` function, run against this venv): a failing check leaves its
+own error (the assertion message or traceback) where the script prints it. (That it passes in this venv is what the
+CI step's set-up already ran: `bash .ci/setup_sglang_env.sh VENV` says "already usable".)"""
 
 from __future__ import annotations
 
@@ -29,9 +30,7 @@ echo "RC=$rc"; cat "$CHECK_LOG"
     return int(head.split("=")[1]), log
 
 
-def test_check_passes_in_this_venv_and_a_failure_names_its_cause():
-    rc, log = run_check(metadata.version("sglang"))
-    assert rc == 0, log[-3000:]
+def test_a_failing_check_names_its_cause():
     rc, log = run_check("9.9.9")
     assert rc != 0
     assert f"AssertionError: sglang {metadata.version('sglang')} installed, expected 9.9.9" in log, log[-3000:]
