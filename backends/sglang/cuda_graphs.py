@@ -143,7 +143,8 @@ class StepBuffers:
                    accept_lens=torch.ones(max_bs, dtype=torch.int64, device=device), new_bonus=z(max_bs),
                    aux=torch.zeros(max_bs * (K + 1), aux_width, dtype=aux_dtype, device=device),
                    req_pool_indices=torch.full((max_bs,), PAD_REQ, dtype=torch.int64, device=device),
-                   out_cache_loc=z(max_bs * w), post_seq_lens=torch.full((max_bs,), w, dtype=torch.int64, device=device),
+                   out_cache_loc=z(max_bs * w),
+                   post_seq_lens=torch.full((max_bs,), w, dtype=torch.int64, device=device),
                    prefix_lens=torch.zeros(max_bs, dtype=torch.int32, device=device),
                    extend_lens=torch.full((max_bs,), w, dtype=torch.int32, device=device),
                    extend_start_loc=(torch.arange(max_bs, device=device) * w).to(torch.int32), drafts=z(max_bs, K))
