@@ -19,6 +19,12 @@ call's seconds and tokens/s, and the draft step's GPU time per decode step from 
 (``PEDAGLE_SGLANG_TIME_DRAFT``), graph vs eager. Writes ``DIR/graph_selfcheck.json`` (device, date, commit,
 SGLang version, checks, timings) and the engine logs; exit 0 when every check passed, 1 otherwise.
 
+NOT RUN on a GPU: SGLang 0.5.17's CUDA engine cannot serve a float32 target (``sgl_kernel.rmsnorm`` "failed to
+dispatch data type Float" in SGLang's own prefill graph capture, seen on an H200 on 2026-12-07), so on SGLang's
+CUDA kernels this float32 check fails at start-up. The draft-step graphs were checked on the GPU by
+bench/sglang_gpu_e2e.py's check phase instead (bf16, every output difference classified as a near-tie of the
+target, every decode draft step replayed from a graph; bench/README.md).
+
 ``--device cpu``: the same on SGLang's CPU engine (the SGLang test environment), with run 2 in mode 'eager'
 (``PEDAGLE_SGLANG_DRAFT_GRAPHS=eager``: the captured step function over the static buffers, padding included,
 without capture): it checks the static-buffer path inside the real scheduler, not CUDA graphs.
