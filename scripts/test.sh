@@ -133,7 +133,7 @@ backend_step vllm034 "vLLM 0.34 registration and config (GPU wheel, CPU torch, n
     .ci/setup_vllm034_env.sh -- tests/vllm
 backend_step sglang "SGLang backend suite (CPU engine + Python API)" in_venv "$VENVS/sglang" .ci/setup_sglang_env.sh -- \
     tests/sglang tests/test_conformance_sglang.py
-# Oldest supported SGLang: the version-dependent subset only, to keep CI short (tests/sglang/subset.py; ~4 min of
+# Oldest supported SGLang: the version-dependent subset only, to keep CI short (tests/sglang/subset.py; 4-8 min of
 # tests; the venv build is ~3 min once, ~3 GB of CUDA torch 2.11 wheels: see .ci/setup_sglang_env.sh). The full
 # suite on 0.5.17 is run by hand (`... -m pytest tests/sglang` in that venv).
 backend_step sglang0517 "SGLang backend subset (SGLang 0.5.17)" in_venv "$VENVS/sglang0517" .ci/setup_sglang_env.sh \
