@@ -49,6 +49,8 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import Tensor
 
+from pedagle_core.engine.graphs import capture_graph
+
 from . import layout
 from .drafting import greedy_drafts, plan_step
 
@@ -242,8 +244,9 @@ class DecodeDraftGraphs:
     # ------------------------------------------------------------------ capture / run
     def capture(self, capture_fn: Callable[[Callable[[], None], Any], Any] | None = None) -> None:
         """Capture one graph per size, largest first, all in one memory pool (mode 'graph', CUDA). ``capture_fn(fn,
-        pool) -> graph`` (default `_capture`; tests pass a stand-in): the graph has ``replay()`` and ``pool()``."""
-        capture_fn = capture_fn or _capture
+        pool) -> graph`` (default `pedagle_core.engine.graphs.capture_graph`; tests pass a stand-in): the graph has
+        ``replay()`` and ``pool()``."""
+        capture_fn = capture_fn or capture_graph
         if self.mode != "graph":
             raise RuntimeError(f"capture() in mode {self.mode!r}; only mode 'graph' captures")
         t0 = time.perf_counter()
@@ -294,21 +297,6 @@ class DecodeDraftGraphs:
                 self._step(bs)
         self.last_bs = bs
         return self.buf.drafts[:B].clone()
-
-
-def _capture(fn, pool) -> Any:
-    """Two eager warm-up runs on a side stream (Triton compiles, pedagle's kernels tune, allocations settle),
-    then the capture (errors of other threads cannot invalidate it: ``thread_local``)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g, pool=pool, capture_error_mode="thread_local"):
-        fn()
-    return g
 
 
 # ---------------------------------------------------------------------------------------------- worker side

@@ -80,7 +80,7 @@ class StaticDecodeStep:
         if g is None:
             for _ in range(3):                 # captures are occasionally invalidated (seen: ~1 in 25): retry
                 try:
-                    g = _capture(fn, self.engine.graph_pool)
+                    g = capture_graph(fn, self.engine.graph_pool)
                     break
                 except Exception as e:  # noqa: BLE001 - capture is an optimisation: fall back to eager
                     torch.cuda.synchronize()
@@ -123,7 +123,9 @@ class StaticDecodeStep:
         return out
 
 
-def _capture(fn: Callable[[], None], pool) -> torch.cuda.CUDAGraph:
+def capture_graph(fn: Callable[[], None], pool=None) -> torch.cuda.CUDAGraph:
+    """``fn`` captured as a CUDA graph (in memory ``pool``, None for a new one) after two eager warm-up runs on a
+    side stream. Shared by the reference engine and the backends' draft-step graphs."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
