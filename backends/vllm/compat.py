@@ -8,7 +8,8 @@
 * `has_v2_runner`: model runner V2's speculators (``vllm.v1.worker.gpu.spec_decode.speculator``), all of 0.26-0.34;
 * `has_speculator_registration`: V2's registration API for custom speculators
   (``speculator_config.register_speculative_method``, ``SpeculatorConfig``): 0.34;
-* `runner_in_use`: which runner a built ``VllmConfig`` selected (``VllmConfig.use_v2_model_runner``; on 0.26-0.33
+* `runner_in_use`: which runner a built ``VllmConfig`` selected (``VllmConfig.use_v2_model_runner``, 0.26-0.33;
+  0.34 has no V1 runner, so V2; on 0.26-0.33
   P-EAGLE falls back to V1 unless ``VLLM_USE_V2_MODEL_RUNNER=1``, an autoregressive EAGLE-3 head of a dense
   target runs on V2 by default on the GPU; vLLM's CPU build always runs V1, V2 needs Triton);
 * `v2_propose_params`: the parameters of V2's ``BaseSpeculator.propose`` (0.26: ``num_tokens_across_dp``; 0.32+:
@@ -86,8 +87,11 @@ def wants_parallel_drafting(speculative_config: Any) -> bool:
 
 
 def runner_in_use(vllm_config: Any) -> str:
-    """``"v2"`` when this ``VllmConfig`` runs model runner V2, else ``"v1"`` (releases without the property: V1)."""
-    return "v2" if bool(getattr(vllm_config, "use_v2_model_runner", False)) else "v1"
+    """``"v2"`` when this ``VllmConfig`` runs model runner V2, else ``"v1"``: ``VllmConfig.use_v2_model_runner``
+    where the release has it (0.26-0.33); without it, V2 when the V1 runner is gone (0.34), else V1."""
+    if hasattr(vllm_config, "use_v2_model_runner"):
+        return "v2" if bool(vllm_config.use_v2_model_runner) else "v1"
+    return "v1" if has_v1_runner() else "v2"
 
 
 def v2_propose_params() -> tuple[str, ...]:

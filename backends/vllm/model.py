@@ -171,7 +171,7 @@ def check_served(runner: str, parallel: bool) -> None:
     """
     import os
 
-    from . import compat, v2_patch
+    from . import compat, v2_state
     from .plugin import vllm_version
 
     version = vllm_version()
@@ -181,14 +181,14 @@ def check_served(runner: str, parallel: bool) -> None:
                                      "V1's EAGLE proposer (vllm.v1.spec_decode.llm_base_proposer) that pedagle hooks "
                                      "is missing; use model runner V2 (pedagle supports vllm" + _supported() + ")")
         return
-    if parallel and not v2_patch.is_building_for_v2():
+    if parallel and not v2_state.is_building_for_v2():
         hint = (f"use --speculative-config '{{\"method\": \"{compat.PEAGLE_METHOD}\", ...}}'"
                 if compat.has_speculator_registration() else
                 "set VLLM_USE_V2_MODEL_RUNNER=1 with pedagle in VLLM_PLUGINS, or VLLM_USE_V2_MODEL_RUNNER=0 for "
                 "model runner V1")
         raise NotServedByPedagle(f"pedagle: vLLM {version} runs this P-EAGLE head on model runner V2 with a "
                                  f"speculator other than pedagle's, which would not draft in parallel; {hint}")
-    if os.environ.get("PEDAGLE_RECORD_DRAFTS") and not v2_patch.recording_installed():
+    if os.environ.get("PEDAGLE_RECORD_DRAFTS") and not v2_state.recording_installed():
         raise NotServedByPedagle(f"pedagle: PEDAGLE_RECORD_DRAFTS is set but pedagle's draft recorder for model "
                                  f"runner V2 is not installed in this process (vLLM {version}); load the plugin "
                                  "through VLLM_PLUGINS before vLLM builds its speculator, or unset the variable")

@@ -30,6 +30,7 @@ from pedagle_core.draft_record import RECORD_ENV, DraftRecordWriter
 from pedagle_core.expand import expand_metadata, place_hidden
 
 from .model import is_pedagle_drafter
+from .v2_state import tp_rank
 
 _MARK = "__pedagle_hook__"
 _FIRST_PASS_PARAMS = ("self", "target_token_ids", "next_token_ids", "target_positions", "target_hidden_states",
@@ -181,15 +182,6 @@ def install(record_only: bool = False) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- recorder
-def _tp_rank() -> int:
-    try:
-        from vllm.distributed import get_tensor_model_parallel_rank
-
-        return get_tensor_model_parallel_rank()
-    except Exception:   # not initialised (single process)
-        return 0
-
-
 def _recorder_patches(path: str, record_all: bool = False) -> list[tuple[Any, str, Any]]:
     """Patches that record every proposal of a pedagle drafter (TP rank 0 only), one JSON line each:
     ``{"step", "pid", "K", "req_ids", "bonus_positions", "next_token_ids", "num_rejected" | null, "drafts"}``.
@@ -211,7 +203,7 @@ def _recorder_patches(path: str, record_all: bool = False) -> list[tuple[Any, st
         finally:
             _local.recording = False
         info = _local.step_info or {}
-        if _tp_rank() == 0 and isinstance(drafts, torch.Tensor):
+        if tp_rank() == 0 and isinstance(drafts, torch.Tensor):
             req_ids = getattr(_local, "req_ids", None)
             recorder.write({**info, "req_ids": None if req_ids is None else req_ids[: drafts.shape[0]],
                             "drafts": drafts.tolist()})

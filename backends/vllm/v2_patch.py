@@ -18,7 +18,6 @@ Installed by the plugin in every vLLM process (``install``, idempotent, checks e
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
 import sys
@@ -29,30 +28,15 @@ import torch
 
 from pedagle_core.draft_record import RECORD_ENV, DraftRecordWriter
 
+from . import v2_state
+from .v2_state import MARK as _MARK  # noqa: F401
+from .v2_state import (SPEC_DECODE_PACKAGE, building_for_v2, is_building_for_v2, is_installed,  # noqa: F401
+                       recording_installed)                                                      # re-exported
+
 V2_PARALLEL_DRAFTING_UNSUPPORTED = "parallel drafting for EAGLE speculative decoding"
 """The entry of V2's unsupported-feature list (vLLM 0.26-0.33 ``config/vllm.py``) pedagle's speculator removes."""
 
-SPEC_DECODE_PACKAGE = "vllm.v1.worker.gpu.spec_decode"
-_MARK = "__pedagle_v2_hook__"
-_building = threading.local()
 _install_lock = threading.Lock()
-_recording = False        # the factory was wrapped with a recorder (it writes where PEDAGLE_RECORD_DRAFTS points
-#                           at each proposal, so a process may move it between engines, as the job runner does)
-
-
-@contextlib.contextmanager
-def building_for_v2():
-    """Marks the drafter construction of `v2_speculator.PedagleSpeculator.load_draft_model`: model.py refuses a
-    pedagle P-EAGLE head under model runner V2 that any other speculator builds (it would draft nothing right)."""
-    _building.active = True
-    try:
-        yield
-    finally:
-        _building.active = False
-
-
-def is_building_for_v2() -> bool:
-    return bool(getattr(_building, "active", False))
 
 
 def is_peagle_request(speculative_config: Any) -> bool:
@@ -100,7 +84,6 @@ def install(serve_peagle: bool, record_only: bool = False) -> None:
     """Install the V2 patches (module docstring). ``serve_peagle``: pedagle's speculator for P-EAGLE heads and
     the unsupported-feature filter (0.26-0.33; 0.34 registers its method instead). ``record_only``: vLLM's own
     speculators, recorded (needs ``PEDAGLE_RECORD_DRAFTS``)."""
-    global _recording
     record_path = os.environ.get(RECORD_ENV) or None
     with _install_lock:
         package = importlib.import_module(SPEC_DECODE_PACKAGE)
@@ -128,7 +111,7 @@ def install(serve_peagle: bool, record_only: bool = False) -> None:
         for owner, name, value in targets:
             setattr(owner, name, value)
         if record_path and any(name == "init_speculator" for _, name, _ in targets):
-            _recording = True
+            v2_state.mark_recording()
 
 
 def record_proposals(speculator: Any, recorder: DraftRecordWriter) -> None:
@@ -145,9 +128,7 @@ def record_proposals(speculator: Any, recorder: DraftRecordWriter) -> None:
         drafts = orig(*args, **kwargs)
         if call.get("dummy_run"):
             return drafts
-        from .proposer import _tp_rank
-
-        if _tp_rank() != 0:
+        if v2_state.tp_rank() != 0:
             return drafts
         batch = call["input_batch"]
         B = int(batch.num_reqs)
@@ -163,17 +144,6 @@ def record_proposals(speculator: Any, recorder: DraftRecordWriter) -> None:
 
     setattr(propose, _MARK, True)
     speculator.propose = propose
-
-
-def is_installed() -> bool:
-    """Whether V2's speculator factory is pedagle's wrapper in this process."""
-    package = sys.modules.get(SPEC_DECODE_PACKAGE)
-    return package is not None and bool(getattr(getattr(package, "init_speculator", None), _MARK, False))
-
-
-def recording_installed() -> bool:
-    """Whether V2 proposals are recorded in this process (to the file ``PEDAGLE_RECORD_DRAFTS`` names)."""
-    return _recording and is_installed()
 
 
 __all__ = ["install", "record_proposals", "building_for_v2", "is_building_for_v2", "is_peagle_request", "v2_forced",

@@ -49,7 +49,7 @@ from pedagle_core.draft_record import RECORD_ENV, DraftRecordWriter
 
 from .compat import v2_block_size, v2_cudagraph_manager
 from .v2_inputs import DraftBuffers, PreparedStep, bonus_positions, next_token_ids, prepare_peagle_inputs
-from .v2_patch import building_for_v2
+from .v2_state import building_for_v2, tp_rank
 
 logger = logging.getLogger("pedagle.vllm")
 
@@ -264,9 +264,7 @@ class PedagleSpeculator(DraftModelSpeculator):
 
     def _record(self, input_batch: InputBatch, num_reqs: int, nxt: torch.Tensor, num_rejected: torch.Tensor,
                 drafts: torch.Tensor) -> None:
-        from .proposer import _tp_rank
-
-        if _tp_rank() != 0:
+        if tp_rank() != 0:
             return
         assert self._recorder is not None
         self._recorder.write({"K": self.K, "runner": "v2",

@@ -31,6 +31,10 @@ def test_version_facts_are_detected():
     assert plugin.version_supported(plugin.vllm_version())
     assert not compat.has_v1_runner() and not compat.has_v1_parallel_drafting()   # 0.34 removed V1 (and P-EAGLE)
     assert compat.has_v2_runner() and compat.has_speculator_registration()
+    from vllm.config import VllmConfig
+
+    assert not hasattr(VllmConfig, "use_v2_model_runner")                         # no runner choice left: V2
+    assert compat.runner_in_use(VllmConfig.__new__(VllmConfig)) == "v2"
     params = compat.v2_propose_params()
     assert {"dp_sync_state", "num_speculative_tokens", "next_prefill_tokens"} <= set(params)
 

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pedagle_backends.vllm import compat, plugin, v2_patch
+from pedagle_backends.vllm import compat, plugin, v2_patch, v2_state
 
 pytestmark = pytest.mark.vllm_hooks
 
@@ -155,9 +155,9 @@ def test_start_up_refusals_say_what_to_do(monkeypatch):
     with v2_patch.building_for_v2():
         check_served("v2", parallel=True)                     # built by pedagle's speculator
     monkeypatch.setenv("PEDAGLE_RECORD_DRAFTS", "/tmp/elsewhere.jsonl")
-    monkeypatch.setattr(v2_patch, "_recording", False)
+    monkeypatch.setattr(v2_state, "_recording", False)
     with pytest.raises(NotServedByPedagle, match="PEDAGLE_RECORD_DRAFTS"):
         check_served("v2", parallel=False)                    # recording asked, no V2 recorder in this process
-    monkeypatch.setattr(v2_patch, "_recording", True)         # the plugin loaded with the variable set
+    monkeypatch.setattr(v2_state, "_recording", True)         # the plugin loaded with the variable set
     plugin.register()
     check_served("v2", parallel=False)
