@@ -140,6 +140,16 @@ def check_target_capture(target_model: Any, ids: list[int]) -> None:
                                  "layers after the PEAGLE worker configured them)")
 
 
+def check_shareable(module: Any, what: str) -> None:
+    """Refuse to share a target weight that SGLang has repacked for its AMX CPU kernels (``use_intel_amx_backend``:
+    the tensor keeps its shape but not its element order, so pedagle's drafter would compute wrong logits)."""
+    if getattr(module, "use_intel_amx_backend", False):
+        raise PEagleRuntimeError(
+            f"the target's {what} is packed for SGLang's AMX CPU kernels and cannot be shared with pedagle's drafter; "
+            f"give the head its own {what} (a checkpoint with {what}.weight), or start SGLang's CPU engine without "
+            "AMX (PEDAGLE_SGLANG_CPU_AMX=0)")
+
+
 def record_fields(kind: str, batch: Any, K: int, drafts: torch.Tensor, **extra: Any) -> dict[str, Any]:
     """One JSONL record of a draft step: request ids, K, the drafts [B][K] (target ids) and step details."""
     rec = {"kind": kind, "K": K, "rids": [getattr(r, "rid", None) for r in getattr(batch, "reqs", [])],
@@ -187,6 +197,10 @@ class PEagleDraftWorker(EagleDraftWorker):
         if self.model.has_own_embed_tokens and self.model.has_own_lm_head:
             return
         embed, head = compat.shared_embed_and_head(self)         # (weight tensors) from the target
+        if not self.model.has_own_embed_tokens:
+            check_shareable(embed, "embed_tokens")
+        if not self.model.has_own_lm_head:
+            check_shareable(head, "lm_head")
         weight = lambda m: None if m is None else getattr(m, "weight", m)  # noqa: E731
         self.model.share_from_target(weight(embed), weight(head))
 
@@ -454,5 +468,5 @@ class PEagleWorkerV2(EAGLEWorkerV2):
                 dw.draft_extend_attn_backend or dw.draft_runner.attn_backend)
 
 
-__all__ = ["PEagleWorkerV2", "PEagleDraftWorker", "PEagleRuntimeError", "check_runtime", "configure_target_capture",
-           "record_fields"]
+__all__ = ["PEagleWorkerV2", "PEagleDraftWorker", "PEagleRuntimeError", "check_runtime", "check_shareable",
+           "configure_target_capture", "record_fields"]

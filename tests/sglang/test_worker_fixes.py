@@ -149,3 +149,15 @@ def test_decode_step_reads_no_req_to_token_rows():
         plan = plan_step(step, K, 1)
     assert reads.elements <= B * 2 * K, reads.elements               # not B x context (12288 here)
     assert lay.out_cache_loc.numel() == B * 2 * K and plan.expanded.num_rows == B * (K + 1) + B * (K - 1)
+
+
+def test_a_target_weight_packed_for_amx_is_not_shared():
+    """SGLang's AMX CPU path repacks a linear layer's weight in place (same shape, other element order) and marks the
+    layer ``use_intel_amx_backend``; the worker refuses to hand such a weight to pedagle's drafter."""
+    from pedagle_backends.sglang.worker import PEagleRuntimeError, check_shareable
+
+    check_shareable(SimpleNamespace(weight=torch.zeros(4, 4), use_intel_amx_backend=False), "lm_head")
+    check_shareable(SimpleNamespace(weight=torch.zeros(4, 4)), "lm_head")          # never packed
+    check_shareable(None, "embed_tokens")                                            # nothing to share
+    with pytest.raises(PEagleRuntimeError, match="lm_head is packed for SGLang's AMX CPU kernels.*lm_head.weight"):
+        check_shareable(SimpleNamespace(weight=torch.zeros(4, 4), use_intel_amx_backend=True), "lm_head")
