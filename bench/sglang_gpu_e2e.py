@@ -23,6 +23,9 @@ Phases (``--phases``, each bounded by its own budget; every configuration's erro
              * float32: pedagle's reference engine (`ReferenceBackend.run_case`, this GPU) step by step: drafts
                and accepted counts equal at every step, accepted-per-position equal.
            EAGLE3: output == target-only (same rules) and its acceptance.
+           float32 engines fail on SGLang 0.5.17's CUDA kernels (``sgl_kernel.rmsnorm`` has no float32; seen on an
+           H200, 2026-12-07: bench/results/sglang_gpu_h200_float32_error.txt): on the lent GPU only the bf16 rows
+           mean anything: pass ``--dtypes bfloat16``.
 ``conformance``  ``pedagle conformance run --backends reference,vllm,sglang --device cuda``, vLLM and SGLang each
            in its own interpreter environment (``--python NAME=WRAPPER``: a two-line shell script that sets
            PYTHONPATH to $VLLM_PYTHONPATH / $SGLANG_PYTHONPATH, as gpu_assemble.sh exports them).

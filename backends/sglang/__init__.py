@@ -6,7 +6,7 @@ every process it starts. Then::
     python -m sglang.launch_server --model TARGET --speculative-algorithm PEAGLE \
         --speculative-draft-model-path DRAFTER --speculative-num-draft-tokens K+1
 
-Modules (only ``plugin``, ``spec_algo`` and ``backend`` are imported before a PEAGLE worker is built):
+Modules (``plugin``, ``spec_algo``, ``compat``, ``cpu`` and ``backend`` are imported before a PEAGLE worker is built):
 
 * ``compat``     every difference between the supported SGLang releases, detected by feature;
 * ``plugin``     the entry point: version check, ``SpeculativeAlgorithm.register("PEAGLE", ...)``, SGLang hooks

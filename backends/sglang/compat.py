@@ -5,7 +5,6 @@ version strings, and its docstring says which releases do what. The rest of the 
 instead of branching itself. This module imports nothing else of the backend ("version facts sit below
 everything"); SGLang modules are imported inside the helpers, so importing it is cheap and needs no SGLang.
 
-A later section may hold helpers of the CUDA-graph capture (added by its owner), in the same style.
 """
 
 from __future__ import annotations

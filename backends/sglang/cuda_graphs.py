@@ -348,7 +348,9 @@ def sglang_capture_sizes(draft_runner: Any) -> list[int]:
         from sglang.srt.model_executor.runner import get_batch_sizes_to_capture
 
         sizes = list(get_batch_sizes_to_capture(draft_runner)[0])
-    except Exception:  # noqa: BLE001 - no cuda-graph config (CPU engine, graphs disabled)
+    except Exception as e:  # noqa: BLE001 - no cuda-graph config (CPU engine, graphs disabled)
+        logger.info("pedagle: SGLang's decode cuda-graph batch sizes unavailable (%s: %s); capturing powers of two "
+                    "up to the request pool (%d)", type(e).__name__, e, max_requests)
         sizes = []
     if not sizes:
         sizes = [1 << i for i in range(max_requests.bit_length())]

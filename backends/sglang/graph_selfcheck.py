@@ -4,7 +4,7 @@
     python -m pedagle_backends.sglang.cuda_graphs --selfcheck --out DIR ...      (the same)
 
 On CUDA (default; SGLang's Triton attention backend, CUDA graphs on, as a user runs it): for each K, three
-``sglang.Engine`` runs of the bundled tiny-code family, float32, greedy, on the same prompt sets (1, 3 and 6
+``sglang.Engine`` runs of the bundled tiny-code family, float32, greedy, on the same prompt sets (1, 3 and 11
 prompts of different lengths; requests finish at different times, so batches shrink and get padded to the next
 captured size):
 

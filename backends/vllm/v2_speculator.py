@@ -14,7 +14,8 @@ pedagle's P-EAGLE drafter once per step:
 4. one forward of the drafter (`model.PedagleEagle3LlamaForCausalLM` / Qwen3, the same model code as every
    other backend), logits of the B*K sample rows, argmax -> drafts [B, K].
 
-**CUDA graphs.** A decode step has K+1 target rows per request, so the drafter's query is 2K rows per request:
+**CUDA graphs** (written for vLLM's V2 graph manager; NOT yet run on a GPU: model runner V2 needs Triton, which
+vLLM's CPU build lacks, so only the input preparation and the drafting math are tested, on the CPU). A decode step has K+1 target rows per request, so the drafter's query is 2K rows per request:
 such uniform batches replay a FULL graph of steps 3-4's GPU work (forward, logits, argmax, the copy into
 ``draft_tokens``) captured per padded batch size, like vLLM's DFlash speculator (FULL_DECODE_ONLY, decode
 query length 1+K there, 2K here). The expansion (step 2) and the metadata build run before the replay,
