@@ -29,9 +29,8 @@ import torch
 from pedagle_core.draft_record import RECORD_ENV, DraftRecordWriter
 
 from . import v2_state
-from .v2_state import MARK as _MARK  # noqa: F401
-from .v2_state import (SPEC_DECODE_PACKAGE, building_for_v2, is_building_for_v2, is_installed,  # noqa: F401
-                       recording_installed)                                                      # re-exported
+from .v2_state import MARK as _MARK
+from .v2_state import SPEC_DECODE_PACKAGE
 
 V2_PARALLEL_DRAFTING_UNSUPPORTED = "parallel drafting for EAGLE speculative decoding"
 """The entry of V2's unsupported-feature list (vLLM 0.26-0.33 ``config/vllm.py``) pedagle's speculator removes."""
@@ -146,5 +145,4 @@ def record_proposals(speculator: Any, recorder: DraftRecordWriter) -> None:
     speculator.propose = propose
 
 
-__all__ = ["install", "record_proposals", "building_for_v2", "is_building_for_v2", "is_peagle_request", "v2_forced",
-           "V2_PARALLEL_DRAFTING_UNSUPPORTED", "is_installed", "recording_installed"]
+__all__ = ["install", "record_proposals", "is_peagle_request", "v2_forced", "V2_PARALLEL_DRAFTING_UNSUPPORTED"]

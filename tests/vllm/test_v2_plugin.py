@@ -48,7 +48,7 @@ def test_plugin_installs_the_v2_factory(monkeypatch):
     monkeypatch.setattr(plugin, "_registered", False)
     plugin.register()
     factory = spec_decode.init_speculator
-    assert getattr(factory, "__pedagle_v2_hook__", False) and v2_patch.is_installed()
+    assert getattr(factory, "__pedagle_v2_hook__", False) and v2_state.is_installed()
     plugin.register()
     v2_patch.install(serve_peagle=True)                       # idempotent: never wrapped twice
     assert spec_decode.init_speculator is factory
@@ -152,7 +152,7 @@ def test_start_up_refusals_say_what_to_do(monkeypatch):
     with pytest.raises(NotServedByPedagle, match="VLLM_USE_V2_MODEL_RUNNER=1") as e:
         check_served("v2", parallel=True)                     # P-EAGLE built by another V2 speculator
     assert "P-EAGLE" in str(e.value) and plugin.vllm_version() in str(e.value)
-    with v2_patch.building_for_v2():
+    with v2_state.building_for_v2():
         check_served("v2", parallel=True)                     # built by pedagle's speculator
     monkeypatch.setenv("PEDAGLE_RECORD_DRAFTS", "/tmp/elsewhere.jsonl")
     monkeypatch.setattr(v2_state, "_recording", False)
