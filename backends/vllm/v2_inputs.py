@@ -75,7 +75,10 @@ def next_token_ids(idx_mapping: Tensor, num_sampled: Tensor, last_sampled: Tenso
                    next_prefill_tokens: Tensor) -> Tensor:
     """[B] the token each request continues with: the last sampled one, or (a prefill chunk, nothing sampled)
     the next prompt token. ``last_sampled`` / ``next_prefill_tokens`` are indexed by request state slot;
-    ``next_prefill_tokens`` may be [max_reqs] (vLLM 0.26) or [lookahead, max_reqs] (row 0 is the next token)."""
+    ``last_sampled`` is [max_reqs, 1] in vLLM 0.26-0.34 (``RequestState.last_sampled_tokens``; [max_reqs] taken
+    too); ``next_prefill_tokens`` may be [max_reqs] (vLLM 0.26) or [lookahead, max_reqs] (row 0 is the next token)."""
+    if last_sampled.dim() == 2:
+        last_sampled = last_sampled[:, -1]
     if next_prefill_tokens.dim() == 2:
         next_prefill_tokens = next_prefill_tokens[0]
     idx = idx_mapping.long()

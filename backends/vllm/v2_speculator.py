@@ -219,11 +219,21 @@ class PedagleSpeculator(DraftModelSpeculator):
         dummy_run, skip_attn = bool(arg("dummy_run", False)), bool(arg("skip_attn_for_dummy_run", False))
         n = T + num_reqs * (self.K - 1)
         # memory profiling (no KV cache yet), or a dummy batch larger than any real step (the scheduler keeps
-        # K-1 rows per request free, so real steps fit max_num_batched_tokens): no metadata, drafts discarded
+        # K-1 rows per request free, so real steps fit max_num_batched_tokens): no metadata, drafts discarded.
+        # The forward runs at most max_num_batched_tokens rows: vLLM compiles the drafter for token counts up to
+        # it (the last compile range; a larger count fails its assertion), and no real step has more rows.
         if dummy_run and (skip_attn or n > self.max_num_tokens):
+            rows = min(n, self.max_num_tokens)              # >= T: a dummy batch has at most that many rows
             self.draft_hidden[:T].copy_(fc_out)
             self.sample_rows[:num_reqs * self.K].zero_()
-            self._draft(num_reqs, n, None, None, arg("num_tokens_across_dp"))
+            self._draft(num_reqs, rows, None, None, arg("num_tokens_across_dp"))
+            return self.draft_tokens[:num_reqs]
+        if n > self.max_num_tokens:
+            # only vLLM's start-up kernel warm-up (gpu/warmup.py: a prefill of max_num_seqs requests of K+2
+            # tokens, not scheduled) can get here; its requests are dropped right after, so they get no drafts
+            logger.warning("pedagle: a step of %d drafter rows exceeds max_num_batched_tokens = %d (vLLM's "
+                           "warm-up); no drafts for it", n, self.max_num_tokens)
+            self.draft_tokens[:num_reqs].zero_()
             return self.draft_tokens[:num_reqs]
 
         sched = [int(x) for x in input_batch.num_scheduled_tokens[:num_reqs]]

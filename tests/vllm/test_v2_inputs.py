@@ -100,6 +100,9 @@ def test_next_token_ids_takes_sampled_or_the_next_prompt_token():
     assert next_token_ids(idx, sampled, last_sampled, prefill).tolist() == [12, 20, 11]
     # vLLM 0.32+: [lookahead, max_reqs], row 0 is the next prompt token
     assert next_token_ids(idx, sampled, last_sampled, torch.stack([prefill, prefill + 100])).tolist() == [12, 20, 11]
+    # vLLM 0.26-0.34 hand RequestState.last_sampled_tokens, [max_reqs, 1]: still one token per request
+    out = next_token_ids(idx, sampled, last_sampled[:, None], prefill)
+    assert out.shape == (3,) and out.tolist() == [12, 20, 11]
 
 
 def test_bad_arguments_are_named():

@@ -99,7 +99,7 @@ def test_propose_equals_the_reference_and_records(speculator):
     B, prompt_lens = 3, [5, 9, 4]
     ref_view = ContiguousKVCache(1, B, 256, drafter.config.num_key_value_heads, 64, impl="torch").for_requests(
         torch.arange(B))
-    last_sampled = torch.randint(2, 100, (MAX_REQS,), generator=g)
+    last_sampled = torch.randint(2, 100, (MAX_REQS, 1), generator=g)       # RequestState.last_sampled_tokens
     next_prefill = torch.randint(2, 100, (MAX_REQS,), generator=g)
     steps = [(prompt_lens, [0] * B, [0] * B, [1, 1, 1]),                       # prefill (all sampled once)
              ([K + 1] * B, prompt_lens, [0, K, 1], [K + 1, 1, 3])]            # decode: rejections 0, K, 1
@@ -111,7 +111,7 @@ def test_propose_equals_the_reference_and_records(speculator):
         built.clear()
         drafts = spec.propose(batch, {}, {}, aux[-1], aux, num_sampled, num_rejected, last_sampled, next_prefill,
                               torch.zeros(MAX_REQS), torch.zeros(MAX_REQS, dtype=torch.int64))
-        nxt = last_sampled[batch.idx_mapping.long()]
+        nxt = last_sampled[batch.idx_mapping.long(), 0]
         step = StepInput(token_ids=batch.input_ids.long(), positions=batch.positions,
                          query_start_loc=batch.query_start_loc.long(), num_rejected=num_rejected.long(),
                          next_token_ids=nxt, aux_hidden=torch.cat(aux, dim=-1))
@@ -132,6 +132,32 @@ def test_propose_equals_the_reference_and_records(speculator):
     # bonus row = the last accepted target row: position start + (K+1) - 1 - rejected
     assert records[1]["bonus_positions"] == [p + K - r for p, r in zip(prompt_lens, [0, K, 1])]
     assert records[1]["drafts"] == drafts.tolist()
+
+
+def test_dummy_runs_stay_within_the_compiled_token_range(speculator):
+    """The runner's memory profile (and compile warm-up) hands propose max_num_batched_tokens target rows:
+    the drafter forward must not exceed that count (vLLM compiles it for token counts up to it only)."""
+    spec, _, _, _ = speculator
+    calls = []
+    spec._draft = lambda num_reqs, num_tokens, *a, **kw: calls.append((num_reqs, num_tokens))
+    g = torch.Generator().manual_seed(2)
+    M = spec.max_num_tokens
+    batch = _batch([M // MAX_REQS] * MAX_REQS, [0] * MAX_REQS, g, MAX_REQS)
+    batch.idx_mapping = torch.arange(MAX_REQS, dtype=torch.int32)
+    aux = [torch.randn(M, 128, generator=g) for _ in range(3)]
+    ones, zeros = torch.ones(MAX_REQS, dtype=torch.int32), torch.zeros(MAX_REQS, dtype=torch.int32)
+    last, nxt = torch.zeros(MAX_REQS, 1, dtype=torch.int64), torch.zeros(MAX_REQS, dtype=torch.int32)
+    for skip_attn in (True, False):
+        calls.clear()
+        drafts = spec.propose(batch, None, None, aux[-1], aux, ones, zeros, last, nxt, torch.zeros(MAX_REQS),
+                              torch.zeros(MAX_REQS, dtype=torch.int64), dummy_run=True,
+                              skip_attn_for_dummy_run=skip_attn, is_profile=skip_attn)
+        assert calls == [(MAX_REQS, M)] and drafts.shape == (MAX_REQS, K)
+    # a real step that large (only vLLM's warm-up makes one) gets no drafts rather than an out-of-range forward
+    calls.clear()
+    drafts = spec.propose(batch, None, None, aux[-1], aux, ones, zeros, last, nxt, torch.zeros(MAX_REQS),
+                          torch.zeros(MAX_REQS, dtype=torch.int64))
+    assert calls == [] and drafts.tolist() == [[0] * K] * MAX_REQS
 
 
 def test_probabilistic_draft_sampling_is_refused(family):
