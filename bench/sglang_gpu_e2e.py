@@ -2,7 +2,7 @@
 """SGLang on a CUDA GPU, end to end, in one call per phase (issue 22, items 4 and 5). Not a test: a run whose
 results are committed (bench/results/). Needs GPU SGLang + pedagle importable (on the lent machine: SGLang
 0.5.17 + sglang-kernel 0.4.5 from ../shared/gpu-carry, no FA3: ``attention_backend="triton"``; see
-bench/sglang_gpu_run.sh, the device side). ``--dry-run`` runs everything that needs no engine on the CPU.
+bench/gpu_run.sh + bench/gpu_jobs.py, the device side). ``--dry-run`` runs everything that needs no engine on the CPU.
 
 Phases (``--phases``, each bounded by its own budget; every configuration's error is recorded, never fatal):
 
@@ -77,15 +77,17 @@ TINY_LENGTHS = (5, 12, 23, 37, 50, 71, 96, 120)        # 8 prompts of different 
 RANDOM_LENGTHS = (3, 9, 17, 31)
 CONTEXT = 320                                           # context_length of the tiny-code / random engines
 GPU_ENGINE = {"attention_backend": "triton", "disable_cuda_graph": False}
+EXTRA_ENGINE: dict[str, Any] = {}                       # --engine-arg KEY=VALUE (CUDA engines of every phase)
 EAGLE3_ARCH = "LlamaForCausalLMEagle3"
 PROD_FAMILY = "qwen3-coder-30b-a3b"                    # bench_drafter.py's head shape with a dense Qwen3 target
 SWA_WINDOW = 4
 
 
 def engine_defaults(device: str) -> dict[str, Any]:
-    """Engine keywords of every engine here: on CUDA ``GPU_ENGINE``; on the CPU none (SGLang's CPU engine set up
-    by `pedagle_backends.sglang.cpu`, no graphs: a smoke run of the plumbing, not of the GPU)."""
-    return dict(GPU_ENGINE) if device == "cuda" else {}
+    """Engine keywords of every engine here: on CUDA ``GPU_ENGINE`` and the ``--engine-arg`` ones; on the CPU none
+    (SGLang's CPU engine set up by `pedagle_backends.sglang.cpu`, no graphs: a smoke run of the plumbing, not of
+    the GPU)."""
+    return {**GPU_ENGINE, **EXTRA_ENGINE} if device == "cuda" else {}
 
 
 def log(*a: Any) -> None:
@@ -612,7 +614,9 @@ def phase_conformance(out: Path, args: argparse.Namespace, deadline: float) -> d
             pythons[name] = str(python_wrapper(out / f"python-{name}", os.environ[var]))
     cmd = conformance_command(out, args.conf_backends, pythons, args.conf_cases or (), args.device)
     env = {**os.environ, "PEDAGLE_SGLANG_ENGINE_ARGS": json.dumps(engine_defaults(args.device)),
-           "PEDAGLE_VLLM_GPU_MEMORY_UTILIZATION": "0.3", "VLLM_CACHE_ROOT": "/tmp/pedagle-vllm-cache/conformance"}
+           "PEDAGLE_VLLM_GPU_MEMORY_UTILIZATION": str(args.vllm_util),
+           "VLLM_USE_V2_MODEL_RUNNER": "1" if args.vllm_runner == "v2" else "0",
+           "VLLM_CACHE_ROOT": f"/tmp/pedagle-vllm-cache/conformance_{args.vllm_runner}"}
     log("conformance:", " ".join(cmd))
     logf = out / "logs" / "conformance.log"
     try:
@@ -622,7 +626,8 @@ def phase_conformance(out: Path, args: argparse.Namespace, deadline: float) -> d
     except subprocess.TimeoutExpired:
         rc = "timeout"
     tail = logf.read_text().strip().splitlines()
-    res: dict[str, Any] = {"command": " ".join(cmd), "exit": rc, "tail": tail[-25:]}
+    res: dict[str, Any] = {"command": " ".join(cmd), "exit": rc, "tail": tail[-25:], "vllm_runner": args.vllm_runner,
+                           "sglang_engine": engine_defaults(args.device)}
     jf = out / f"conformance_{args.device}.json"
     if jf.is_file():
         rep = json.loads(jf.read_text())
@@ -992,7 +997,7 @@ def dry_run(out: Path, args: argparse.Namespace) -> dict[str, Any]:
     heads = prepare_heads(out, dry=True, prod=True)
     cfgs = check_configs(heads, args.check_groups.split(","), args.dtypes, args.ks, args.steps, args.random_steps,
                          args.random_dtypes)
-    res: dict[str, Any] = {"heads": heads, "check_jobs": [c.job(GPU_ENGINE) for c in cfgs]}
+    res: dict[str, Any] = {"heads": heads, "check_jobs": [c.job(engine_defaults("cuda")) for c in cfgs]}
     runs: list[dict[str, Any]] = []
     plan = []
     while (nxt := bench_next(runs, args.rounds)) is not None:
@@ -1091,6 +1096,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--analysis-s", type=float, default=90.0, help="check: seconds kept for the analysis")
     ap.add_argument("--conf-backends", default="reference,vllm,sglang")
     ap.add_argument("--conf-cases", nargs="+", default=None)
+    ap.add_argument("--vllm-runner", choices=["v1", "v2"], default="v1",
+                    help="conformance: vLLM's model runner (v2: pedagle's V2 speculator, VLLM_USE_V2_MODEL_RUNNER=1)")
+    ap.add_argument("--vllm-util", type=float, default=0.3, help="conformance: vLLM's gpu_memory_utilization")
+    ap.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
+                    help="an sglang.Engine keyword for every CUDA engine (VALUE read as JSON, else a string), e.g. "
+                    "cuda_graph_max_bs_decode=8 (capture only what the phases use) or max_total_tokens=32768 "
+                    "(a small KV pool, to share the GPU with other runs)")
     ap.add_argument("--rounds", type=int, default=2, help="bench rounds")
     ap.add_argument("--repeat", type=int, default=3, help="bench: timed generate() calls per batch (after 1 warm-up)")
     ap.add_argument("--bench-tokens", type=int, default=128)
@@ -1121,6 +1133,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             ap.error(f"--phase-budget {pb!r}: expected PHASE=SECONDS with PHASE one of {','.join(PHASES)}")
         budgets[name] = float(sec)
     args.phase_budgets = budgets
+    for kv in args.engine_arg:
+        key, eq, val = kv.partition("=")
+        if not eq or not key.isidentifier():
+            ap.error(f"--engine-arg {kv!r}: expected KEY=VALUE with KEY an sglang.Engine keyword")
+        try:
+            EXTRA_ENGINE[key] = json.loads(val)
+        except json.JSONDecodeError:
+            EXTRA_ENGINE[key] = val
     if not args.engine_child and args.out is None:
         ap.error("--out is required")
     if args.ref_device is None:

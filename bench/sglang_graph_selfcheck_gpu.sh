@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The device side of PEAGLE's draft-step CUDA-graph self-check (backends/sglang/graph_selfcheck.py) on the lent GPU:
 # SGLang 0.5.17 + sglang-kernel 0.4.5 carried by ../shared/gpu-carry (option `sglang` or `both`), set up exactly as
-# bench/sglang_gpu_run.sh does, then
+# bench/gpu_run.sh does, then
 #   python3 -m pedagle_backends.sglang.cuda_graphs --selfcheck --out /tmp/graphcheck ARGS...
 # (tiny-code family, float32, Triton attention, CUDA graphs on: target-only vs PEAGLE graphs vs PEAGLE eager).
 # Results into $OUT: graph_selfcheck.json (device, date, commit, checks, timings), engine logs, run.log.

@@ -38,12 +38,12 @@ P-EAGLE children stay on V1 (outputs, acceptance and drafts compared against the
 ``native-eagle3`` is vLLM's EAGLE-3 on V2 and target-only runs on V2 too.
     python3 bench/vllm_gpu_e2e.py --reanalyze LOGS REFERENCE_JSON WHERE     # redo the draft comparisons
 
-On the lent H200: bench/vllm_gpu_run.sh is the device side (stash the carried pieces of
-../shared/gpu-carry's vLLM 0.26.0 bundle, unpack, bench/gpu_site.py for pedagle, this script under a
-timeout, results packed into $OUT). Carry: plan.sh download/build/split vllm here (its site_from_wheels
-needs ``--platform manylinux_2_31_x86_64`` for llguidance; PIECE_MIB=27 keeps a piece plus this checkout
-under 64 MiB), then back to back: ``run stash`` with p00, p01, ``run SECONDS --phases conformance,tiny``
-with p02, ``run SECONDS --phases bench``. Engine starts with compilation took 55-107 s each on
+On the lent GPU: bench/gpu_run.sh is the device side (stash the carried pieces of ../shared/gpu-carry's
+bundle, unpack, bench/gpu_site.py for pedagle, then bench/gpu_jobs.py runs this script, alone or beside
+bench/sglang_gpu_e2e.py, under a deadline; results packed into $OUT). Carry: bench/README.md "The GPU kit"
+(pieces small enough that a piece plus this checkout stay under 64 MiB), then back to back: ``run stash``
+with each piece but the last, ``run SECONDS 'vllm:--phases conformance,tiny'`` with the last, then
+``run SECONDS 'vllm:--phases bench'``. Engine starts with compilation took 55-107 s each on
 2026-12-02 (first engine of a process, cold caches).
 """
 

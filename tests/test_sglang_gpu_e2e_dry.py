@@ -1,7 +1,7 @@
 """bench/sglang_gpu_e2e.py without an engine (issue 22, items 4-5): its plans, heads, comparison and classification
 functions on synthetic records, the draft-step timer (backends/sglang/step_timer.py) on the CPU, and the whole
 ``--dry-run`` (the check analysis on results synthesised from pedagle's reference engine must pass, and fail
-once a draft is corrupted). The GPU phases themselves run only on the lent GPU (bench/sglang_gpu_run.sh)."""
+once a draft is corrupted). The GPU phases themselves run only on the lent GPU (bench/gpu_run.sh)."""
 
 from __future__ import annotations
 
