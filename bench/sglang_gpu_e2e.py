@@ -72,6 +72,10 @@ for _p in (ROOT, ROOT / "bench"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
+from prod_shapes import (PROD_FAMILY, draft_share, prod_aux_layer_ids, prod_compare,  # noqa: E402,F401
+                         prod_table, prod_target_config, random_prompts, run_standalone, standalone_command,
+                         standalone_ms, write_prod_models)
+
 T0 = time.monotonic()
 TINY_LENGTHS = (5, 12, 23, 37, 50, 71, 96, 120)        # 8 prompts of different lengths, one batch
 RANDOM_LENGTHS = (3, 9, 17, 31)
@@ -79,7 +83,6 @@ CONTEXT = 320                                           # context_length of the 
 GPU_ENGINE = {"attention_backend": "triton", "disable_cuda_graph": False}
 EXTRA_ENGINE: dict[str, Any] = {}                       # --engine-arg KEY=VALUE (CUDA engines of every phase)
 EAGLE3_ARCH = "LlamaForCausalLMEagle3"
-PROD_FAMILY = "qwen3-coder-30b-a3b"                    # bench_drafter.py's head shape with a dense Qwen3 target
 SWA_WINDOW = 4
 
 
@@ -109,14 +112,6 @@ def tiny_prompts(lengths: Sequence[int] = TINY_LENGTHS, start: int = 0) -> list[
             ids = ids + ids
         out.append(ids[:n])
     return out
-
-
-def random_prompts(lengths: Sequence[int], vocab: int, seed: int = 5) -> list[list[int]]:
-    """Random ids in [2, vocab) (0 = EOS/BOS and 1 = MASK left out), one prompt per length."""
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(2, vocab, (int(n),), generator=g).tolist() for n in lengths]
 
 
 # ---------------------------------------------------------------------------------------------- heads
@@ -151,61 +146,6 @@ def sliding_window_head(src: Path, dst: Path, window: int = SWA_WINDOW) -> Path:
                max_window_layers=0)
     (dst / "config.json").write_text(json.dumps(cfg, indent=1))
     return dst
-
-
-def prod_target_config(dry: bool) -> dict[str, Any]:
-    """A dense Qwen3 target with the attention shape of bench_drafter's qwen3-coder-30b-a3b head (hidden 2048,
-    32 query / 4 KV heads of 128, vocab 151936), 48 layers, MLP 6144: ~3.3 B parameters (6.6 GB in bf16).
-    ``dry``: the same structure at bench_drafter's dry sizes."""
-    from bench_drafter import DRY_FAMILIES, FAMILIES
-
-    h = (DRY_FAMILIES if dry else FAMILIES)[PROD_FAMILY]
-    hidden = int(h["target_hidden_size"])
-    heads = max(1, hidden // int(h["head_dim"])) if dry else int(h["num_attention_heads"])
-    return {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": hidden,
-            "num_hidden_layers": 8 if dry else 48, "num_attention_heads": heads,
-            "num_key_value_heads": 1 if dry else int(h["num_key_value_heads"]), "head_dim": int(h["head_dim"]),
-            "intermediate_size": 2 * hidden if dry else 6144, "vocab_size": int(h["vocab_size"]),
-            "max_position_embeddings": 4096, "rms_norm_eps": 1e-6, "hidden_act": "silu", "attention_bias": False,
-            "tie_word_embeddings": False, "rope_theta": 1000000.0, "torch_dtype": "bfloat16", "bos_token_id": 0,
-            "eos_token_id": 0, "use_sliding_window": False, "sliding_window": None}
-
-
-def prod_aux_layer_ids(num_layers: int) -> tuple[int, int, int]:
-    """EAGLE-3's usual capture layers: early, middle, late."""
-    return (min(2, num_layers - 1), num_layers // 2, max(num_layers - 3, 0))
-
-
-def write_prod_models(dst: Path, dry: bool, device: str = "cpu", seed: int = 0) -> tuple[Path, Path]:
-    """The production-shaped target (config.json only) and a random P-EAGLE head of bench_drafter's
-    ``PROD_FAMILY`` shape (4 layers, bf16) saved as a vLLM-format checkpoint and read back with pedagle's
-    strict loader. Returns (target dir, head dir)."""
-    import dataclasses
-
-    import torch
-
-    from bench_drafter import PARALLEL_LAYERS, build_drafter, head_config
-    from pedagle_core.formats.load import load_drafter, save_drafter
-
-    tcfg = prod_target_config(dry)
-    tdir, hdir = dst / "prod-target", dst / "prod-peagle"
-    for d in (tdir, hdir):
-        if d.exists():
-            shutil.rmtree(d)
-    tdir.mkdir(parents=True)
-    (tdir / "config.json").write_text(json.dumps(tcfg, indent=1))
-    cfg = dataclasses.replace(head_config(PROD_FAMILY, PARALLEL_LAYERS, dry),
-                              aux_layer_ids=prod_aux_layer_ids(tcfg["num_hidden_layers"]))
-    head = build_drafter(cfg, torch.device(device), torch.bfloat16, seed)
-    save_drafter(head, hdir, "vllm", verifier_name_or_path=str(tdir))
-    del head
-    if dry:            # on the GPU the engine's own load (pedagle's strict loader in SGLang) is the check
-        back = load_drafter(hdir, device="cpu", dtype=torch.bfloat16, mode="parallel")
-        if back.config.num_hidden_layers != PARALLEL_LAYERS or back.config.hidden_size != cfg.hidden_size:
-            raise RuntimeError(f"{hdir}: read back as {back.config}; expected {cfg}")
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()               # the engine child needs the memory
-    return tdir, hdir
 
 
 def prepare_heads(work: Path, dry: bool = False, prod: bool = False, device: str = "cpu") -> dict[str, str]:
@@ -695,27 +635,6 @@ def run_engine_child(spec: dict[str, Any], logf: Path, env_extra: dict[str, str]
     return json.loads(rf.read_text())
 
 
-def draft_share(res: dict[str, Any], name: str, batch: int | None = None) -> dict[str, Any] | None:
-    """The timer's lines inside the wall windows of call ``name`` (timed repeats, i >= 1 when there are
-    several): draft-step GPU ms per step (median), the sum over the calls' wall time (share)."""
-    calls = [c for c in res.get("calls", []) if c["name"] == name]
-    timed = [c for c in calls if c["i"] >= 1] or calls
-    lines = res.get("timer") or []
-    if not timed or not lines:
-        return None
-    inside = [x for x in lines if any(c["t0"] <= x["t"] <= c["t1"] for c in timed)]
-    if not inside:
-        return None
-    clock = "gpu" if all(x.get("gpu_ms") is not None for x in inside) else "cpu"    # no CUDA: host time
-    ms = lambda x: x["gpu_ms"] if clock == "gpu" else x["cpu_ms"]  # noqa: E731
-    full = [ms(x) for x in inside if batch is None or x.get("B") == batch]
-    wall_ms = 1e3 * sum(c["seconds"] for c in timed)
-    return {"clock": clock, "steps": len(inside), "draft_gpu_ms_median": statistics.median(full) if full else None,
-            "draft_gpu_ms_full_batch": full, "draft_cpu_ms_median": statistics.median(x["cpu_ms"] for x in inside),
-            "draft_gpu_ms_total": sum(ms(x) for x in inside), "wall_ms_total": wall_ms,
-            "share": sum(ms(x) for x in inside) / wall_ms if wall_ms else None}
-
-
 # ---------------------------------------------------------------------------------------------- bench
 BENCH_E3_KS = (1, 3, 5, 7)
 BENCH_PE_KS = (3, 5, 7)
@@ -883,35 +802,6 @@ def phase_bench(out: Path, heads: dict[str, str], args: argparse.Namespace, dead
 
 
 # ---------------------------------------------------------------------------------------------- prod
-def standalone_command(out: Path, ctx: int, K: int, batches: Sequence[int], dry: bool) -> list[str]:
-    cmd = [sys.executable, str(ROOT / "bench" / "bench_drafter.py"), "--families", PROD_FAMILY, "--modes", "parallel",
-           "--batches", ",".join(map(str, batches)), "--ks", str(K), "--ctxs", str(ctx), "--paths", "new",
-           "--no-micro", "--no-verify", "--budget-s", "150", "--out", str(out / "drafter_standalone.json"),
-           "--plot", str(out / "drafter_standalone.png")]
-    return cmd + (["--dry-run"] if dry else [])
-
-
-def standalone_ms(res: dict[str, Any], B: int, K: int, ctx: int) -> float | None:
-    for r in res.get("results", []):
-        if (r.get("family"), r.get("mode"), r.get("B"), r.get("K"), r.get("ctx")) == (PROD_FAMILY, "parallel", B, K, ctx) \
-                and "median_ms" in r:
-            return float(r["median_ms"])
-    return None
-
-
-def prod_compare(inside: dict[str, Any], standalone: dict[str, Any], K: int, ctx: int,
-                 batches: Sequence[int]) -> dict[str, Any]:
-    """Inside-SGLang draft-step GPU time (median over full-batch steps) vs the standalone step, per batch."""
-    out: dict[str, Any] = {}
-    for b in batches:
-        share = draft_share(inside, f"b{b}", b) if "error" not in inside else None
-        ms_in = share["draft_gpu_ms_median"] if share else None
-        ms_sa = standalone_ms(standalone, b, K, ctx)
-        out[str(b)] = {"inside_ms": ms_in, "standalone_ms": ms_sa, "ratio": ms_in / ms_sa if ms_in and ms_sa else None,
-                       "goal": "ratio <= 1.1", "inside": share}
-    return out
-
-
 def phase_prod(out: Path, heads: dict[str, str], args: argparse.Namespace, deadline: float) -> dict[str, Any]:
     K, ctx, batches = 7, args.prod_ctx, (1, 8)
     res: dict[str, Any] = {"family": PROD_FAMILY, "K": K, "ctx": ctx,
@@ -932,25 +822,13 @@ def phase_prod(out: Path, heads: dict[str, str], args: argparse.Namespace, deadl
     res["inside"] = inside
     log("prod inside SGLang: " + (inside.get("error") or f"start {inside['start_s']:.0f} s, "
                                   f"{len(inside.get('timer') or [])} timed draft steps"))
-    cmd = standalone_command(out, ctx, K, batches, dry=args.device != "cuda")
+    standalone, rc, cmd = run_standalone(out, ctx, K, batches, dry=args.device != "cuda",
+                                         timeout=max(30.0, deadline - time.monotonic()),
+                                         logf=out / "logs" / "prod_standalone.log")
     res["standalone_command"] = " ".join(cmd)
-    logf = out / "logs" / "prod_standalone.log"
-    try:
-        with open(logf, "w") as f:
-            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT,
-                                timeout=max(30.0, deadline - time.monotonic())).returncode
-    except subprocess.TimeoutExpired:
-        rc = "timeout"
-    sa_path = out / "drafter_standalone.json"
-    standalone = json.loads(sa_path.read_text()) if sa_path.is_file() else {"error": f"exit {rc}",
-                                                                             "tail": logf.read_text()[-2000:]}
     res["standalone_exit"] = rc
     res["compare"] = prod_compare(inside, standalone, K, ctx, batches)
-    res["table"] = "\n".join(
-        f"prod B={b} K={K} ctx={ctx}: draft step inside SGLang {v['inside_ms'] or float('nan'):.3f} ms "
-        f"({(v['inside'] or {}).get('clock', '-')} clock, {(v['inside'] or {}).get('steps', 0)} steps), standalone "
-        f"{v['standalone_ms'] or float('nan'):.3f} ms, ratio {v['ratio'] or float('nan'):.3f} (goal <= 1.1)"
-        for b, v in res["compare"].items())
+    res["table"] = prod_table(res["compare"], K, ctx, "SGLang")
     return res
 
 

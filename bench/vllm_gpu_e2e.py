@@ -27,7 +27,13 @@ Phases (each writes into --out; the run stops starting new phases past --budget-
    generate() per batch size (torch.profiler tables beside their logs). The children reuse the tiny-code
    children's compile caches (same engine configuration: max_model_len 320, 8 sequences, 512 MiB KV).
 
-    python3 bench/vllm_gpu_e2e.py --out OUT [--phases kernels,conformance,tiny,bench] [--budget-s 540]
+5. ``prod`` (issue 23): the production-shaped random-weight run of bench/prod_shapes.py (a Qwen3-shaped 3.3 B
+   target, ``load_format="dummy"``, and a 4-layer P-EAGLE head of bench_drafter.py's qwen3-coder-30b-a3b shape),
+   model runner V2 whatever ``--runner``: the draft step's GPU time inside vLLM (CUDA events around every
+   ``propose()`` of pedagle's V2 speculator, ``PEDAGLE_VLLM_TIME_DRAFT``, backends/vllm/step_timer.py) vs
+   bench_drafter.py standalone at the same shape, K = 7, batch 1 and 8, context --prod-ctx (`phase_prod`).
+
+    python3 bench/vllm_gpu_e2e.py --out OUT [--phases kernels,conformance,tiny,bench,prod] [--budget-s 540]
                                   [--runner v1|v2]
 
 ``--runner v2`` (issue 23): pedagle's children run vLLM's model runner V2 (``VLLM_USE_V2_MODEL_RUNNER=1``):
@@ -58,7 +64,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from prod_shapes import (PROD_BATCHES, PROD_FAMILY, PROD_K, prod_compare, prod_table, random_prompts,
+                         run_standalone, standalone_ms, write_prod_models)
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILY = Path(os.environ.get("PEDAGLE_SRC", ROOT)) / "models" / "tiny-code"
@@ -470,6 +479,213 @@ def phase_bench(out: Path, k_peagle: int, max_tokens: int, rounds: int, deadline
             "tokens_per_s": table, "plugin_vs_native": ratios, "runs": runs}
 
 
+# ---------------------------------------------------------------------------------------------- prod
+PROD_UTIL = 0.5              # the 3.3 B-parameter target (~7 GB) + KV + graphs, with room for nothing else
+PROD_KV_BYTES = 2 << 30
+PROD_DRAFTER_NOTE = (
+    "target: random weights (load_format='dummy'); drafter: its checkpoint, read by pedagle's strict loader "
+    "(the prod child makes vLLM's dummy loader call the pedagle drafter's own load_weights: model runner V2 "
+    "loads the head with the engine's load_config, and under 'dummy' vLLM would randomize the head and skip "
+    "pedagle's post-load step, the q/k/v and gate/up fusion, so the drafter would not be the production one)")
+
+
+def prod_keep(line: dict[str, Any]) -> bool:
+    """Timer lines of decode steps (every request K+1 target rows): prefill steps are left out."""
+    return line.get("uniform") is not False
+
+
+def prod_child_spec(out: Path, tdir: Path, hdir: Path, ctx: int, tokens: int, batches: tuple[int, ...] = PROD_BATCHES,
+                    K: int = PROD_K, util: float = PROD_UTIL, kv_bytes: int = PROD_KV_BYTES,
+                    repeat: int = 3) -> dict[str, Any]:
+    """The prod child's engine and calls: per batch size one warm-up (i = 0) and ``repeat`` timed generate()
+    of ``tokens`` new tokens (greedy, EOS ignored) on ``ctx`` random prompt tokens; vLLM's defaults otherwise
+    (torch.compile + CUDA graphs)."""
+    vocab = int(json.loads((tdir / "config.json").read_text())["vocab_size"])
+    P = random_prompts((ctx,) * max(batches), vocab, seed=11)
+    kw: dict[str, Any] = dict(
+        model=str(tdir), skip_tokenizer_init=True, load_format="dummy", dtype="bfloat16", seed=0,
+        max_model_len=ctx + tokens + 64, max_num_seqs=max(batches), gpu_memory_utilization=util,
+        kv_cache_memory_bytes=kv_bytes, disable_log_stats=False, enforce_eager=False,
+        speculative_config={"method": "eagle3", "model": str(hdir), "num_speculative_tokens": K,
+                            "parallel_drafting": True})
+    calls = [{"name": f"b{b}", "prompts": P[:b], "max_tokens": tokens, "repeat": 1 + repeat} for b in batches]
+    logs = out / "logs"
+    return {"kwargs": kw, "calls": calls, "timer": str(logs / "prod.timer.jsonl"),
+            "result": str(logs / "prod.res.json"), "drafter_from_checkpoint": True}
+
+
+def drafter_from_checkpoint() -> None:
+    """In the prod child: vLLM's dummy loader loads a pedagle drafter through the drafter's own load_weights
+    (pedagle's strict loader reads the head's checkpoint; `PROD_DRAFTER_NOTE`); other models stay random."""
+    from vllm.model_executor.model_loader.dummy_loader import DummyModelLoader
+
+    from pedagle_backends.vllm.model import is_pedagle_drafter
+
+    orig = DummyModelLoader.load_weights
+
+    def load_weights(self: Any, model: Any, model_config: Any) -> None:
+        if is_pedagle_drafter(model):
+            model.load_weights(iter(()))
+            return
+        orig(self, model, model_config)
+
+    DummyModelLoader.load_weights = load_weights
+
+
+def prod_child(spec: dict[str, Any]) -> None:
+    """The prod engine in this process (the plugin's timer on, ``PEDAGLE_VLLM_TIME_DRAFT``): writes
+    ``spec["result"]`` after every call ({"init_s", "calls": [{"name", "i", "batch", "seconds", "t0", "t1",
+    "tokens"}], "spec_metrics"}), so a child killed at the deadline leaves what it did; exits without vLLM's
+    shutdown once done."""
+    res: dict[str, Any] = {"calls": [], "drafter_weights": "random (vLLM's dummy loader)"}
+    write = lambda: Path(spec["result"]).write_text(json.dumps(res))  # noqa: E731
+    if spec.get("drafter_from_checkpoint"):
+        try:
+            drafter_from_checkpoint()
+            res["drafter_weights"] = PROD_DRAFTER_NOTE
+        except Exception as e:  # noqa: BLE001 - time the random drafter then, and say so
+            res["drafter_weights"] = f"random (vLLM's dummy loader; the checkpoint patch failed: {type(e).__name__}: {e})"
+    write()
+    from vllm import LLM, SamplingParams
+
+    from pedagle_backends.vllm.runner import _delta, _spec_metrics
+
+    try:
+        _prod_calls(spec, res, write, LLM, SamplingParams, _delta, _spec_metrics)
+    except BaseException as e:  # noqa: BLE001 - recorded; the parent reads the result file
+        import traceback
+
+        res["error"] = f"{type(e).__name__}: {e}"
+        res["traceback"] = traceback.format_exc()[-3000:]
+        write()
+        print(res["traceback"], flush=True)
+        os._exit(1)
+    try:
+        from pedagle_backends.vllm.step_timer import timer
+
+        tm = timer()
+        if tm is not None:
+            tm.close()                          # the last steps' events
+    except Exception as e:  # noqa: BLE001
+        res["timer_close_error"] = f"{type(e).__name__}: {e}"
+    res["done"] = True
+    write()
+    sys.stdout.flush()
+    os._exit(0)                                 # vLLM's shutdown is not needed (and can hang)
+
+
+def _prod_calls(spec: dict[str, Any], res: dict[str, Any], write: Callable[[], Any], LLM: Any, SamplingParams: Any,
+                _delta: Any, _spec_metrics: Any) -> None:
+    t = time.perf_counter()
+    llm = LLM(**spec["kwargs"])
+    res["init_s"] = time.perf_counter() - t
+    write()
+    log(f"prod child: engine up in {res['init_s']:.0f} s")
+    for c in spec["calls"]:
+        sp = SamplingParams(temperature=0.0, max_tokens=int(c["max_tokens"]), ignore_eos=True)
+        ps = [{"prompt_token_ids": p} for p in c["prompts"]]
+        try:
+            before = _spec_metrics(llm)
+        except Exception:  # noqa: BLE001 - counters are extra
+            before = None
+        for i in range(int(c["repeat"])):
+            w0, p0 = time.time(), time.perf_counter()
+            outs = llm.generate(ps, sp, use_tqdm=False)
+            sec = time.perf_counter() - p0
+            res["calls"].append({"name": c["name"], "i": i, "batch": len(ps), "seconds": sec, "t0": w0, "t1": w0 + sec,
+                                 "tokens": sum(len(o.outputs[0].token_ids) for o in outs)})
+            write()
+            log(f"prod child: {c['name']} call {i}: {sec:.2f} s")
+        if before is not None:
+            try:
+                m = _delta(_spec_metrics(llm), before)
+                res.setdefault("spec_metrics", {})[c["name"]] = {
+                    **m, "mean_acceptance_length": 1 + m["num_accepted_tokens"] / max(m["num_drafts"], 1)}
+            except Exception as e:  # noqa: BLE001
+                res.setdefault("spec_metrics", {})[c["name"]] = {"error": f"{type(e).__name__}: {e}"}
+        write()
+
+
+def run_prod_child(spec: dict[str, Any], logf: Path, timeout: float) -> dict[str, Any]:
+    """`prod_child` in a process group of its own (model runner V2, pedagle's plugin, the draft-step timer),
+    killed with its group after ``timeout`` s; its result so far plus the timer's lines."""
+    import signal
+
+    from pedagle_backends.vllm.runner import child_env as runner_env
+
+    sf = logf.with_suffix(".spec.json")
+    sf.write_text(json.dumps(spec))
+    for f in (spec["timer"], spec["result"]):
+        Path(f).unlink(missing_ok=True)
+    env = runner_env(True, record=False, extra={**child_env(False, spec["kwargs"]["gpu_memory_utilization"], "prod",
+                                                            "v2"), "PEDAGLE_VLLM_TIME_DRAFT": spec["timer"]})
+    with open(logf, "w") as f:
+        p = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--prod-child", str(sf)], env=env,
+                             stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            rc: Any = p.wait(timeout=max(1.0, timeout))
+        except subprocess.TimeoutExpired:
+            rc = "timeout"
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
+    rf = Path(spec["result"])
+    res: dict[str, Any] = json.loads(rf.read_text()) if rf.is_file() else {"calls": []}
+    res["exit"] = rc
+    if Path(spec["timer"]).is_file():
+        from pedagle_core.engine.step_timer import read
+
+        res["timer"] = read(spec["timer"])
+    if rc != 0 or not res.get("done"):
+        res["error"] = (res.get("error") or f"exit {rc}") + ("" if res.get("done") else
+                                                             " (the child did not finish its calls)")
+        res["log_tail"] = logf.read_text(errors="replace")[-3000:]
+    return res
+
+
+def phase_prod(out: Path, ctx: int, tokens: int, deadline: float, device: str = "cuda",
+               child: Callable[..., dict[str, Any]] | None = None,
+               standalone: Callable[..., tuple[dict[str, Any], Any, list[str]]] | None = None) -> dict[str, Any]:
+    """Issue 23's production-shaped run (bench/prod_shapes.py): first bench_drafter.py standalone at the prod shape
+    (bounded: at most 30% of the time left, 40-120 s), then the vLLM child (model runner V2, pedagle's V2
+    speculator, the draft-step timer) until ``deadline``; per batch size the median GPU ms of the full-batch
+    decode draft steps inside the timed generate() windows vs the standalone step."""
+    child = child or run_prod_child
+    standalone = standalone or run_standalone
+    K, batches = PROD_K, PROD_BATCHES
+    dry = device != "cuda"
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    tdir, hdir = write_prod_models(out / "heads", dry=dry, device=device)
+    spec = prod_child_spec(out, tdir, hdir, ctx, tokens)
+    res: dict[str, Any] = {"family": PROD_FAMILY, "K": K, "ctx": ctx, "tokens": tokens, "batches": list(batches),
+                           "runner": "v2", "target_config": json.loads((tdir / "config.json").read_text()),
+                           "engine": {k: v for k, v in spec["kwargs"].items()}, "drafter_weights": PROD_DRAFTER_NOTE,
+                           "timer": "CUDA events around every propose() of the V2 speculator "
+                                    "(pedagle_backends.vllm.step_timer, PEDAGLE_VLLM_TIME_DRAFT)"}
+    left = deadline - time.monotonic()
+    sa_timeout = min(120.0, max(40.0, 0.3 * left))
+    log(f"prod: standalone bench_drafter ({sa_timeout:.0f} s at most), then the vLLM child")
+    sa, rc, cmd = standalone(out, ctx, K, batches, dry=dry, timeout=sa_timeout, logf=logs / "prod_standalone.log")
+    res.update(standalone_command=" ".join(cmd), standalone_exit=rc)
+    if "error" in sa:
+        res["standalone_error"] = sa
+    log("prod standalone: " + (sa.get("error") or ", ".join(
+        f"B={b} {standalone_ms(sa, b, K, ctx)} ms" for b in batches)))
+    inside = child(spec, logs / "prod.log", deadline - time.monotonic() - 5)
+    res["inside"] = inside
+    if inside.get("drafter_weights"):
+        res["drafter_weights"] = inside["drafter_weights"]
+    log("prod inside vLLM: " + (inside.get("error") or "") + f" init {inside.get('init_s')} s, "
+        f"{len(inside.get('calls') or [])} calls, {len(inside.get('timer') or [])} timed propose() calls")
+    res["compare"] = prod_compare(inside, sa, K, ctx, batches, keep=prod_keep)
+    res["table"] = prod_table(res["compare"], K, ctx, "vLLM (V2)")
+    log("prod:\n" + res["table"])
+    return res
+
+
 # ---------------------------------------------------------------------------------------------- main
 def env_info() -> dict[str, Any]:
     import importlib.metadata as md
@@ -496,7 +712,7 @@ def env_info() -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=False)
-    ap.add_argument("--phases", default="conformance,tiny,bench", help="of kernels,conformance,tiny,bench")
+    ap.add_argument("--phases", default="conformance,tiny,bench", help="of kernels,conformance,tiny,bench,prod")
     ap.add_argument("--budget-s", type=float, default=540.0, help="start no phase (or bench child) after this")
     ap.add_argument("--ks", type=int, nargs="+", default=[1, 3, 7])
     ap.add_argument("--max-tokens", type=int, default=96)
@@ -519,10 +735,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--util", type=float, default=0.08, help="GPU memory share of each concurrent engine")
     ap.add_argument("--runner", choices=("v1", "v2"), default="v1",
                     help="model runner of pedagle's children (v2: pedagle's V2 speculator; module docstring)")
+    ap.add_argument("--prod-ctx", type=int, default=512, help="prod: prompt tokens per request")
+    ap.add_argument("--prod-tokens", type=int, default=64, help="prod: new tokens per request")
     ap.add_argument("--bench-child", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--prod-child", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--reanalyze", nargs=3, metavar=("LOGS", "REFERENCE_JSON", "WHERE"),
                     help="redo the draft comparisons of a run's logs against a reference result file; prints JSON")
     args = ap.parse_args(argv)
+    if args.prod_child:
+        prod_child(json.loads(args.prod_child.read_text()))
+        return 0
     if args.bench_child:
         spec = json.loads(args.bench_child.read_text())
         res = bench_child(spec)
@@ -590,6 +812,19 @@ def main(argv: list[str] | None = None) -> int:
                                       args.bench_configs, args.target_rounds, repeat=args.repeat)
         log("bench tokens/s:", json.dumps(result["bench"]["tokens_per_s"]), "ratios:",
             json.dumps({k: round(v["median"], 3) for k, v in result["bench"]["plugin_vs_native"].items()}))
+    if "prod" in phases:
+        if time.monotonic() > deadline - 60:
+            result["prod"] = {"error": "not run: out of the call's time budget"}
+        else:
+            try:
+                result["prod"] = phase_prod(out, args.prod_ctx, args.prod_tokens, deadline)
+            except Exception as e:   # noqa: BLE001 - keep the other phases' results
+                import traceback
+
+                result["prod"] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+                log("prod failed:", e)
+        save()
+        print("-- prod\n" + str(result["prod"].get("table") or result["prod"].get("error")), flush=True)
     result["wall_s"] = time.monotonic() - T0
     save()
     return 0

@@ -1,0 +1,95 @@
+"""Timing of the draft step inside vLLM's model runner V2, behind an environment switch: the vLLM hook of
+`pedagle_core.engine.step_timer` (the CUDA-event timer, its line format and `read` are there).
+
+``PEDAGLE_VLLM_TIME_DRAFT=path.jsonl`` (read where the plugin registers, i.e. in every vLLM process; with
+``VLLM_ENABLE_V1_MULTIPROCESSING=0`` that is the one process): `install` wraps V2's speculator factory
+(``vllm.v1.worker.gpu.spec_decode.init_speculator``, over pedagle's own wrapper from `v2_patch`), so that every
+speculator it builds (pedagle's `v2_speculator.PedagleSpeculator` for P-EAGLE heads, vLLM's for the others) has
+its ``propose`` bracketed by two CUDA events on the current stream. Under FULL CUDA graphs ``propose`` prepares
+the inputs eagerly and replays the graph: the events measure the whole of it. One JSON line per real call
+(dummy runs and calls during a graph capture are not timed):
+
+    {"kind": "propose", "B": requests, "T": target rows, "K": drafts per request,
+     "uniform": T == B * (K + 1) (a decode step; False: prefill rows in the batch),
+     "gpu_ms": ..., "cpu_ms": ..., "t": ...}
+
+Without the variable nothing is wrapped. Model runner V1 (pedagle's proposer hooks) is not timed here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import Any, Callable
+
+from pedagle_core.engine.step_timer import TIMED_MARK, read, timed, timer_for
+
+TIME_ENV = "PEDAGLE_VLLM_TIME_DRAFT"
+RUNNER_MODULE = "vllm.v1.worker.gpu.model_runner"
+
+
+def timer() -> Any:
+    """The process's timer when ``PEDAGLE_VLLM_TIME_DRAFT`` is set, else None."""
+    return timer_for(TIME_ENV)
+
+
+def _num(x: Any) -> int | None:
+    try:
+        return int(x)
+    except (TypeError, ValueError):
+        return None
+
+
+def describe_call(speculator: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """The line's fields of a ``propose(*args, **kwargs)`` call (bound method: no ``self``); None for dummy runs
+    (memory profiling, graph warm-up, DP/EP sync)."""
+    if kwargs.get("dummy_run"):
+        return None
+    batch = kwargs.get("input_batch", args[0] if args else None)
+    B, T = _num(getattr(batch, "num_reqs", None)), _num(getattr(batch, "num_tokens", None))
+    K = _num(getattr(speculator, "K", None) or getattr(speculator, "num_speculative_steps", None))
+    return {"kind": "propose", "B": B, "T": T, "K": K,
+            "uniform": None if None in (B, T, K) else T == B * (K + 1)}  # type: ignore[operator]
+
+
+def time_speculator(speculator: Any) -> Any:
+    """Wrap this speculator's ``propose`` with the timer (instance attribute; idempotent)."""
+    if speculator is None or getattr(speculator.propose, TIMED_MARK, False):
+        return speculator
+    speculator.propose = timed(speculator.propose, timer, lambda args, kwargs: describe_call(speculator, args, kwargs))
+    return speculator
+
+
+def _timed_factory(orig: Callable[..., Any]) -> Callable[..., Any]:
+    def init_speculator(*args: Any, **kwargs: Any) -> Any:
+        return time_speculator(orig(*args, **kwargs))
+
+    for name in dir(orig):                       # keep pedagle's V2 mark (v2_state.is_installed) visible
+        if name.startswith("__pedagle"):
+            setattr(init_speculator, name, getattr(orig, name))
+    setattr(init_speculator, TIMED_MARK, True)
+    init_speculator.__wrapped__ = orig  # type: ignore[attr-defined]
+    return init_speculator
+
+
+def install(package_name: str = "vllm.v1.worker.gpu.spec_decode") -> bool:
+    """Wrap V2's speculator factory when ``PEDAGLE_VLLM_TIME_DRAFT`` is set (after `v2_patch.install`); returns
+    whether it is wrapped."""
+    if not os.environ.get(TIME_ENV):
+        return False
+    package = importlib.import_module(package_name)
+    orig = getattr(package, "init_speculator", None)
+    if orig is None:
+        return False
+    if getattr(orig, TIMED_MARK, False):
+        return True
+    factory = _timed_factory(orig)
+    package.init_speculator = factory
+    runner = sys.modules.get(RUNNER_MODULE)
+    if runner is not None and getattr(runner, "init_speculator", None) is orig:
+        runner.init_speculator = factory
+    return True
+
+
+__all__ = ["TIME_ENV", "install", "time_speculator", "describe_call", "timer", "read"]
