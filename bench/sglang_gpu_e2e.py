@@ -52,7 +52,6 @@ Writes OUT/sglang_gpu.json (device, date, versions, commit, every raw number) an
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import shutil
@@ -72,9 +71,8 @@ for _p in (ROOT, ROOT / "bench"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from prod_shapes import (PROD_FAMILY, draft_share, prod_aux_layer_ids, prod_compare,  # noqa: E402,F401
-                         prod_table, prod_target_config, random_prompts, run_standalone, standalone_command,
-                         standalone_ms, write_prod_models)
+from prod_shapes import (PROD_FAMILY, draft_share, prod_compare, prod_table, random_prompts,  # noqa: E402
+                         run_standalone, standalone_command, write_prod_models)
 
 T0 = time.monotonic()
 TINY_LENGTHS = (5, 12, 23, 37, 50, 71, 96, 120)        # 8 prompts of different lengths, one batch
@@ -100,18 +98,9 @@ def log(*a: Any) -> None:
 # ---------------------------------------------------------------------------------------------- prompts
 def tiny_prompts(lengths: Sequence[int] = TINY_LENGTHS, start: int = 0) -> list[list[int]]:
     """tiny-code held-out prompts (its tokenizer) cut to ``lengths`` (a line shorter than asked is repeated)."""
-    from tokenizers import Tokenizer
+    from pedagle_core.engine.prompts import heldout_prompts
 
-    tok = Tokenizer.from_file(str(FAMILY / "target" / "tokenizer.json"))
-    lines = [json.loads(x)["prompt"] for x in (FAMILY / "target" / "heldout_prompts.jsonl").read_text().splitlines()
-             if x.strip()]
-    out = []
-    for i, n in enumerate(lengths):
-        ids = tok.encode(lines[(start + i) % len(lines)]).ids
-        while len(ids) < n:
-            ids = ids + ids
-        out.append(ids[:n])
-    return out
+    return heldout_prompts(FAMILY / "target", lengths, start)
 
 
 # ---------------------------------------------------------------------------------------------- heads
@@ -927,27 +916,9 @@ def dry_run(out: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- main
 def env_info() -> dict[str, Any]:
-    import importlib.metadata as md
+    from pedagle_core.provenance import run_environment
 
-    import torch
-
-    from pedagle_core.provenance import code_commit
-
-    info: dict[str, Any] = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                            "commit": os.environ.get("PEDAGLE_COMMIT") or code_commit(),
-                            "python": sys.version.split()[0], "torch": torch.__version__,
-                            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
-    for dist in ("sglang", "sglang-kernel", "sgl-kernel", "triton", "transformers", "vllm"):
-        try:
-            info[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            pass
-    try:
-        info["nvidia_smi"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version,name,memory.total",
-                                             "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        pass
-    return info
+    return run_environment(("sglang", "sglang-kernel", "sgl-kernel", "triton", "transformers", "vllm"))
 
 
 PHASES = ("check", "conformance", "bench", "prod")

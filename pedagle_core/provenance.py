@@ -28,3 +28,30 @@ def code_commit(explicit: str | None = None) -> str | None:
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):  # no git
         return None
+
+
+def run_environment(dists: tuple[str, ...] = ()) -> dict[str, object]:
+    """Where a benchmark or GPU run ran: UTC date, `code_commit`, Python, torch, device name, the installed
+    versions of ``dists`` (those that are installed) and ``nvidia-smi``'s driver / name / memory line."""
+    import datetime as dt
+    import importlib.metadata as md
+    import sys
+
+    import torch
+
+    info: dict[str, object] = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                               "commit": code_commit() or "unknown", "python": sys.version.split()[0],
+                               "torch": torch.__version__,
+                               "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
+    for dist in dists:
+        try:
+            info[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    try:
+        info["nvidia_smi"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version,name,memory.total",
+                                             "--format=csv,noheader"], capture_output=True, text=True,
+                                            timeout=20).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info

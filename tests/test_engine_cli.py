@@ -91,3 +91,18 @@ def test_bench_writes_json_table_and_plot(dirs, capsys, tmp_path):
                         "--prompts", str(root / "prompts.jsonl"), "--modes", "fast", "--out", str(tmp_path / "x.json")],
                        capsys)
     assert rc == 2 and "--modes" in err
+
+
+def test_heldout_prompts_cut_and_repeat(tmp_path):
+    """Held-out prompts of the bundled target at chosen lengths (shorter lines repeated), and the error for a
+    directory without them."""
+    from pathlib import Path
+
+    from pedagle_core.engine.prompts import heldout_prompts
+
+    target = Path(__file__).resolve().parents[1] / "models" / "tiny-code" / "target"
+    got = heldout_prompts(target, [4, 300, 9], start=1)
+    assert [len(p) for p in got] == [4, 300, 9]
+    assert got[1][:4] != got[0] and got[2][:4] == heldout_prompts(target, [4], start=3)[0]
+    with pytest.raises(FileNotFoundError, match="heldout_prompts.jsonl"):
+        heldout_prompts(tmp_path, [3])

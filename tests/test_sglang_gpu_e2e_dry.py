@@ -17,6 +17,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
+import prod_shapes  # noqa: E402
 import sglang_gpu_e2e as e2e  # noqa: E402
 
 from pedagle_backends.sglang import runner, step_timer  # noqa: E402
@@ -172,9 +173,9 @@ def test_production_head_is_a_strict_checkpoint(tmp_path):
     assert not list(tdir.glob("*.safetensors"))                    # load_format="dummy": config only
     d = load_drafter(hdir, dtype=torch.bfloat16, mode="parallel")
     assert d.config.num_hidden_layers == PARALLEL_LAYERS and d.config.hidden_size == h["hidden_size"]
-    assert d.config.aux_layer_ids == e2e.prod_aux_layer_ids(t["num_hidden_layers"])
+    assert d.config.aux_layer_ids == prod_shapes.prod_aux_layer_ids(t["num_hidden_layers"])
     assert len(set(d.config.aux_layer_ids)) == 3
-    full = e2e.prod_target_config(dry=False)                      # the GPU shape: bench_drafter's head family
+    full = prod_shapes.prod_target_config(dry=False)                      # the GPU shape: bench_drafter's head family
     assert (full["hidden_size"], full["num_attention_heads"], full["num_key_value_heads"], full["head_dim"],
             full["vocab_size"]) == (2048, 32, 4, 128, 151936)
 

@@ -9,7 +9,6 @@ The engines run in a child process (`pedagle_backends.sglang.runner.run_jobs`) w
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,17 +35,9 @@ def max_context_new(K: int) -> int:
 def prompts(lengths: list[int], start: int = 0) -> list[list[int]]:
     """Held-out tiny-code prompts (tokenised) cut to ``lengths``; prompt i comes from held-out line start+i,
     repeated when a line is shorter than asked."""
-    from tokenizers import Tokenizer
+    from pedagle_core.engine.prompts import heldout_prompts
 
-    tok = Tokenizer.from_file(str(TARGET / "tokenizer.json"))
-    lines = [json.loads(x)["prompt"] for x in (TARGET / "heldout_prompts.jsonl").read_text().splitlines() if x]
-    out = []
-    for i, n in enumerate(lengths):
-        ids = tok.encode(lines[(start + i) % len(lines)]).ids
-        while len(ids) < n:
-            ids = ids + ids
-        out.append(ids[:n])
-    return out
+    return heldout_prompts(TARGET, lengths, start)
 
 
 @dataclass
