@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The device side of the GPU end-to-end runs (bench/vllm_gpu_e2e.py, bench/sglang_gpu_e2e.py) on the lent GPU:
 # vLLM 0.26.0 and/or SGLang 0.5.17 + sglang-kernel 0.4.5 carried in pieces by ../shared/gpu-carry (bench/README.md
-# "The GPU kit"). Runs from the repo root that `run` sent.
+# "Next GPU session"). Runs from the repo root that `run` sent.
 #
 #   bash bench/gpu_run.sh stash                  keep the carried piece (.gpucarry/pNN) in /tmp/gc
 #   bash bench/gpu_run.sh run SECONDS JOB...     stash, unpack once (gpu_assemble.sh install), pedagle's site

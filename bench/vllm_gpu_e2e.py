@@ -46,7 +46,7 @@ P-EAGLE children stay on V1 (outputs, acceptance and drafts compared against the
 
 On the lent GPU: bench/gpu_run.sh is the device side (stash the carried pieces of ../shared/gpu-carry's
 bundle, unpack, bench/gpu_site.py for pedagle, then bench/gpu_jobs.py runs this script, alone or beside
-bench/sglang_gpu_e2e.py, under a deadline; results packed into $OUT). Carry: bench/README.md "The GPU kit"
+bench/sglang_gpu_e2e.py, under a deadline; results packed into $OUT). Carry: bench/README.md "Next GPU session"
 (pieces small enough that a piece plus this checkout stay under 64 MiB), then back to back: ``run stash``
 with each piece but the last, ``run SECONDS 'vllm:--phases conformance,tiny'`` with the last, then
 ``run SECONDS 'vllm:--phases bench'``. Engine starts with compilation took 55-107 s each on
