@@ -58,6 +58,7 @@ pip_q() {
 }
 CONSTRAINT="$VENV/torch-cpu-constraint.txt"
 echo "torch==$TORCH_VERSION" > "$CONSTRAINT"
+cat "$REPO/.ci/vllm034-constraints.txt" >> "$CONSTRAINT"     # every dependency at the version it was tested with
 pip_q install --upgrade "pip>=24" setuptools wheel
 pip_q install -c "$CONSTRAINT" "torch==$TORCH_VERSION"
 
@@ -74,7 +75,7 @@ pip_q install -c "$CONSTRAINT" "transformers>=5.16.1,<5.23" "tokenizers>=0.23.3"
     "openai>=2.25" "fastapi<0.137,>=0.133" einops pyyaml "compressed-tensors==0.17.0" cbor2 pybase64 packaging \
     "lark==1.2.2" partial-json-parser uvloop setproctitle python-json-logger watchfiles ijson "pillow>=13" \
     "opentelemetry-api>=1.45.1" "opentelemetry-sdk>=1.45.1" "tiktoken>=0.6" jsonschema orjson
-pip_q install --no-deps "xgrammar==0.2.8" "apache-tvm-ffi==0.1.11"
+pip_q install -c "$CONSTRAINT" --no-deps "xgrammar==0.2.8" "apache-tvm-ffi==0.1.11"
 pip_q uninstall -y torchvision torchaudio torchcodec 2>/dev/null || true
 pip_q install -e "$REPO" --no-deps 2>"$VENV/pedagle-editable-install.log" \
     || { cat "$VENV/pedagle-editable-install.log" >&2; exit 1; }
