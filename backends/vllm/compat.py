@@ -24,7 +24,12 @@
   ``LLM(model=SPECULATORS_DIR, speculative_config=...)``; `speculators_num_speculative_tokens`): 0.26-0.28
   build it from the checkpoint alone and drop the user's ``--speculative-config`` (so its
   ``num_speculative_tokens`` is ignored: the checkpoint's ``speculative_tokens`` is used); 0.29+ apply the
-  user's values over the checkpoint's (vLLM's ``transformers_utils.config.maybe_override_with_speculators``).
+  user's values over the checkpoint's (vLLM's ``transformers_utils.config.maybe_override_with_speculators``);
+* on that same path 0.33+ accept only a *remote* verifier (`speculators_verifier_refused`): a checkpoint whose
+  ``speculators_config.verifier.name_or_path`` is a local directory (or anything not a hub repository id) is
+  refused ("Speculators verifier must name a remote model repository"; vLLM 0.33.0/0.34.0
+  ``transformers_utils/config.py`` 861-873 / 906-918). Passing the target as the model and the checkpoint as
+  ``--speculative-config '{"model": SPECULATORS_DIR, ...}'`` works on every release.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import re
+from pathlib import Path
 from typing import Any
 
 Version = tuple[int, int, int]
@@ -136,6 +143,32 @@ SPECULATORS_USER_CONFIG_SINCE: Version = (0, 29, 0)
 """The first vLLM release that applies the user's speculative config over a speculators checkpoint's."""
 
 
+SPECULATORS_REMOTE_VERIFIER_SINCE: Version = (0, 33, 0)
+"""The first vLLM release that refuses a speculators checkpoint served as the model unless its verifier names a
+remote (hub) repository."""
+
+_REPO_ID = re.compile(r"[A-Za-z0-9_.\-]{1,96}(/[A-Za-z0-9_.\-]{1,96})?")
+
+
+def speculators_verifier_refused(verifier: Any, version: Version) -> bool:
+    """Whether vLLM ``version`` refuses to serve a speculators checkpoint as the model (``vllm serve
+    SPECULATORS_DIR``) whose ``speculators_config.verifier.name_or_path`` is ``verifier``: 0.33+ unless it is a
+    hub repository id that is no existing local path (vLLM's ``maybe_override_with_speculators``:
+    ``validate_repo_id`` and ``Path.exists``)."""
+    if version < SPECULATORS_REMOTE_VERIFIER_SINCE:
+        return False
+    if not isinstance(verifier, str) or not _REPO_ID.fullmatch(verifier):
+        return True
+    if "--" in verifier or ".." in verifier or verifier.startswith(("-", ".")) or verifier.endswith(("-", ".", ".git")):
+        return True
+    return Path(verifier).exists() or Path(verifier).is_symlink()
+
+
+def checkpoint_verifier(config: dict[str, Any]) -> str | None:
+    """``speculators_config.verifier.name_or_path`` of a speculators ``config.json`` (or None)."""
+    return ((config.get("speculators_config") or {}).get("verifier") or {}).get("name_or_path")
+
+
 def vllm_mask_token(hf_config: Any, version: Version) -> int | None:
     """The mask token the proposer of vLLM ``version`` will use (its lookup order) for this drafter config."""
     dflash = getattr(hf_config, "dflash_config", None)
@@ -170,4 +203,5 @@ def checkpoint_speculative_tokens(config: dict[str, Any]) -> int | None:
 __all__ = ["PEAGLE_METHOD", "has_v1_runner", "wants_parallel_drafting", "has_v1_parallel_drafting", "has_v2_runner",
            "has_speculator_registration", "runner_in_use", "v2_propose_params", "v2_propose_arguments",
            "v2_block_size", "v2_cudagraph_manager", "MASK_TOKEN_ID_SINCE", "SPECULATORS_USER_CONFIG_SINCE",
-           "vllm_mask_token", "speculators_num_speculative_tokens", "checkpoint_speculative_tokens"]
+           "vllm_mask_token", "speculators_num_speculative_tokens", "checkpoint_speculative_tokens",
+           "SPECULATORS_REMOTE_VERIFIER_SINCE", "speculators_verifier_refused", "checkpoint_verifier"]

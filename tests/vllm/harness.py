@@ -56,6 +56,14 @@ def engine_K(case: Case, fam: dict[str, str]) -> int:
     return speculators_num_speculative_tokens(case.K, checkpoint_speculative_tokens(config), installed_vllm())
 
 
+def speculators_as_model_refused() -> bool:
+    """Whether the installed vLLM refuses the family's speculators exports served as the model: their verifier is
+    a local directory, which vLLM 0.33+ refuse there (`pedagle_backends.vllm.compat.speculators_verifier_refused`)."""
+    from pedagle_backends.vllm.compat import speculators_verifier_refused
+
+    return speculators_verifier_refused("/a/local/target/directory", installed_vllm())
+
+
 def vllm_job(case: Case, fam: dict[str, str], prompts: list[list[int]], max_tokens: int,
              record: str | None = None) -> dict[str, Any]:
     job: dict[str, Any] = dict(target=fam[case.target], drafter=fam[case.drafter] if case.drafter else None, K=case.K,

@@ -120,6 +120,24 @@ def test_speculators_K_follows_the_vllm_release(version, requested, expected):
     assert checkpoint_speculative_tokens({}) is None
 
 
+def test_speculators_local_verifier_is_refused_from_0_33(tmp_path, monkeypatch):
+    """vLLM 0.33+ serve a speculators checkpoint as the model only when its verifier is a hub repository id that
+    is no local path (vLLM 0.33.0 ``transformers_utils/config.py`` 861-873, read; 0.34.0 the same)."""
+    from pedagle_backends.vllm.compat import checkpoint_verifier, speculators_verifier_refused
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "org" / "local-target").mkdir(parents=True)
+    for version in ((0, 26, 0), (0, 32, 0)):
+        assert not speculators_verifier_refused(str(tmp_path), version)
+    for version in ((0, 33, 0), (0, 34, 0)):
+        assert not speculators_verifier_refused("meta-llama/Llama-3.1-8B-Instruct", version)
+        assert not speculators_verifier_refused("gpt2", version)
+        for bad in (str(tmp_path), "models/tiny-code/target", "org/local-target", "a--b/c", "../x", "x.git", None, 3):
+            assert speculators_verifier_refused(bad, version), bad
+    config = {"speculators_config": {"verifier": {"name_or_path": "org/target"}}}
+    assert checkpoint_verifier(config) == "org/target" and checkpoint_verifier({}) is None
+
+
 def _params(fn) -> tuple[str, ...]:
     import inspect
 
