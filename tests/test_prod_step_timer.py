@@ -85,27 +85,20 @@ def test_vllm_hook_times_propose(tmp_path, monkeypatch):
     core._TIMERS.pop(str(path), None)
 
 
-def test_vllm_hook_wraps_the_factory(tmp_path, monkeypatch):
-    pkg = types.ModuleType("fake_spec_decode")
+def test_v2_factory_times_every_speculator_it_builds(tmp_path, monkeypatch):
+    """`v2_patch`'s wrapper of V2's speculator factory passes what it builds to the timer when asked
+    (``time_draft``, set by ``PEDAGLE_VLLM_TIME_DRAFT`` at install), and leaves it alone otherwise."""
+    from pedagle_backends.vllm import v2_patch
 
-    def init_speculator(vllm_config, device):
-        return FakeSpeculator()
-
-    init_speculator.__pedagle_v2_hook__ = True          # pedagle's V2 wrapper (v2_patch) underneath
-    pkg.init_speculator = init_speculator
-    runner = types.ModuleType(vst.RUNNER_MODULE)
-    runner.init_speculator = init_speculator            # the model runner's own binding
-    monkeypatch.setitem(sys.modules, "fake_spec_decode", pkg)
-    monkeypatch.setitem(sys.modules, vst.RUNNER_MODULE, runner)
-    monkeypatch.delenv(vst.TIME_ENV, raising=False)
-    assert vst.install("fake_spec_decode") is False and pkg.init_speculator is init_speculator
+    orig = lambda vllm_config, device, *a, **k: FakeSpeculator()            # noqa: E731
+    ar = types.SimpleNamespace(speculative_config=types.SimpleNamespace(method="eagle3", parallel_drafting=False))
+    plain = v2_patch._wrapped_factory(orig, serve_peagle=False, record_path=None)
+    assert not getattr(plain(ar, "cpu").propose, core.TIMED_MARK, False)
+    f = v2_patch._wrapped_factory(orig, serve_peagle=False, record_path=None, time_draft=True)
+    assert getattr(f, "__pedagle_v2_hook__") is True and f.__wrapped__ is orig   # v2_state.is_installed holds
     monkeypatch.setenv(vst.TIME_ENV, str(tmp_path / "f.jsonl"))
-    assert vst.install("fake_spec_decode") is True
-    f = pkg.init_speculator
-    assert f is not init_speculator and runner.init_speculator is f and f.__wrapped__ is init_speculator
-    assert getattr(f, "__pedagle_v2_hook__") is True                              # v2_state.is_installed holds
-    assert vst.install("fake_spec_decode") is True and pkg.init_speculator is f   # idempotent
-    s = f(None, "cpu")
+    s = f(ar, "cpu")
+    assert getattr(s.propose, core.TIMED_MARK)
     s.propose(FakeBatch(2, 16))
     vst.timer().close()
     assert [r["B"] for r in vst.read(str(tmp_path / "f.jsonl"))] == [2]

@@ -21,6 +21,7 @@ import prod_shapes  # noqa: E402
 import sglang_gpu_e2e as e2e  # noqa: E402
 
 from pedagle_backends.sglang import runner, step_timer  # noqa: E402
+from pedagle_core.engine import step_timer as core_step_timer  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------- records
@@ -215,7 +216,6 @@ def test_step_timer_on_cpu(tmp_path, monkeypatch):
     step_timer.instrument(Worker)
     assert not getattr(Worker._draft_extend_for_decode, "__pedagle_timed__", False)   # no variable: untouched
     monkeypatch.setenv(step_timer.TIME_ENV, str(path))
-    monkeypatch.setattr(step_timer, "_TIMER", None)
     step_timer.instrument(Worker)
     batch = type("B", (), {"seq_lens": torch.zeros(5)})()
     assert Worker()._draft_extend_for_decode(batch, 21) == 42
@@ -223,7 +223,7 @@ def test_step_timer_on_cpu(tmp_path, monkeypatch):
     rows = step_timer.read(str(path))
     assert len(rows) == 1 and rows[0]["B"] == 5 and rows[0]["K"] == 3 and rows[0]["kind"] == "decode"
     assert rows[0]["gpu_ms"] is None and rows[0]["cpu_ms"] >= 0 and rows[0]["t"] > 0
-    monkeypatch.setattr(step_timer, "_TIMER", None)
+    core_step_timer._TIMERS.pop(str(path), None)              # the process's timer of that file (closed)
 
 
 def test_engine_args_from_environment(monkeypatch):

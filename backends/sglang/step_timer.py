@@ -15,28 +15,17 @@ nothing is recorded.
 
 from __future__ import annotations
 
-import atexit
 import os
 from typing import Any, Callable
 
-from pedagle_core.engine.step_timer import TIMED_MARK, StepTimer, read, timed
+from pedagle_core.engine.step_timer import TIMED_MARK, StepTimer, read, timed, timer_for
 
 TIME_ENV = "PEDAGLE_SGLANG_TIME_DRAFT"
-DraftStepTimer = StepTimer                     # the name this module exported before the timer moved to the core
-
-_TIMER: StepTimer | None = None
 
 
 def timer() -> StepTimer | None:
     """The process's timer when ``PEDAGLE_SGLANG_TIME_DRAFT`` is set (created on first use), else None."""
-    global _TIMER
-    path = os.environ.get(TIME_ENV)
-    if not path:
-        return None
-    if _TIMER is None:
-        _TIMER = StepTimer(path)
-        atexit.register(_TIMER.close)
-    return _TIMER
+    return timer_for(TIME_ENV)
 
 
 def _batch_size(batch: Any) -> int | None:
@@ -65,4 +54,4 @@ def instrument(cls: type, method: str = "_draft_extend_for_decode") -> type:
     return cls
 
 
-__all__ = ["TIME_ENV", "DraftStepTimer", "timer", "timed_method", "instrument", "read"]
+__all__ = ["TIME_ENV", "timer", "timed_method", "instrument", "read"]

@@ -127,9 +127,6 @@ def register() -> None:
             from . import v2_patch
 
             v2_patch.install(serve_peagle=not registration)
-            from . import step_timer
-
-            step_timer.install()        # PEDAGLE_VLLM_TIME_DRAFT: CUDA events around every V2 propose (else nothing)
         for arch, cls in ARCHITECTURES.items():
             ModelRegistry.register_model(arch, f"{_MODEL_MODULE}:{cls}")
         _registered = True

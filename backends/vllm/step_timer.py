@@ -2,9 +2,9 @@
 `pedagle_core.engine.step_timer` (the CUDA-event timer, its line format and `read` are there).
 
 ``PEDAGLE_VLLM_TIME_DRAFT=path.jsonl`` (read where the plugin registers, i.e. in every vLLM process; with
-``VLLM_ENABLE_V1_MULTIPROCESSING=0`` that is the one process): `install` wraps V2's speculator factory
-(``vllm.v1.worker.gpu.spec_decode.init_speculator``, over pedagle's own wrapper from `v2_patch`), so that every
-speculator it builds (pedagle's `v2_speculator.PedagleSpeculator` for P-EAGLE heads, vLLM's for the others) has
+``VLLM_ENABLE_V1_MULTIPROCESSING=0`` that is the one process): `v2_patch`'s wrapper of V2's speculator factory
+(``vllm.v1.worker.gpu.spec_decode.init_speculator``) passes every speculator it builds to `time_speculator`, so
+that each one (pedagle's `v2_speculator.PedagleSpeculator` for P-EAGLE heads, vLLM's for the others) has
 its ``propose`` bracketed by two CUDA events on the current stream. Under FULL CUDA graphs ``propose`` prepares
 the inputs eagerly and replays the graph: the events measure the whole of it. One JSON line per real call
 (dummy runs and calls during a graph capture are not timed):
@@ -18,15 +18,11 @@ Without the variable nothing is wrapped. Model runner V1 (pedagle's proposer hoo
 
 from __future__ import annotations
 
-import importlib
-import os
-import sys
-from typing import Any, Callable
+from typing import Any
 
 from pedagle_core.engine.step_timer import TIMED_MARK, read, timed, timer_for
 
 TIME_ENV = "PEDAGLE_VLLM_TIME_DRAFT"
-RUNNER_MODULE = "vllm.v1.worker.gpu.model_runner"
 
 
 def timer() -> Any:
@@ -61,35 +57,4 @@ def time_speculator(speculator: Any) -> Any:
     return speculator
 
 
-def _timed_factory(orig: Callable[..., Any]) -> Callable[..., Any]:
-    def init_speculator(*args: Any, **kwargs: Any) -> Any:
-        return time_speculator(orig(*args, **kwargs))
-
-    for name in dir(orig):                       # keep pedagle's V2 mark (v2_state.is_installed) visible
-        if name.startswith("__pedagle"):
-            setattr(init_speculator, name, getattr(orig, name))
-    setattr(init_speculator, TIMED_MARK, True)
-    init_speculator.__wrapped__ = orig  # type: ignore[attr-defined]
-    return init_speculator
-
-
-def install(package_name: str = "vllm.v1.worker.gpu.spec_decode") -> bool:
-    """Wrap V2's speculator factory when ``PEDAGLE_VLLM_TIME_DRAFT`` is set (after `v2_patch.install`); returns
-    whether it is wrapped."""
-    if not os.environ.get(TIME_ENV):
-        return False
-    package = importlib.import_module(package_name)
-    orig = getattr(package, "init_speculator", None)
-    if orig is None:
-        return False
-    if getattr(orig, TIMED_MARK, False):
-        return True
-    factory = _timed_factory(orig)
-    package.init_speculator = factory
-    runner = sys.modules.get(RUNNER_MODULE)
-    if runner is not None and getattr(runner, "init_speculator", None) is orig:
-        runner.init_speculator = factory
-    return True
-
-
-__all__ = ["TIME_ENV", "install", "time_speculator", "describe_call", "timer", "read"]
+__all__ = ["TIME_ENV", "time_speculator", "describe_call", "timer", "read"]

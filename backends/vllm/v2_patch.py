@@ -28,7 +28,7 @@ import torch
 
 from pedagle_core.draft_record import RECORD_ENV, DraftRecordWriter
 
-from . import v2_state
+from . import step_timer, v2_state
 from .v2_state import MARK as _MARK
 from .v2_state import SPEC_DECODE_PACKAGE
 
@@ -63,16 +63,21 @@ def _filtered_unsupported(orig: Callable[[Any], list[str]]) -> Callable[[Any], l
     return unsupported
 
 
-def _wrapped_factory(orig: Callable[..., Any], serve_peagle: bool, record_path: str | None) -> Callable[..., Any]:
+def _wrapped_factory(orig: Callable[..., Any], serve_peagle: bool, record_path: str | None,
+                     time_draft: bool = False) -> Callable[..., Any]:
+    """V2's speculator factory with pedagle's speculator for P-EAGLE heads (``serve_peagle``), vLLM's own
+    speculators recorded (``record_path``), and every speculator's ``propose`` timed (``time_draft``:
+    `step_timer`, ``PEDAGLE_VLLM_TIME_DRAFT``)."""
     def init_speculator(vllm_config: Any, device: torch.device, *args: Any, **kwargs: Any) -> Any:
         if serve_peagle and is_peagle_request(vllm_config.speculative_config):
             from .v2_speculator import PedagleSpeculator
 
-            return PedagleSpeculator(vllm_config, device)
-        speculator = orig(vllm_config, device, *args, **kwargs)
-        if record_path and speculator is not None and not getattr(speculator, "_recorder", None):
-            record_proposals(speculator, DraftRecordWriter(record_path))
-        return speculator
+            speculator = PedagleSpeculator(vllm_config, device)
+        else:
+            speculator = orig(vllm_config, device, *args, **kwargs)
+            if record_path and speculator is not None and not getattr(speculator, "_recorder", None):
+                record_proposals(speculator, DraftRecordWriter(record_path))
+        return step_timer.time_speculator(speculator) if time_draft else speculator
 
     setattr(init_speculator, _MARK, True)
     init_speculator.__wrapped__ = orig  # type: ignore[attr-defined]
@@ -84,6 +89,7 @@ def install(serve_peagle: bool, record_only: bool = False) -> None:
     the unsupported-feature filter (0.26-0.33; 0.34 registers its method instead). ``record_only``: vLLM's own
     speculators, recorded (needs ``PEDAGLE_RECORD_DRAFTS``)."""
     record_path = os.environ.get(RECORD_ENV) or None
+    time_draft = bool(os.environ.get(step_timer.TIME_ENV))
     with _install_lock:
         package = importlib.import_module(SPEC_DECODE_PACKAGE)
         orig_factory = getattr(package, "init_speculator", None)
@@ -101,8 +107,8 @@ def install(serve_peagle: bool, record_only: bool = False) -> None:
             if not getattr(orig_unsupported, _MARK, False):
                 targets.append((VllmConfig, "_get_v2_model_runner_unsupported_features",
                                 _filtered_unsupported(orig_unsupported)))
-        if not getattr(orig_factory, _MARK, False) and (serve_peagle and not record_only or record_path):
-            factory = _wrapped_factory(orig_factory, serve_peagle and not record_only, record_path)
+        if not getattr(orig_factory, _MARK, False) and (serve_peagle and not record_only or record_path or time_draft):
+            factory = _wrapped_factory(orig_factory, serve_peagle and not record_only, record_path, time_draft)
             targets.append((package, "init_speculator", factory))
             runner = sys.modules.get("vllm.v1.worker.gpu.model_runner")
             if runner is not None and getattr(runner, "init_speculator", None) is orig_factory:

@@ -55,6 +55,31 @@ def test_plugin_installs_the_v2_factory(monkeypatch):
     assert not getattr(factory.__wrapped__, "__pedagle_v2_hook__", False)
 
 
+def test_timing_alone_wraps_the_factory(monkeypatch, tmp_path):
+    """``PEDAGLE_VLLM_TIME_DRAFT`` set: the factory is wrapped even where pedagle neither serves nor records (0.34,
+    whose P-EAGLE speculator comes through vLLM's registration), in the package and in the runner's own binding."""
+    import sys
+
+    import vllm.v1.worker.gpu.spec_decode as spec_decode
+    from pedagle_backends.vllm import step_timer
+
+    orig = lambda cfg, dev, *a, **k: None                                                   # noqa: E731
+    monkeypatch.setattr(spec_decode, "init_speculator", orig)
+    runner = sys.modules.get("vllm.v1.worker.gpu.model_runner")
+    if runner is not None and hasattr(runner, "init_speculator"):
+        monkeypatch.setattr(runner, "init_speculator", orig)
+    monkeypatch.delenv("PEDAGLE_RECORD_DRAFTS", raising=False)
+    monkeypatch.delenv(step_timer.TIME_ENV, raising=False)
+    v2_patch.install(serve_peagle=False)
+    assert spec_decode.init_speculator is orig                  # nothing asked: nothing wrapped
+    monkeypatch.setenv(step_timer.TIME_ENV, str(tmp_path / "t.jsonl"))
+    v2_patch.install(serve_peagle=False)
+    factory = spec_decode.init_speculator
+    assert factory is not orig and factory.__wrapped__ is orig and v2_state.is_installed()
+    if runner is not None and hasattr(runner, "init_speculator"):
+        assert runner.init_speculator is factory
+
+
 def test_factory_gives_p_eagle_heads_pedagles_speculator(monkeypatch):
     from pedagle_backends.vllm import v2_speculator
 
