@@ -545,12 +545,8 @@ def prod_child(spec: dict[str, Any]) -> None:
         except Exception as e:  # noqa: BLE001 - time the random drafter then, and say so
             res["drafter_weights"] = f"random (vLLM's dummy loader; the checkpoint patch failed: {type(e).__name__}: {e})"
     write()
-    from vllm import LLM, SamplingParams
-
-    from pedagle_backends.vllm.runner import _delta, _spec_metrics
-
     try:
-        _prod_calls(spec, res, write, LLM, SamplingParams, _delta, _spec_metrics)
+        _prod_calls(spec, res, write)
     except BaseException as e:  # noqa: BLE001 - recorded; the parent reads the result file
         import traceback
 
@@ -573,8 +569,11 @@ def prod_child(spec: dict[str, Any]) -> None:
     os._exit(0)                                 # vLLM's shutdown is not needed (and can hang)
 
 
-def _prod_calls(spec: dict[str, Any], res: dict[str, Any], write: Callable[[], Any], LLM: Any, SamplingParams: Any,
-                _delta: Any, _spec_metrics: Any) -> None:
+def _prod_calls(spec: dict[str, Any], res: dict[str, Any], write: Callable[[], Any]) -> None:
+    from vllm import LLM, SamplingParams
+
+    from pedagle_backends.vllm.runner import _delta, _spec_metrics
+
     t = time.perf_counter()
     llm = LLM(**spec["kwargs"])
     res["init_s"] = time.perf_counter() - t
