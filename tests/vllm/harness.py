@@ -58,10 +58,11 @@ def engine_K(case: Case, fam: dict[str, str]) -> int:
 
 def speculators_as_model_refused() -> bool:
     """Whether the installed vLLM refuses the family's speculators exports served as the model: their verifier is
-    a local directory, which vLLM 0.33+ refuse there (`pedagle_backends.vllm.compat.speculators_verifier_refused`)."""
-    from pedagle_backends.vllm.compat import speculators_verifier_refused
+    a local directory, which vLLM 0.33+ refuse there (`pedagle_backends.vllm.compat.speculators_verifier_refused`
+    says which verifiers; every local directory is one of them)."""
+    from pedagle_backends.vllm.compat import SPECULATORS_REMOTE_VERIFIER_SINCE
 
-    return speculators_verifier_refused("/a/local/target/directory", installed_vllm())
+    return installed_vllm() >= SPECULATORS_REMOTE_VERIFIER_SINCE
 
 
 def vllm_job(case: Case, fam: dict[str, str], prompts: list[list[int]], max_tokens: int,
