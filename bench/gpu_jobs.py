@@ -7,7 +7,10 @@ vLLM 0.26 / SGLang 0.5.17 trees and exports VLLM_PYTHONPATH / SGLANG_PYTHONPATH 
 A JOB is ``ENGINE:ARGS``: ENGINE ``vllm`` runs ``bench/vllm_gpu_e2e.py ARGS``, ``sglang`` runs
 ``bench/sglang_gpu_e2e.py ARGS``, each with its engine's PYTHONPATH and an ``--out`` of its own
 (/tmp/gpujobs/jN-ENGINE) and ``--budget-s`` (what is left of SECONDS, less the packing time; an ARGS
-``--budget-s`` wins). Jobs between two ``then`` run at the same time (correctness runs that can share the GPU:
+``--budget-s`` wins); ``selfcheck`` runs PEAGLE's draft-step CUDA-graph self-check
+(``python -m pedagle_backends.sglang.graph_selfcheck --out DIR ARGS``: target-only vs PEAGLE graphs vs eager,
+result graph_selfcheck.json) with SGLang's PYTHONPATH and no budget argument (bound it with ``--K`` /
+``--max-new``; the deadline still applies). Jobs between two ``then`` run at the same time (correctness runs that can share the GPU:
 give each engine a small memory share); the groups run one after another (timings: one job per group).
 Every job's process group is killed SECONDS - 20 after the start, so that the results are always packed:
 $OUT/run.tgz (every job's directory with its output run.log, without the production-shaped models) and, for the
@@ -28,8 +31,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = Path("/tmp/gpujobs")
-SCRIPTS = {"vllm": ("vllm_gpu_e2e.py", "VLLM_PYTHONPATH", "vllm_gpu_h200.json"),
-           "sglang": ("sglang_gpu_e2e.py", "SGLANG_PYTHONPATH", "sglang_gpu.json")}
+# ENGINE: (what follows the interpreter, the PYTHONPATH variable, the result JSON, whether it takes --budget-s)
+SCRIPTS = {"vllm": ([str(ROOT / "bench" / "vllm_gpu_e2e.py")], "VLLM_PYTHONPATH", "vllm_gpu_h200.json", True),
+           "sglang": ([str(ROOT / "bench" / "sglang_gpu_e2e.py")], "SGLANG_PYTHONPATH", "sglang_gpu.json", True),
+           "selfcheck": (["-m", "pedagle_backends.sglang.graph_selfcheck"], "SGLANG_PYTHONPATH",
+                         "graph_selfcheck.json", False)}
 PACK_S = 20.0          # seconds kept at the end for packing
 MIN_START_S = 60.0     # no group starts with less time left
 T0 = time.monotonic()
@@ -58,13 +64,16 @@ def parse(argv: list[str]) -> tuple[float, list[list[tuple[str, str, list[str]]]
 
 
 def start(name: str, engine: str, args: list[str], left: float) -> subprocess.Popen:
-    script, pyvar, _ = SCRIPTS[engine]
+    prefix, pyvar, _, budget = SCRIPTS[engine]
     out = WORK / name
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     if os.environ.get(pyvar):
         env["PYTHONPATH"] = os.environ[pyvar]
-    cmd = [sys.executable, str(ROOT / "bench" / script), "--out", str(out), "--budget-s", f"{max(left, MIN_START_S / 2):.0f}", *args]
+    cmd = [sys.executable, *prefix, "--out", str(out)]
+    if budget:                                   # before ARGS, so that an ARGS --budget-s wins
+        cmd += ["--budget-s", f"{max(left, MIN_START_S / 2):.0f}"]
+    cmd += args
     log(f"{name}: {shlex.join(cmd[1:])}")
     return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=open(out / "run.log", "w"), stderr=subprocess.STDOUT,
                             start_new_session=True)

@@ -71,16 +71,20 @@ def test_gpu_jobs_runs_groups_kills_at_the_deadline_and_packs(tmp_path, monkeypa
                     "a = ap.parse_args(); time.sleep(a.sleep)\n"
                     "pathlib.Path(a.out, 'r.json').write_text(json.dumps({'budget': float(a.budget_s)}))\n"
                     "print('done', a.sleep)\n")
-    monkeypatch.setattr(jobs, "SCRIPTS", {"vllm": (str(fake), "NOPE", "r.json"), "sglang": (str(fake), "NOPE", "r.json")})
+    monkeypatch.setattr(jobs, "SCRIPTS", {"vllm": ([str(fake)], "NOPE", "r.json", True),
+                                          "sglang": ([str(fake)], "NOPE", "r.json", True),
+                                          "selfcheck": ([str(fake)], "NOPE", "r.json", False)})
     monkeypatch.setattr(jobs, "WORK", tmp_path / "work")
     monkeypatch.setattr(jobs, "PACK_S", 0.0)
     monkeypatch.setattr(jobs, "MIN_START_S", 1.0)
     monkeypatch.setenv("OUT", str(tmp_path / "out"))
     jobs.T0 = __import__("time").monotonic()
-    assert jobs.main(["20", "vllm:--sleep 0", "sglang:--sleep 1", "then", "vllm:--sleep 600"]) == 0
+    assert jobs.main(["20", "vllm:--sleep 0", "sglang:--sleep 1", "selfcheck:--budget-s 7", "then",
+                      "vllm:--sleep 600"]) == 0
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["j1-vllm.json", "j2-sglang.json", "run.tgz"]
+    assert sorted(p.name for p in out.iterdir()) == ["j1-vllm.json", "j2-sglang.json", "j3-selfcheck.json", "run.tgz"]
     assert 1 <= __import__("json").loads((out / "j1-vllm.json").read_text())["budget"] <= 20
+    assert __import__("json").loads((out / "j3-selfcheck.json").read_text())["budget"] == 7   # no budget of its own
     with tarfile.open(out / "run.tgz") as t:
         names = t.getnames()
-    assert "gpujobs/j3-vllm/run.log" in names and "gpujobs/j3-vllm/r.json" not in names   # killed, nothing written
+    assert "gpujobs/j4-vllm/run.log" in names and "gpujobs/j4-vllm/r.json" not in names   # killed, nothing written
