@@ -16,7 +16,8 @@
 #           pedagle's CPU sgl_kernel test ops) end to end, and its Python API (SGLang 0.5.23, the newest supported);
 #   sglang0517 the same suite's `--sglang-cases versions` subset in an SGLang 0.5.17 environment (the oldest
 #           supported SGLang): every test of a part of SGLang whose behaviour differs between the releases
-#           (backends/sglang/compat.py), the engine runs cut to target-only + PEAGLE K = 3 and 7 in one engine process.
+#           (backends/sglang/compat.py), the engine runs cut to target-only + PEAGLE K = 3, 5 and 7 in one engine
+#           process (K = 3 and 7 with SGLang's overlap scheduler, K = 5 synchronous).
 # The backend environments are created on first use (a few minutes each) under $PEDAGLE_VENVS
 # (default ~/.cache/pedagle/venvs) and reused afterwards.
 #

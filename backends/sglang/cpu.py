@@ -24,6 +24,9 @@ as soon as that module has run); with 0 that package also leaves out ``convert_w
 recognises an AMX-capable ``sgl_kernel``. `apply_in_process` (the plugin, in every process) checks that the
 layers' cached decisions agree, and raises otherwise. The engine tests run with 0 and start a few engines with 1
 (tests/sglang/test_engine_amx.py).
+
+Overlap scheduling: SGLang switches it off for speculative decoding on a CPU; with the opt-in, PEAGLE keeps it
+when asked for (`spec_algo.keeps_overlap_on_cpu`; its FutureMap relays the drafts without SGLang's Triton gather).
 """
 
 from __future__ import annotations
@@ -189,8 +192,9 @@ def prepare_env() -> None:
 
 def engine_kwargs(**overrides: Any) -> dict[str, Any]:
     """``sglang.Engine`` keywords for the CPU engine (after `prepare_env`): device, attention backend, and a
-    KV pool sized for tests (``max_total_tokens``; SGLang sizes CPU pools from free RAM otherwise). ``overrides``
-    win."""
+    KV pool sized for tests (``max_total_tokens``; SGLang sizes CPU pools from free RAM otherwise), CUDA graphs and
+    overlap scheduling off. ``overrides`` win: ``disable_overlap_schedule=False`` runs a PEAGLE engine with SGLang's
+    overlap scheduler, which this opt-in lets PEAGLE keep on a CPU (`spec_algo.keeps_overlap_on_cpu`)."""
     prepare_env()
     kw: dict[str, Any] = dict(device="cpu", attention_backend=ATTENTION_BACKEND, max_total_tokens=8192,
                               disable_cuda_graph=True, disable_overlap_schedule=True)

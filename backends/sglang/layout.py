@@ -38,8 +38,23 @@ def decode_window(K: int) -> int:
 def alloc_len_per_decode(K: int, stock: int) -> int:
     """SGLang's ``get_alloc_len_per_decode`` for PEAGLE: the stock length (max(K, K+1) for a chain) widened so
     that one decode step can write the whole draft window (2K slots past ``seq_lens``). SGLang reserves twice
-    this per request (double buffer), so the reserve also covers an overlap-scheduling lag of one step."""
+    this per request (``get_alloc_reserve_per_decode``, a double buffer), so the reserve also covers the overlap
+    scheduler's one-step lag (`decode_reach`)."""
     return max(int(stock), decode_window(K))
+
+
+def decode_reach(K: int, lag_steps: int) -> int:
+    """How far past a request's committed length (as the scheduler counts it when it reserves KV for a decode
+    step) that step writes, at most: the committed length lags ``lag_steps`` verify steps (0: the synchronous
+    schedule; 1: the overlap scheduler plans step N+1 before step N's accepted tokens are counted), each of
+    which may have added up to K+1 tokens; then the step's verify writes K+1 slots and its draft step 2K
+    (`decode_window`) past the current length. SGLang reserves ``2 * alloc_len_per_decode`` past the committed
+    length: ``decode_reach(K, 1) = 3K + 1 <= 4K`` for every K >= 1 (SGLang's own EAGLE chain fits its K+1
+    reserve the same way: ``(K + 1) + (K + 1) <= 2(K + 1)``)."""
+    _check_k(K)
+    if lag_steps < 0:
+        raise ValueError(f"lag_steps = {lag_steps}; expected >= 0")
+    return lag_steps * (K + 1) + max(K + 1, decode_window(K))
 
 
 def prefill_scratch_slots(K: int) -> int:
@@ -200,16 +215,23 @@ def prefill_extend_layout(prompt_locs: Tensor, extend_lens: Tensor, prefix_lens:
     concatenated per request) followed by its K-1 MASK rows (slots ``mask_locs`` [B, K-1])."""
     _check_k(K)
     ext = _as_long(extend_lens)
-    B = ext.shape[0]
+    B, T = ext.shape[0], int(prompt_locs.shape[0])
     if tuple(mask_locs.shape) != (B, K - 1):
         raise ValueError(f"mask_locs: expected shape [{B}, {K - 1}], got {tuple(mask_locs.shape)}")
-    segs = torch.split(_as_long(prompt_locs), ext.tolist())
-    out = torch.cat([torch.cat([s, m]) for s, m in zip(segs, _as_long(mask_locs))]) if B else prompt_locs[:0]
+    # scattered into place on the device, with no host read of the lengths (no sync under overlap scheduling)
     new_ext = ext + (K - 1)
+    new_start = torch.cumsum(new_ext, 0) - new_ext
+    old_start = torch.cumsum(ext, 0) - ext
+    req = torch.repeat_interleave(torch.arange(B, device=ext.device), ext, output_size=T)
+    out = torch.empty(T + B * (K - 1), dtype=torch.int64, device=prompt_locs.device)
+    out[new_start[req] + torch.arange(T, device=ext.device) - old_start[req]] = _as_long(prompt_locs)
+    if K > 1:
+        mask_rows = (new_start + ext)[:, None] + torch.arange(K - 1, device=ext.device)
+        out[mask_rows.reshape(-1)] = _as_long(mask_locs).reshape(-1)
     return ExtendLayout(prefix_lens=_as_long(prefix_lens), extend_lens=new_ext,
-                        seq_lens=_as_long(prefix_lens) + new_ext, out_cache_loc=out.to(torch.int64))
+                        seq_lens=_as_long(prefix_lens) + new_ext, out_cache_loc=out)
 
 
-__all__ = ["decode_window", "alloc_len_per_decode", "prefill_scratch_slots", "verify_positions", "verify_tokens", "chain_retrieve_indices",
+__all__ = ["decode_window", "alloc_len_per_decode", "decode_reach", "prefill_scratch_slots", "verify_positions", "verify_tokens", "chain_retrieve_indices",
            "decode_step_input", "select_index", "draft_extend_cache_locs", "block_table", "no_block_table", "prefill_step_input",
            "prefill_mask_positions", "ExtendLayout", "decode_extend_layout", "prefill_extend_layout"]

@@ -5,7 +5,8 @@
 1. checks the installed SGLang against ``SUPPORTED_SGLANG`` and raises a clear error otherwise, before it
    changes anything (SGLang logs a raising plugin and goes on without it; ``PEAGLE`` is then unknown);
 2. registers ``PEAGLE`` with ``SpeculativeAlgorithm.register`` (``spec_class`` = `spec_algo.PEagleSpecAlgo`,
-   server-argument validation, a factory that imports the worker lazily, in the scheduler only);
+   server-argument validation, a factory that imports the worker lazily, in the scheduler only;
+   ``supports_overlap=True``: SGLang's overlap scheduler, its default, may run it);
 3. with pedagle's CPU-engine opt-in set (`cpu`), keeps SGLang's intel_amx attention on a CPU without AMX;
 4. registers four ``HookRegistry`` hooks, applied by SGLang's ``load_plugins()`` right after the plugins ran
    (each is a no-op unless the speculative algorithm is PEAGLE):
@@ -227,7 +228,7 @@ def register() -> None:
             raise RuntimeError(f"pedagle: the speculative algorithm {ALGORITHM} is already registered by another "
                                f"plugin ({existing!r})")
         if existing is None:
-            r["SpeculativeAlgorithm"].register(ALGORITHM, supports_overlap=False,
+            r["SpeculativeAlgorithm"].register(ALGORITHM, supports_overlap=True,
                                                validate_server_args=r["validate_server_args"],
                                                spec_class=r["PEagleSpecAlgo"])(_worker_factory)
         _register_hooks(r)

@@ -244,27 +244,43 @@ def config_record(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     return next((r for r in records if r.get("kind") == "config"), None)
 
 
-def per_request_steps(records: list[dict[str, Any]], rids: Sequence[str]) -> list[list[dict[str, Any]]]:
+def per_request_steps(records: list[dict[str, Any]], rids: Sequence[str],
+                      outputs: Sequence[Sequence[int]] | None = None) -> list[list[dict[str, Any]]]:
     """For each request (in ``rids`` order), its draft steps in order: {"drafts": [K], "accepted": n | None}
     where ``accepted`` is how many drafts of the PREVIOUS step its verify accepted (None for step 0). The draft
-    steps after a non-final prefill chunk (``chunked``) are left out: no verify follows them."""
+    steps after a non-final prefill chunk (``chunked``) are left out: no verify follows them.
+
+    With ``outputs`` (each request's output ids), a request's steps end where its output was complete: a decode
+    step that started after the tokens before it (1 per prefill, accepted + 1 per verify) already covered the
+    output ran on a request that had finished. SGLang's overlap scheduler does that: a request finishing at step N
+    can still be in step N+1, launched before step N's result was processed (SGLang drops that step's tokens;
+    0.5.23 leaves out a request one token short of max_new_tokens, 0.5.17 does not). Without ``outputs`` such steps
+    are kept."""
     index = {r: i for i, r in enumerate(rids)}
     steps: list[list[dict[str, Any]]] = [[] for _ in rids]
+    emitted = [0] * len(rids)
+    done = [False] * len(rids)
     for rec in records:
         chunked = rec.get("chunked") or []
         for j, rid in enumerate(rec.get("rids") or []):
             if rid not in index or (j < len(chunked) and chunked[j]):
                 continue
+            b = index[rid]
             acc = None
             if rec.get("kind") == "decode":
                 acc = int(rec["accept_lens"][j]) - 1
-            steps[index[rid]].append({"drafts": rec["drafts"][j], "accepted": acc})
+                if outputs is not None and emitted[b] >= len(outputs[b]):
+                    done[b] = True                  # the request had finished: an in-flight step, dropped
+            if done[b]:
+                continue
+            emitted[b] += 1 if acc is None else acc + 1
+            steps[b].append({"drafts": rec["drafts"][j], "accepted": acc})
     return steps
 
 
 def to_case_result(gen: dict[str, Any], K: int, steps: int) -> dict[str, Any]:
     """The conformance result dict (see `pedagle_core.hooks`) of the first ``steps`` verify steps."""
-    per_req = per_request_steps(gen["records"], gen["rids"])
+    per_req = per_request_steps(gen["records"], gen["rids"], gen.get("outputs"))
     B = len(per_req)
     drafts: list[list[Any]] = []
     accepted: list[list[Any]] = []

@@ -7,8 +7,15 @@ and resolves the server arguments:
 
 * ``--speculative-num-draft-tokens K+1`` alone is enough: num_steps = K, topk = 1 (and the other way round);
   with neither, K comes from the drafter (its recorded ``parallel_depth`` when it is a P-EAGLE head, else 1);
-* overlap scheduling is switched off (PEAGLE runs on the synchronous V2 schedule);
-* then SGLang's own EAGLE-family defaulting (``_handle_eagle_family``) runs.
+* then SGLang's own EAGLE-family defaulting (``_handle_eagle_family``) runs;
+* overlap scheduling stays as SGLang resolves it: on (SGLang's default) unless ``--disable-overlap-schedule``.
+  SGLang switches it off for speculative decoding on a CPU (``_disable_overlap_schedule_for_cpu``: its
+  FutureMap gathers the relayed draft inputs with a Triton kernel); under pedagle's CPU-engine opt-in (`cpu`)
+  PEAGLE keeps it, since its FutureMap (`future_map_class`) gathers them without Triton there.
+
+The overlap scheduler relays each request's next draft input between iterations through SGLang's ``FutureMap``
+(``create_future_map``): PEAGLE's is ``bonus_tokens`` [B] and the K drafts ``topk_index`` [B, K] (target ids) with
+``topk_p`` [B, K] (ones); no hidden states.
 
 `validate_server_args` rejects what PEAGLE does not support, with the reason and the fix.
 
@@ -21,6 +28,7 @@ config and weight files, and ``speculative_draft_model_path`` is declared to be 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -162,6 +170,47 @@ def serve_speculators_drafter_converted(server_args: Any, previous: Any) -> None
     previous(server_args)
 
 
+@functools.lru_cache(maxsize=None)
+def future_map_class() -> type:
+    """The ``FutureMap`` class of PEAGLE's ``create_future_map``: SGLang's (the overlap scheduler's per-request relay
+    of the next draft input between iterations, indexed by request-pool row), with one change off CUDA.
+
+    What PEAGLE relays: ``bonus_tokens`` [B] and ``topk_index`` [B, K] (the K drafts, target ids), ``topk_p``
+    [B, K] (ones); ``hidden_states`` is None, so SGLang allocates no hidden-state buffer. SGLang sizes the
+    per-request buffers from the first payload that carries them (the first prefill draft step's [B, K]): [pool, K].
+
+    On CUDA everything is SGLang's (``_resolve_spec_extras``: one fused Triton gather of the rows). On another device
+    (SGLang's CPU engine) SGLang's resolve step cannot run: the fused gather is a Triton kernel (no Triton driver on
+    a CPU) and 0.5.17 calls ``record_stream`` on the CPU index tensor; there PEAGLE's three rows are gathered with
+    plain indexing (`resolve_relayed_draft_input`). ``_resolve_spec_extras`` is the name
+    ``overlap_utils.resolve_forward_inputs`` calls in 0.5.17 and 0.5.23 alike, and the buffer names
+    (``output_tokens_buf``, ``topk_p_buf``, ``topk_index_buf``) are the same in both."""
+    import torch
+    from sglang.srt.managers.overlap_utils import FutureMap
+
+    class PEagleFutureMap(FutureMap):
+        def _resolve_spec_extras(self, batch: Any) -> None:
+            if torch.device(self.device).type == "cuda":
+                return super()._resolve_spec_extras(batch)
+            resolve_relayed_draft_input(self, batch.spec_info)
+
+    return PEagleFutureMap
+
+
+def resolve_relayed_draft_input(future_map: Any, draft_input: Any) -> None:
+    """PEAGLE's draft input of a batch from a FutureMap's buffers, by the batch's ``future_indices`` (the
+    request-pool rows whose last forward stashed them): ``bonus_tokens``, ``topk_index`` (the drafts) and
+    ``topk_p``. A batch without relayed input (no spec info, no rows) is left as it is."""
+    idx = None if draft_input is None else getattr(draft_input, "future_indices", None)
+    if idx is None or idx.shape[0] == 0:
+        return
+    draft_input.bonus_tokens = future_map.output_tokens_buf[idx]
+    topk_index = getattr(future_map, "topk_index_buf", None)
+    if topk_index is not None:
+        draft_input.topk_index = topk_index[idx]
+        draft_input.topk_p = future_map.topk_p_buf[idx]
+
+
 class PEagleSpecAlgo(CustomSpecAlgo):
     """``spec_class`` of the PEAGLE registration: EAGLE-3 for every scheduler-side predicate."""
 
@@ -191,17 +240,24 @@ class PEagleSpecAlgo(CustomSpecAlgo):
 
     def create_future_map(self, device, req_to_token_pool, needs_cpu_seq_lens: bool = True,
                           needs_confidence_relay: bool = False):
-        from sglang.srt.managers.overlap_utils import FutureMap
-
-        return FutureMap(device, self, req_to_token_pool, needs_cpu_seq_lens, needs_confidence_relay)
+        return future_map_class()(device, self, req_to_token_pool, needs_cpu_seq_lens, needs_confidence_relay)
 
     def handle_server_args(self, server_args: Any) -> None:
         resolve_server_args(server_args)
 
 
+def keeps_overlap_on_cpu(sa: Any) -> bool:
+    """Whether PEAGLE keeps overlap scheduling where SGLang switches it off for speculative decoding on a CPU:
+    on SGLang's CPU engine under pedagle's opt-in (`cpu.requested`), whose tests run PEAGLE both ways."""
+    from . import cpu
+
+    return str(_get(sa, "device", "") or "") == "cpu" and cpu.requested()
+
+
 def resolve_server_args(sa: Any) -> None:
     """Fill PEAGLE's defaults on ``sa`` (0.5.23: SGLang's recording stand-in; 0.5.17: the ServerArgs itself; or
-    a plain namespace), then run SGLang's EAGLE-family defaulting."""
+    a plain namespace), then run SGLang's EAGLE-family defaulting. Overlap scheduling is left as the user and
+    SGLang chose it (on unless ``--disable-overlap-schedule``), except on the CPU engine (`keeps_overlap_on_cpu`)."""
     steps, topk, ndt = (_get(sa, "speculative_num_steps"), _get(sa, "speculative_eagle_topk"),
                         _get(sa, "speculative_num_draft_tokens"))
     if steps is None:
@@ -211,13 +267,16 @@ def resolve_server_args(sa: Any) -> None:
         sa.speculative_eagle_topk = 1
     if ndt != steps + 1:
         sa.speculative_num_draft_tokens = steps + 1
-    if not _get(sa, "disable_overlap_schedule", False):
-        logger.warning("pedagle: %s runs without overlap scheduling; setting --disable-overlap-schedule", ALGORITHM)
-        sa.disable_overlap_schedule = True
+    overlap_before = not _get(sa, "disable_overlap_schedule", False)
     from sglang.srt.arg_groups.speculative_hook import _handle_eagle_family
 
     _handle_eagle_family(sa)
+    if overlap_before and keeps_overlap_on_cpu(sa):
+        logger.info("pedagle: %s keeps overlap scheduling on SGLang's CPU engine (pedagle's CPU-engine opt-in; SGLang "
+                    "switches it off for speculative decoding on a CPU)", ALGORITHM)
+        sa.disable_overlap_schedule = False
 
 
 __all__ = ["PEagleSpecAlgo", "PEagleConfigError", "validate_server_args", "resolve_server_args", "default_k",
+           "future_map_class", "resolve_relayed_draft_input", "keeps_overlap_on_cpu",
            "served_drafter_path", "serve_speculators_drafter_converted", "converted_cache_dir"]

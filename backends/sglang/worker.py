@@ -1,6 +1,6 @@
 """PEAGLE's speculative worker: SGLang's EAGLE V2 worker with ONE drafter forward per step (route B).
 
-Per decode iteration (synchronous V2 schedule, topk 1):
+Per decode iteration (SGLang's V2 schedule, topk 1; the overlap scheduler's or the synchronous one):
 
 1. ``draft()`` runs no forward: the K drafts of each request were produced by the previous draft step and
    stored as ``EagleDraftInput.topk_index`` [B, K] (target ids); it builds SGLang's chain verify input from
@@ -15,6 +15,23 @@ Per decode iteration (synchronous V2 schedule, topk 1):
 Prefill: the extend rows of each request plus K-1 MASK rows in one forward; the MASK rows write scratch KV
 slots allocated for the forward and freed after it (their positions lie past the prompt, where nothing is
 allocated yet).
+
+Overlap scheduling (SGLang's default; ``--disable-overlap-schedule`` gives the synchronous schedule) changes what
+the worker is handed, not what it does: ``draft()``, verify and ``_draft_extend_for_decode`` of one batch still run
+in one ``forward_batch_generation`` call (so ``_last_verify``, set in ``draft()`` and read in the draft-extend, never
+spans two batches), while the scheduler prepares the next batch before this one's results are processed. So:
+
+* the next iteration's draft input comes back through SGLang's ``FutureMap`` (the ``topk_index`` [B, K] and
+  ``bonus_tokens`` stashed after this forward, gathered by request-pool row before the next one:
+  `spec_algo.future_map_class`), not as this call's ``next_draft_input`` object;
+* ``batch.seq_lens`` (and ``seq_lens_cpu`` where the attention backends want it) are the verify's published
+  ``new_seq_lens``: the scheduler waits for them, so the draft step sees current lengths as in the synchronous
+  schedule; nothing here reads a request's host-side state (accept lengths, output ids), which lags a step;
+* KV: the scheduler reserves ``2 * alloc_len_per_decode`` slots past each request's committed length, and that
+  length lags one step (the previous step's accepted tokens are not counted yet); the verify and 2K-row draft
+  windows still fit (`layout.decode_reach`). The prefill draft step's scratch slots are taken and freed inside the
+  forward call, on the host, before the scheduler plans the next batch; on CUDA every KV write is on the forward
+  stream, and the scheduler's next ``req_to_token`` writes wait for this forward (its write-after-read barrier).
 
 The drafter is `model.PedagleSglangDrafter` (pedagle_core's model on SGLang's attention backend and draft KV
 pool). The decode draft step is captured in CUDA graphs by `cuda_graphs` (per batch size, on the Triton attention
@@ -59,8 +76,8 @@ class PEagleRuntimeError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------------------------- checks
-def check_runtime(page_size: int, tp_size: int, pp_size: int, topk: int, num_steps: int, num_draft_tokens: int,
-                  overlap: bool) -> None:
+def check_runtime(page_size: int, tp_size: int, pp_size: int, topk: int, num_steps: int,
+                  num_draft_tokens: int) -> None:
     """Refuse configurations the worker does not implement (SGLang may have resolved defaults after the
     server-argument validation ran, e.g. a backend that forces a page size)."""
     problems = []
@@ -74,8 +91,6 @@ def check_runtime(page_size: int, tp_size: int, pp_size: int, topk: int, num_ste
         problems.append(f"tp_size = {tp_size} (the drafter runs unsharded: 1)")
     if pp_size != 1:
         problems.append(f"pp_size = {pp_size} (1)")
-    if overlap:
-        problems.append("overlap scheduling (pass --disable-overlap-schedule)")
     if problems:
         raise PEagleRuntimeError(f"--speculative-algorithm {ALGORITHM} (pedagle, sglang{SUPPORTED_SGLANG}) cannot run "
                                  "with: " + "; ".join(problems))
@@ -168,8 +183,7 @@ class PEagleDraftWorker(EagleDraftWorker):
         check_runtime(page_size=int(get_schedule().page_size or 1), tp_size=int(get_parallel().tp_size),
                       pp_size=int(get_parallel().pp_size), topk=int(spec.speculative_eagle_topk),
                       num_steps=int(spec.speculative_num_steps),
-                      num_draft_tokens=int(spec.speculative_num_draft_tokens),
-                      overlap=not get_schedule().disable_overlap_schedule)
+                      num_draft_tokens=int(spec.speculative_num_draft_tokens))
         install_model_class()
         compat.init_eagle_draft_worker(EagleDraftWorker, self, server_args, gpu_id, nccl_port, target_worker, ps)
         model = self.draft_runner.model
@@ -184,9 +198,10 @@ class PEagleDraftWorker(EagleDraftWorker):
         self.aux_layer_ids = configure_target_capture(target_worker.model_runner, self.drafter.config.aux_layer_ids)
         self.recorder = DraftRecordWriter() if os.environ.get(RECORD_ENV) else None
         self._config_recorded = False
-        self._last_verify: Optional[tuple[torch.Tensor, torch.Tensor]] = None
-        logger.info("pedagle: %s with K = %d (one drafter forward per step), aux layers %s", ALGORITHM, self.K,
-                    self.aux_layer_ids)
+        self._last_verify: Optional[tuple[torch.Tensor, torch.Tensor, bool]] = None
+        self.overlap = not get_schedule().disable_overlap_schedule
+        logger.info("pedagle: %s with K = %d (one drafter forward per step), aux layers %s, %s schedule", ALGORITHM,
+                    self.K, self.aux_layer_ids, "overlap" if self.overlap else "synchronous")
 
     # ------------------------------------------------------------------ setup overrides
     def init_token_map(self):
@@ -279,7 +294,7 @@ class PEagleDraftWorker(EagleDraftWorker):
                              "layer_windows": [self.drafter.config.layer_window(i)
                                                for i in range(self.drafter.config.num_hidden_layers)],
                              "radix_cache": compat.prefix_sharing(tc),
-                             "prefix_cache": type(tc).__name__})
+                             "prefix_cache": type(tc).__name__, "overlap_schedule": self.overlap})
 
     def _run_drafter(self, forward_batch: ForwardBatch, B: int) -> torch.Tensor:
         logits = self.draft_runner.forward(forward_batch).logits_output.next_token_logits
@@ -303,7 +318,8 @@ class PEagleDraftWorker(EagleDraftWorker):
         verify_input = build_eagle_verify_input(
             batch, draft_input, parents, scores, drafts, None, target_worker=self.target_worker, topk=1,
             num_steps=K, num_draft_tokens=K + 1, tree_mask_mode=self.tree_mask_mode, device=self.device)
-        self._last_verify = (draft_input.bonus_tokens.to(torch.int64), drafts)
+        relayed = getattr(draft_input, "future_indices", None) is not None       # came through the FutureMap
+        self._last_verify = (draft_input.bonus_tokens.to(torch.int64), drafts, relayed)
         return (verify_input, parents, scores) if with_topology else verify_input
 
     # ------------------------------------------------------------------ prefill: prompt rows + K-1 MASK rows
@@ -385,7 +401,7 @@ class PEagleDraftWorker(EagleDraftWorker):
             return
         if self._last_verify is None:
             raise PEagleRuntimeError("draft-extend after a verify that PEAGLE's draft() did not build")
-        bonus, drafts = self._last_verify
+        bonus, drafts, relayed = self._last_verify
         self._last_verify = None
         B = int(drafts.shape[0])
         accept_lens = batch_result.accept_lens.to(torch.int64)
@@ -405,7 +421,7 @@ class PEagleDraftWorker(EagleDraftWorker):
         if self.recorder is not None:
             self.recorder.write(record_fields("decode", batch, K, new_drafts, seq_lens=batch.seq_lens,
                                               verified=drafts, accept_lens=accept_lens, next_token_ids=new_bonus,
-                                              graph_bs=graph_bs))
+                                              graph_bs=graph_bs, relayed=relayed))
         nxt.topk_index = new_drafts
         nxt.topk_p = torch.ones((B, K), dtype=torch.float32, device=new_drafts.device)
         nxt.hidden_states = None

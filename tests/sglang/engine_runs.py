@@ -154,7 +154,7 @@ def run(key: str, target: Path, drafter: Path | None, K: int, jobs: list[Job], d
 def steps_of(run_: Run, job: str) -> list[list[dict[str, Any]]]:
     from pedagle_backends.sglang.runner import per_request_steps
 
-    return per_request_steps(run_.records, run_.results[job]["rids"])
+    return per_request_steps(run_.records, run_.results[job]["rids"], run_.results[job]["outputs"])
 
 
 def case_result(run_: Run, job: str, K: int, steps: int) -> dict[str, Any]:

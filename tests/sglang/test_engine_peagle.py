@@ -1,11 +1,16 @@
 """PEAGLE in SGLang's running engine (``sglang.Engine``, CPU), float32, on the bundled tiny-code family.
 
 Five engines (target only; PEAGLE K = 1, 3, 5, 7), started once each in one child process (`engine_runs`), each
-serving every prompt set (small: the CPU engine takes ~0.3-1 s per iteration on two cores):
+serving every prompt set (small: the CPU engine takes ~0.3-1 s per iteration on two cores). PEAGLE K = 1, 3 and 7
+run with SGLang's overlap scheduler (its default; on the CPU engine kept on by pedagle's CPU-engine opt-in, where
+SGLang would switch it off for speculative decoding), K = 5 with the synchronous one (``disable_overlap_schedule``):
 
 * ``batch``: four prompts of different lengths generated together; three run STEPS verify steps, one stops after
   3 tokens (requests finish at different times);
 * ``long``: a prompt longer than the chunked-prefill size (prefilled in chunks, one draft step per chunk);
+* ``accept``: six prompts of different lengths, 48 new tokens each: the tiny head's drafts are accepted often there
+  (K = 7 on 0.5.23: every draft of a step in ~1 step of 10, 2.8 tokens per verify), so KV reserves are used to the
+  end, also with the overlap scheduler's one-step lag;
 * ``maxctx``: a request as long as the engine admits (context_length - (K+1): SGLang reserves K+1 draft slots
   per request); its last draft windows (2K rows) reach past the context length;
 * K = 3 only: the KV pool driven full with the radix cache ON (a small ``max_total_tokens``, distinct prompts,
@@ -16,7 +21,8 @@ serving every prompt set (small: the CPU engine takes ~0.3-1 s per iteration on 
   that is captured on CUDA, over its static buffers, batch sizes 1, 2, 4, 8: batches of 3 run padded to 4), so the
   checks below hold for that path too.
 
-Checks: greedy PEAGLE output == SGLang target-only output token for token (float32; a difference would be
+Checks: each engine ran the schedule it was given (overlap: every decode step's drafts came back through SGLang's
+FutureMap); greedy PEAGLE output == SGLang target-only output token for token (float32; a difference would be
 tolerated only where the float32 target's top-2 margin is < 1e-4, and reported); the drafts the worker recorded,
 the accepted counts and the accepted-per-position counters == pedagle's reference engine step by step
 (`compare_e2e`, the conformance comparison); after start-up the target captures the drafter's aux layers in
@@ -33,8 +39,10 @@ from pedagle_backends.sglang import cuda_graphs as cg
 from engine_runs import CHUNK, CONTEXT, LONG_PROMPT, MAXCTX_PROMPT, PEAGLE, TARGET, Job
 
 # `--sglang-cases versions` (CI on the oldest supported SGLang): target-only, K = 3 (radix pool run: the admission
-# reserve hook) and K = 7 (the static-buffer draft step), every test below but sampling (K = 5)
-KS = (3, 7) if subset.versions_only() else (1, 3, 5, 7)
+# reserve hook; overlap), K = 5 (the synchronous schedule) and K = 7 (the static-buffer draft step; overlap), every
+# test below but sampling
+KS = (3, 5, 7) if subset.versions_only() else (1, 3, 5, 7)
+SYNC_KS = (5,)                              # PEAGLE engines on the synchronous schedule; the others overlap
 versions = pytest.mark.sglang_versions
 STEPS = 3                                   # verify steps compared with the reference per request
 SHORT = 3                                   # max_new_tokens of the request that finishes first
@@ -42,6 +50,7 @@ ENGINE = dict(context_length=CONTEXT, chunked_prefill_size=CHUNK)
 RADIX_POOL = 320                            # max_total_tokens of the radix run: well below what the waves need
 F32_TIE = 1e-4
 STATIC_K, STATIC_SIZES = 7, (1, 2, 4, 8)    # the engine whose decode draft step runs on cuda_graphs' static buffers
+ACCEPT_PROMPTS, ACCEPT_NEW = [40, 64, 50, 33, 70, 44], 48   # long generations: many steps accept all K drafts
 
 
 def batch_new(K: int) -> int:
@@ -54,7 +63,8 @@ def jobs(K: int) -> list[Job]:
     n = batch_new(K)
     return [Job("batch", er.prompts([9, 30, 61, 20]), [n, n, n, SHORT]),
             Job("long", er.prompts([LONG_PROMPT], start=7), [6]),
-            Job("maxctx", er.prompts([MAXCTX_PROMPT], start=8), [er.max_context_new(K)])]
+            Job("maxctx", er.prompts([MAXCTX_PROMPT], start=8), [er.max_context_new(K)]),
+            Job("accept", er.prompts(ACCEPT_PROMPTS, start=30), [ACCEPT_NEW] * len(ACCEPT_PROMPTS))]
 
 
 def radix_jobs() -> list[Job]:
@@ -76,10 +86,11 @@ def specs() -> dict[str, er.Spec]:
         extra_jobs, extra_kw, env = [], {}, {}
         if K == 3:
             extra_jobs, extra_kw = radix_jobs(), {"max_total_tokens": RADIX_POOL}
-        if K == 5:
+        if K == 5 and not subset.versions_only():
             extra_jobs = [sample_job()]
         if K == STATIC_K:
             env = {cg.GRAPHS_ENV: "eager", cg.SIZES_ENV: ",".join(map(str, STATIC_SIZES))}
+        extra_kw["disable_overlap_schedule"] = K in SYNC_KS
         out[f"f32-peagle-k{K}"] = er.Spec(TARGET, PEAGLE, K, jobs(K) + extra_jobs, "float32",
                                           engine={**ENGINE, **extra_kw}, env=env)
     return out
@@ -109,6 +120,22 @@ def assert_lossless(got: dict, base: dict, prompts: list[list[int]], what: str) 
                                   f"({g[i]} vs {t[i]}); float32 target margin there {margin:.3g} >= {F32_TIE}")
         ties.append(f"{what} request {b} token {i}: margin {margin:.2g} (top-2 {top2})")
     return ties
+
+
+@versions
+@pytest.mark.parametrize("K", KS)
+def test_engine_ran_the_schedule_it_was_given(K):
+    """Overlap engines: SGLang's overlap scheduler ran PEAGLE (the worker saw it on) and every decode step's draft
+    input came through the FutureMap (``relayed``); synchronous engines: neither."""
+    run = peagle(K)
+    overlap = K not in SYNC_KS
+    assert run.config()["overlap_schedule"] is overlap
+    dec = [r for r in run.records if r.get("kind") == "decode"]
+    assert dec and all(r["relayed"] is overlap for r in dec), sorted({r["relayed"] for r in dec})
+    accept = set(run.results["accept"]["rids"])
+    full = [a for r in dec for rid, a in zip(r["rids"], r["accept_lens"]) if rid in accept and a == K + 1]
+    assert full, "no step of the accept job accepted all K drafts"        # the KV reserve used to its end
+    print(f"K={K}: {'overlap' if overlap else 'synchronous'} schedule, {len(dec)} decode draft steps")
 
 
 @versions
@@ -150,6 +177,34 @@ def test_drafts_equal_reference_step_by_step(K):
     assert cmp.drafts_compared == sum(spr) * K
     print(f"K={K}: drafts identical to the reference over {cmp.drafts_compared} draft slots; accepted per position "
           f"{got_pos}; mean accepted {er.mean_accepted(er.steps_of(run, 'batch')):.2f}")
+
+
+ACCEPT_STEPS = 5                            # verify steps of the accept job compared with the reference
+
+
+@versions
+@pytest.mark.parametrize("K", KS)
+def test_drafts_equal_reference_where_drafts_are_accepted(K):
+    """The accept job (six prompts of different lengths, long generations) step by step against pedagle's reference
+    engine: drafts and accepted counts equal at every step, where steps accept several drafts (so the next draft
+    step reads accepted rows, and under overlap the KV reserve is used past the lagging committed length)."""
+    from pedagle_conformance.compare import compare_e2e
+    from pedagle_core.engine.backend import ReferenceBackend
+
+    run = peagle(K)
+    job = next(j for j in jobs(K) if j.name == "accept")
+    got = er.case_result(run, "accept", K, ACCEPT_STEPS)
+    ref = ReferenceBackend().run_case(str(TARGET), str(PEAGLE), job.prompts, K=K, mode="parallel",
+                                      steps=ACCEPT_STEPS, dtype="float32", device="cpu")
+    spr = [sum(row[b] is not None for row in got["accepted"]) for b in range(len(job.prompts))]
+    cmp = compare_e2e(ref, got, K, "parallel", F32_TIE, steps_per_request=spr)
+    assert not cmp.failures, [m.describe(F32_TIE) for m in cmp.failures[:5]]
+    assert not cmp.desync, cmp.desync
+    assert cmp.drafts_compared == sum(spr) * K
+    accepted = [a for row in got["accepted"] for a in row if a is not None]
+    assert max(accepted) >= min(K, 2), accepted                 # some steps accepted several drafts
+    print(f"K={K} accept job: drafts identical to the reference over {cmp.drafts_compared} draft slots; accepted "
+          f"per step {accepted}")
 
 
 @versions

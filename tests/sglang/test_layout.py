@@ -92,6 +92,36 @@ def test_alloc_len_per_decode():
         layout.decode_window(0)
 
 
+@pytest.mark.parametrize("K", range(1, 17))
+def test_decode_reserve_covers_the_overlap_lag(K):
+    """SGLang reserves 2 * alloc_len_per_decode slots past the committed length; under the overlap scheduler that
+    length lags one verify step (up to K+1 tokens), and the step then writes its verify window and its 2K-row draft
+    window past the current length: all inside the reserve (and nothing to spare at lag 2, as for SGLang's EAGLE)."""
+    reserve = 2 * layout.alloc_len_per_decode(K, K + 1)
+    assert layout.decode_reach(K, 0) == 2 * K if K > 1 else layout.decode_reach(K, 0) == 2
+    assert layout.decode_reach(K, 1) <= reserve
+    # brute force over every accepted count of the lagging step: the last slot any row writes
+    for acc in range(1, K + 2):
+        cur = acc                                                   # committed length 0, one step not counted
+        last = max(cur + K, cur + layout.decode_window(K) - 1)      # verify window, then the draft window
+        assert last < reserve
+    with pytest.raises(ValueError):
+        layout.decode_reach(K, -1)
+
+
+def test_prefill_extend_layout_on_a_batch():
+    """The prompt rows of each request, then its K-1 MASK rows, for prompts of different lengths (no host read
+    of the lengths: a scatter on the device)."""
+    K, ext, pre = 4, torch.tensor([2, 1, 3]), torch.tensor([0, 5, 2])
+    prompt = torch.tensor([10, 11, 20, 30, 31, 32])
+    mask = torch.tensor([[100, 101, 102], [200, 201, 202], [300, 301, 302]])
+    lay = layout.prefill_extend_layout(prompt, ext, pre, mask, K)
+    assert lay.out_cache_loc.tolist() == [10, 11, 100, 101, 102, 20, 200, 201, 202, 30, 31, 32, 300, 301, 302]
+    assert lay.extend_lens.tolist() == [5, 4, 6] and lay.seq_lens.tolist() == [5, 9, 8]
+    one = layout.prefill_extend_layout(prompt, ext, pre, torch.zeros((3, 0), dtype=torch.int64), 1)
+    assert one.out_cache_loc.tolist() == prompt.tolist()
+
+
 def test_slot_mapping_rule_is_req_to_token():
     rtt = page_table()
     r, pos = torch.tensor([0, 1, 1]), torch.tensor([3, 0, 7])

@@ -54,7 +54,7 @@ def test_registered_through_entry_point(loaded):
     assert isinstance(algo, PEagleSpecAlgo)
     assert SpeculativeAlgorithm.from_string("peagle") is algo          # SGLang upper-cases names
     assert algo.name == ALGORITHM and algo.is_eagle() and algo.is_eagle3() and algo.is_speculative()
-    assert not algo.supports_overlap
+    assert algo.supports_overlap                  # SGLang's overlap scheduler may run it (its default)
 
 
 def test_register_is_idempotent(loaded):
@@ -110,6 +110,56 @@ def test_scheduler_called_methods(loaded):
     pool = ReqToTokenPool(size=4, max_context_len=32, device="cpu", enable_memory_saver=False)
     fm = algo.create_future_map(torch.device("cpu"), pool)
     assert isinstance(fm, FutureMap)
+
+
+def test_future_map_relays_peagle_draft_inputs(loaded, monkeypatch):
+    """The overlap scheduler's relay through SGLang's own entry points (``RelayPayload.from_draft_input``,
+    ``FutureMap.stash``, ``resolve_forward_inputs``): PEAGLE's [B, K] drafts and bonus tokens stashed by request-pool
+    row after one forward come back, by row, for a later batch of other rows and order; no hidden-state buffer."""
+    import types
+
+    import torch
+    from sglang.srt.managers.overlap_utils import RelayPayload, resolve_forward_inputs
+    from sglang.srt.mem_cache.memory_pool import ReqToTokenPool
+    from sglang.srt.model_executor.forward_batch_info import CaptureHiddenMode
+    from sglang.srt.speculative.eagle_info import EagleDraftInput
+    from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
+
+    from sglang.srt.speculative import spec_utils
+
+    # what SGLang answers for an EAGLE-3-family algorithm in a running engine (it reads the published spec config)
+    monkeypatch.setattr(spec_utils, "spec_need_hidden_states", lambda: True)
+    algo = SpeculativeAlgorithm.from_string("PEAGLE")
+    K = 5
+    fm = algo.create_future_map(torch.device("cpu"), ReqToTokenPool(size=8, max_context_len=32, device="cpu",
+                                                                    enable_memory_saver=False))
+
+    def stash(rows, drafts, bonus):
+        di = EagleDraftInput(topk_p=torch.ones((len(rows), K)), topk_index=torch.tensor(drafts),
+                             hidden_states=None, bonus_tokens=torch.tensor(bonus), num_tokens_per_req=1,
+                             num_tokens_for_logprob_per_req=1, capture_hidden_mode=CaptureHiddenMode.NULL)
+        fm.stash(torch.tensor(rows), RelayPayload.from_draft_input(di))
+
+    stash([3, 1], [[10, 11, 12, 13, 14], [20, 21, 22, 23, 24]], [7, 8])          # a prefill's draft step
+    stash([5], [[30, 31, 32, 33, 34]], [9])                                       # another request's
+    stash([1], [[40, 41, 42, 43, 44]], [6])                                       # row 1's next decode step
+    assert tuple(fm.topk_index_buf.shape) == (fm.req_pool_size, K) and getattr(fm, "hidden_states_buf", None) is None
+    nxt = EagleDraftInput(capture_hidden_mode=CaptureHiddenMode.NULL)
+    nxt.future_indices = torch.tensor([5, 1, 3])
+    batch = types.SimpleNamespace(prefill_input_ids_cpu=None, input_ids=None, enable_overlap=True,
+                                  spec_algorithm=algo, spec_info=nxt, req_pool_indices=nxt.future_indices)
+    resolve_forward_inputs(batch, fm)
+    assert nxt.topk_index.tolist() == [[30, 31, 32, 33, 34], [40, 41, 42, 43, 44], [10, 11, 12, 13, 14]]
+    assert nxt.bonus_tokens.tolist() == [9, 6, 7] and nxt.topk_p.tolist() == [[1.0] * K] * 3
+    assert batch.input_ids is None                  # spec decoding: the verify builds the input ids itself
+    # on CUDA the resolve step is SGLang's own (its fused Triton gather), untouched
+    from sglang.srt.managers.overlap_utils import FutureMap
+
+    seen = []
+    monkeypatch.setattr(FutureMap, "_resolve_spec_extras", lambda self, b: seen.append(b))
+    fm.device = torch.device("cuda")
+    fm._resolve_spec_extras(batch)
+    assert seen == [batch]
 
 
 def test_factory_returns_the_worker_class(loaded):

@@ -39,8 +39,26 @@ def test_eagle_family_defaults_filled(paths, kw, K):
     _, v = resolved(paths, **kw)
     assert v.speculative_algorithm == "PEAGLE"
     assert (v.speculative_num_steps, v.speculative_eagle_topk, v.speculative_num_draft_tokens) == (K, 1, K + 1)
-    assert v.disable_overlap_schedule is True
     assert v.max_running_requests == 48                          # SGLang's EAGLE-family default ran too
+
+
+@pytest.mark.parametrize("opt_in, kw, overlap", [
+    (False, {}, False),                                  # SGLang switches overlap off for spec decoding on a CPU
+    (True, {}, True),                                    # pedagle's CPU-engine opt-in keeps SGLang's default: on
+    (True, {"disable_overlap_schedule": True}, False),   # the synchronous schedule when asked for
+])
+def test_overlap_schedule(paths, monkeypatch, opt_in, kw, overlap):
+    """PEAGLE no longer switches overlap scheduling off: the user's choice (SGLang's default: on) stands, except where
+    SGLang itself turns it off (speculative decoding on a CPU), which pedagle's CPU-engine opt-in undoes."""
+    from pedagle_backends.sglang import cpu
+
+    for name in (cpu.OPT_IN_ENV, cpu.SGLANG_CPU_ENV):
+        if opt_in:
+            monkeypatch.setenv(name, "1")
+        else:
+            monkeypatch.delenv(name, raising=False)
+    _, v = resolved(paths, speculative_num_draft_tokens=4, **kw)
+    assert v.disable_overlap_schedule is (not overlap)
 
 
 @pytest.mark.parametrize("kw, match", [
