@@ -9,9 +9,9 @@ Phases (``--phases``, each bounded by its own budget; every configuration's erro
 ``check``  tiny-code (target + peagle + eagle3) and the random conformance heads (vLLM format ``peagle``,
            speculators format ``peagle-spec``, a Qwen3 head ``qwen3-peagle`` on ``qwen3-target``, and a
            sliding-window copy of it made here, window 4), prompts of different lengths in ONE batch, radix
-           cache on, CUDA graphs on, SGLang's defaults otherwise (attention_backend triton; overlap off and
-           page size 1, which PEAGLE needs). Engines: target-only, SGLang's EAGLE3 (tiny-code's eagle3 head,
-           K=3) and PEAGLE (K = 1, 3, 7 on tiny-code; one K per random head), in float32 and bfloat16 (random
+           cache on, CUDA graphs on, SGLang's defaults otherwise (attention_backend triton; page size 1, which
+           PEAGLE needs; overlap off unless ``--engine-arg disable_overlap_schedule=false``). Engines:
+           target-only, SGLang's EAGLE3 (tiny-code's eagle3 head, K=3) and PEAGLE (K = 1, 3, 7 on tiny-code; one K per random head), in float32 and bfloat16 (random
            heads: float32). All engines of the phase run one after another in one child process
            (`pedagle_backends.sglang.runner.run_jobs`; a child that dies is restarted after the job it died
            in). Checked per PEAGLE configuration:
@@ -494,7 +494,7 @@ def phase_check(out: Path, heads: dict[str, str], args: argparse.Namespace, dead
 
 def check_result(rows: list[dict[str, Any]], engine: dict[str, Any], device: str, ref_device: str) -> dict[str, Any]:
     return {"engine_defaults": {**engine, "device": device, "context_length": CONTEXT, "radix_cache": True,
-                                "disable_overlap_schedule": True, "page_size": 1},
+                                "disable_overlap_schedule": engine.get("disable_overlap_schedule", True), "page_size": 1},
             "reference_device": ref_device, "configs": rows, "ok": bool(rows) and all(r.get("ok") for r in rows),
             "complete": not any(r.get("incomplete") or "not analysed" in str(r.get("error", "")) for r in rows),
             "table": check_table(rows)}
@@ -644,7 +644,7 @@ def bench_config(name: str, heads: dict[str, str], overlap: bool, device: str = 
     elif name.startswith("peagle-k"):
         K = int(name.split("-k")[1].split("-")[0])
         kw.update(speculative_algorithm="PEAGLE", speculative_draft_model_path=heads["tiny-peagle"],
-                  speculative_num_draft_tokens=K + 1, disable_overlap_schedule=True, page_size=1)
+                  speculative_num_draft_tokens=K + 1, page_size=1)
         if name.endswith("-eager"):
             env["PEDAGLE_SGLANG_DRAFT_GRAPHS"] = "0"
     elif name != "target-only":
@@ -801,8 +801,7 @@ def phase_prod(out: Path, heads: dict[str, str], args: argparse.Namespace, deadl
               random_seed=0, context_length=ctx + args.prod_tokens + 64, log_level="error",
               speculative_algorithm="PEAGLE", speculative_draft_model_path=heads["prod-peagle"],
               speculative_draft_load_format="auto",          # the head from its checkpoint (the target: dummy)
-              speculative_num_draft_tokens=K + 1, disable_overlap_schedule=True, page_size=1,
-              **engine_defaults(args.device))
+              speculative_num_draft_tokens=K + 1, page_size=1, **engine_defaults(args.device))
     calls = [{"name": f"b{b}", "prompts": P[:b], "max_new_tokens": args.prod_tokens, "repeat": 3} for b in batches]
     timer = str(out / "logs" / "prod.timer.jsonl")
     inside = run_engine_child({"kwargs": kw, "calls": calls, "timer": timer, "device": args.device},
@@ -958,7 +957,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--bench-state", default="/tmp/pedagle-sglang-bench-state.json",
                     help="bench: runs so far (the schedule continues from it; delete it to start over)")
     ap.add_argument("--overlap", choices=["default", "off"], default="default",
-                    help="bench: target-only / EAGLE3 with SGLang's default overlap schedule, or off (PEAGLE: off)")
+                    help="bench: every configuration (PEAGLE included) with SGLang's default overlap schedule, or off")
     ap.add_argument("--bench-configs", nargs="+", default=None, metavar="PATTERN",
                     help="bench: only these configurations (shell patterns, e.g. target-only 'peagle-k7*')")
     ap.add_argument("--child-s", type=float, default=60.0, help="bench: start no child with less time left")

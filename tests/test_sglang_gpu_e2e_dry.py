@@ -117,7 +117,10 @@ def test_bench_schedule_rounds_and_best_k():
         e2e.bench_config("eagle4-k3", {"tiny-target": "t"}, overlap=True)
     eager = e2e.bench_config("peagle-k5-eager", {"tiny-target": "t", "tiny-peagle": "p"}, overlap=True)
     assert eager["env"] == {"PEDAGLE_SGLANG_DRAFT_GRAPHS": "0"}
-    assert eager["kwargs"]["speculative_num_draft_tokens"] == 6 and eager["kwargs"]["disable_overlap_schedule"]
+    assert eager["kwargs"]["speculative_num_draft_tokens"] == 6
+    assert "disable_overlap_schedule" not in eager["kwargs"]                  # PEAGLE follows --overlap like the rest
+    sync = e2e.bench_config("peagle-k5", {"tiny-target": "t", "tiny-peagle": "p"}, overlap=False)
+    assert sync["kwargs"]["disable_overlap_schedule"] is True
 
 
 def test_draft_share_and_prod_ratio():
