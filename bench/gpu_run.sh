@@ -13,17 +13,21 @@
 #       run 540 'sglang:--phases bench' then 'vllm:--runner v2 --phases bench --rounds 1'
 # .h2src/overlay (optional, carried): files copied over the tree first, so that a run is of one commit
 # ($PEDAGLE_COMMIT, else git's HEAD) while the sending checkout has edits in progress.
+# The kit is carried as .gpucarry/bin + .gpucarry/pNN, or as .gpucarry/NAME/bin + .gpucarry/NAME/pNN (several kits
+# kept side by side, e.g. `both` and the smaller `sglang` made by bench/gpu_kit_subset.sh; one of them is carried).
 set -u
 R=$PWD
 cmd=${1:?stash|run}; shift
-if ls -d .gpucarry/p[0-9][0-9] >/dev/null 2>&1; then bash .gpucarry/bin/gpu_assemble.sh stash || exit 1; fi
+KIT=.gpucarry
+for d in .gpucarry/*/bin; do [ -f "$d/gpu_assemble.sh" ] && KIT=${d%/bin}; done
+if ls -d "$KIT"/p[0-9][0-9] >/dev/null 2>&1; then bash "$KIT/bin/gpu_assemble.sh" stash || exit 1; fi
 [ "$cmd" = stash ] && exit 0
 [ "$cmd" = run ] || { echo "usage: $0 stash | run SECONDS JOB..." >&2; exit 2; }
 T=${1:?seconds}; shift
 [ -d .h2src/overlay ] && cp -r .h2src/overlay/. . && echo "overlay: $(find .h2src/overlay -type f | wc -l) file(s)"
 export PEDAGLE_COMMIT="${PEDAGLE_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
 t0=$SECONDS
-set +u; cd /tmp && source "$R/.gpucarry/bin/gpu_assemble.sh" install; rc=$?; cd "$R"; set -u   # no pyproject in /tmp
+set +u; cd /tmp && source "$R/$KIT/bin/gpu_assemble.sh" install; rc=$?; cd "$R"; set -u   # no pyproject in /tmp
 [ -d /tmp/site-vllm ] || [ -d /tmp/site-sglang ] || { echo "nothing unpacked (rc $rc)"; exit 1; }
 if [ -d /tmp/site-sglang ]; then   # SGLang 0.5.17's EAGLE3 graph capture imports DeepSeek backends (not carried)
   python3 bench/gpu_sglang_stubs.py /tmp/site-sglang || exit 1

@@ -88,3 +88,80 @@ def test_gpu_jobs_runs_groups_kills_at_the_deadline_and_packs(tmp_path, monkeypa
     with tarfile.open(out / "run.tgz") as t:
         names = t.getnames()
     assert "gpujobs/j4-vllm/run.log" in names and "gpujobs/j4-vllm/r.json" not in names   # killed, nothing written
+
+
+def _fake_both_kit(root: Path) -> Path:
+    """A kit directory shaped like ../shared/gpu-carry's `both` (members 1x: vLLM, 2x: SGLang), in 3 pieces."""
+    import hashlib
+    import os
+    import tarfile
+
+    members = {"10-vllm.tar.xz": os.urandom(3000), "11-vllm-deps.tar.xz": os.urandom(2000),
+               "20-sglang.tar.xz": os.urandom(2500), "22-sglang-deps.tar.xz": os.urandom(1500)}
+    src = root / "members"
+    src.mkdir()
+    for name, data in members.items():
+        (src / name).write_bytes(data)
+    (src / "CONTENTS.sha256").write_text("".join(f"{hashlib.sha256(d).hexdigest()}  {n}\n" for n, d in members.items()))
+    kit = root / "both"
+    (kit / "bin").mkdir(parents=True)
+    (kit / "bin" / "gpu_assemble.sh").write_text("echo stash from $0\n")
+    with tarfile.open(root / "bundle.tar", "w") as t:
+        for p in sorted(src.iterdir()):
+            t.add(p, arcname="./" + p.name)
+    data = (root / "bundle.tar").read_bytes()
+    (kit / "bin" / "BUNDLE.sha256").write_text(f"{hashlib.sha256(data).hexdigest()}  bundle.tar\n")
+    n = (len(data) + 2) // 3
+    for i in range(3):
+        (kit / f"p{i:02d}").mkdir()
+        (kit / f"p{i:02d}" / f"bundle.tar.{i:02d}").write_bytes(data[i * n:(i + 1) * n])
+    return kit
+
+
+def test_gpu_kit_subset_keeps_one_engine_in_verified_pieces(tmp_path):
+    """bench/gpu_kit_subset.sh: the SGLang members only (and their checksum lines), in the asked number of pieces
+    whose join matches BUNDLE.sha256; bad arguments are refused with the reason."""
+    import hashlib
+    import io
+    import tarfile
+
+    kit = _fake_both_kit(tmp_path)
+    script = REPO / "bench" / "gpu_kit_subset.sh"
+    r = subprocess.run(["bash", str(script), str(kit), str(tmp_path / "sg"), "sglang", "2"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "sg"
+    assert (out / "bin" / "OPTION").read_text().strip() == "sglang"
+    pieces = sorted(out.glob("p[0-9][0-9]/bundle.tar.[0-9][0-9]"))
+    assert [p.parent.name for p in pieces] == ["p00", "p01"]
+    data = b"".join(p.read_bytes() for p in pieces)
+    assert (out / "bin" / "BUNDLE.sha256").read_text().split()[0] == hashlib.sha256(data).hexdigest()
+    piece_sums = dict(line.split()[::-1] for line in (out / "bin" / "PIECES.sha256").read_text().splitlines())
+    assert piece_sums == {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in pieces}
+    with tarfile.open(fileobj=io.BytesIO(data)) as t:
+        names = sorted(m.name.removeprefix("./") for m in t.getmembers() if m.isfile())
+        contents = t.extractfile([m for m in t.getmembers() if m.name.endswith("CONTENTS.sha256")][0]).read().decode()
+    assert names == ["20-sglang.tar.xz", "22-sglang-deps.tar.xz", "CONTENTS.sha256"]
+    assert [line.split()[1] for line in contents.splitlines()] == ["20-sglang.tar.xz", "22-sglang-deps.tar.xz"]
+    for args, msg in (([str(kit), str(out), "sglang"], "exists"), ([str(kit), str(tmp_path / "o"), "trtllm"], "expected sglang or vllm"),
+                      ([str(tmp_path), str(tmp_path / "o2"), "vllm"], "not a kit directory")):
+        r = subprocess.run(["bash", str(script), *args], capture_output=True, text=True)
+        assert r.returncode != 0 and msg in r.stderr
+    (kit / "p01" / "bundle.tar.01").write_bytes(b"corrupt")
+    r = subprocess.run(["bash", str(script), str(kit), str(tmp_path / "o3"), "vllm"], capture_output=True, text=True)
+    assert r.returncode != 0 and "bundle checksum mismatch" in r.stderr
+
+
+def test_gpu_run_stash_finds_a_kit_carried_under_its_name(tmp_path):
+    """bench/gpu_run.sh stash runs the carried kit's gpu_assemble.sh, whether the kit is .gpucarry/{bin,pNN} or
+    .gpucarry/NAME/{bin,pNN}."""
+    import shutil
+
+    for layout in (".gpucarry", ".gpucarry/sglang"):
+        repo = tmp_path / layout.replace("/", "_")
+        (repo / "bench").mkdir(parents=True)
+        shutil.copy(REPO / "bench" / "gpu_run.sh", repo / "bench")
+        (repo / layout / "bin").mkdir(parents=True)
+        (repo / layout / "p00").mkdir()
+        (repo / layout / "bin" / "gpu_assemble.sh").write_text('echo "assemble $1 from $(dirname $0)"\n')
+        r = subprocess.run(["bash", "bench/gpu_run.sh", "stash"], cwd=repo, capture_output=True, text=True)
+        assert r.returncode == 0 and r.stdout.strip() == f"assemble stash from {layout}/bin", (layout, r.stdout, r.stderr)
