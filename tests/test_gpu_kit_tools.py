@@ -165,3 +165,31 @@ def test_gpu_run_stash_finds_a_kit_carried_under_its_name(tmp_path):
         (repo / layout / "bin" / "gpu_assemble.sh").write_text('echo "assemble $1 from $(dirname $0)"\n')
         r = subprocess.run(["bash", "bench/gpu_run.sh", "stash"], cwd=repo, capture_output=True, text=True)
         assert r.returncode == 0 and r.stdout.strip() == f"assemble stash from {layout}/bin", (layout, r.stdout, r.stderr)
+
+
+def test_gpu_h2src_overlays_heads_version_of_edited_files(tmp_path):
+    """bench/gpu_h2src.sh: HEAD's copy of each tracked file edited in the working tree, and HEAD's id."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    (repo / "bench").mkdir(parents=True)
+    shutil.copy(REPO / "bench" / "gpu_h2src.sh", repo / "bench")
+    (repo / "pkg").mkdir()
+    (repo / "pkg" / "a.py").write_text("A = 1\n")
+    (repo / "b.txt").write_text("b\n")
+    (repo / ".gitignore").write_text("/.h2src/\n")
+    git = lambda *a: subprocess.run(["git", *a], cwd=repo, capture_output=True, text=True, check=True).stdout  # noqa: E731
+    git("init", "-q")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    (repo / "pkg" / "a.py").write_text("A = 2\n")                  # edited after the commit
+    (repo / "new.py").write_text("untracked\n")
+    r = subprocess.run(["bash", "bench/gpu_h2src.sh"], cwd=repo, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (repo / ".h2src" / "overlay" / "pkg" / "a.py").read_text() == "A = 1\n"
+    assert not (repo / ".h2src" / "overlay" / "b.txt").exists()
+    assert (repo / ".h2src" / "COMMIT").read_text().strip() == git("rev-parse", "HEAD").strip()
+    assert "overlay: 1 file(s)" in r.stdout and "new.py" in r.stdout
+    (repo / ".gitignore").write_text("")
+    r = subprocess.run(["bash", "bench/gpu_h2src.sh"], cwd=repo, capture_output=True, text=True)
+    assert r.returncode == 2 and "not git-ignored" in r.stderr
