@@ -85,10 +85,10 @@ SWA_WINDOW = 4
 
 
 def engine_defaults(device: str) -> dict[str, Any]:
-    """Engine keywords of every engine here: on CUDA ``GPU_ENGINE`` and the ``--engine-arg`` ones; on the CPU none
-    (SGLang's CPU engine set up by `pedagle_backends.sglang.cpu`, no graphs: a smoke run of the plumbing, not of
-    the GPU)."""
-    return {**GPU_ENGINE, **EXTRA_ENGINE} if device == "cuda" else {}
+    """Engine keywords of every engine here: on CUDA ``GPU_ENGINE`` and the ``--engine-arg`` ones; on the CPU only
+    the ``--engine-arg`` ones (SGLang's CPU engine set up by `pedagle_backends.sglang.cpu`, no graphs: a smoke run of
+    the plumbing, not of the GPU)."""
+    return {**GPU_ENGINE, **EXTRA_ENGINE} if device == "cuda" else dict(EXTRA_ENGINE)
 
 
 def log(*a: Any) -> None:
