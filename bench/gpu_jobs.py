@@ -10,8 +10,9 @@ A JOB is ``ENGINE:ARGS``: ENGINE ``vllm`` runs ``bench/vllm_gpu_e2e.py ARGS``, `
 ``--budget-s`` wins); ``selfcheck`` runs PEAGLE's draft-step CUDA-graph self-check
 (``python -m pedagle_backends.sglang.graph_selfcheck --out DIR ARGS``: target-only vs PEAGLE graphs vs eager,
 result graph_selfcheck.json) with SGLang's PYTHONPATH and no budget argument (bound it with ``--K`` /
-``--max-new``; the deadline still applies). Jobs between two ``then`` run at the same time (correctness runs that can share the GPU:
-give each engine a small memory share); the groups run one after another (timings: one job per group).
+``--max-new``; the deadline still applies). Jobs between two ``then`` run at the same time (correctness runs
+that can share the GPU: give each engine a small memory share); the groups run one after another (timings: one
+job per group).
 Every job's process group is killed SECONDS - 20 after the start, so that the results are always packed:
 $OUT/run.tgz (every job's directory with its output run.log, without the production-shaped models) and, for the
 first seven jobs, $OUT/jN-ENGINE.json (the e2e result). The last lines of each job's output are printed at the

@@ -127,7 +127,8 @@ def test_gpu_kit_subset_keeps_one_engine_in_verified_pieces(tmp_path):
 
     kit = _fake_both_kit(tmp_path)
     script = REPO / "bench" / "gpu_kit_subset.sh"
-    r = subprocess.run(["bash", str(script), str(kit), str(tmp_path / "sg"), "sglang", "2"], capture_output=True, text=True)
+    r = subprocess.run(["bash", str(script), str(kit), str(tmp_path / "sg"), "sglang", "2"], capture_output=True,
+                       text=True)
     assert r.returncode == 0, r.stderr
     out = tmp_path / "sg"
     assert (out / "bin" / "OPTION").read_text().strip() == "sglang"
@@ -142,7 +143,8 @@ def test_gpu_kit_subset_keeps_one_engine_in_verified_pieces(tmp_path):
         contents = t.extractfile([m for m in t.getmembers() if m.name.endswith("CONTENTS.sha256")][0]).read().decode()
     assert names == ["20-sglang.tar.xz", "22-sglang-deps.tar.xz", "CONTENTS.sha256"]
     assert [line.split()[1] for line in contents.splitlines()] == ["20-sglang.tar.xz", "22-sglang-deps.tar.xz"]
-    for args, msg in (([str(kit), str(out), "sglang"], "exists"), ([str(kit), str(tmp_path / "o"), "trtllm"], "expected sglang or vllm"),
+    for args, msg in (([str(kit), str(out), "sglang"], "exists"),
+                      ([str(kit), str(tmp_path / "o"), "trtllm"], "expected sglang or vllm"),
                       ([str(tmp_path), str(tmp_path / "o2"), "vllm"], "not a kit directory")):
         r = subprocess.run(["bash", str(script), *args], capture_output=True, text=True)
         assert r.returncode != 0 and msg in r.stderr
