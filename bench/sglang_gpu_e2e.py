@@ -11,10 +11,10 @@ Phases (``--phases``, each bounded by its own budget; every configuration's erro
            sliding-window copy of it made here, window 4), prompts of different lengths in ONE batch, radix
            cache on, CUDA graphs on, SGLang's defaults otherwise (attention_backend triton; page size 1, which
            PEAGLE needs; overlap off unless ``--engine-arg disable_overlap_schedule=false``). Engines:
-           target-only, SGLang's EAGLE3 (tiny-code's eagle3 head, K=3) and PEAGLE (K = 1, 3, 7 on tiny-code; one K per random head), in float32 and bfloat16 (random
-           heads: float32). All engines of the phase run one after another in one child process
-           (`pedagle_backends.sglang.runner.run_jobs`; a child that dies is restarted after the job it died
-           in). Checked per PEAGLE configuration:
+           target-only, SGLang's EAGLE3 (tiny-code's eagle3 head, K=3) and PEAGLE (K = 1, 3, 7 on tiny-code;
+           one K per random head), in float32 and bfloat16 (random heads: float32). All engines of the phase
+           run one after another in one child process (`pedagle_backends.sglang.runner.run_jobs`; a child that
+           dies is restarted after the job it died in). Checked per PEAGLE configuration:
              * output == target-only output of the same dtype (float32: exactly; bfloat16: each request's first
                difference classified with the target's float32 logits, `pedagle_core.engine.lossless.classify`);
              * recorded drafts (``PEDAGLE_RECORD_DRAFTS``) vs pedagle's reference forced onto every state SGLang

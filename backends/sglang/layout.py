@@ -232,6 +232,7 @@ def prefill_extend_layout(prompt_locs: Tensor, extend_lens: Tensor, prefix_lens:
                         seq_lens=_as_long(prefix_lens) + new_ext, out_cache_loc=out)
 
 
-__all__ = ["decode_window", "alloc_len_per_decode", "decode_reach", "prefill_scratch_slots", "verify_positions", "verify_tokens", "chain_retrieve_indices",
-           "decode_step_input", "select_index", "draft_extend_cache_locs", "block_table", "no_block_table", "prefill_step_input",
-           "prefill_mask_positions", "ExtendLayout", "decode_extend_layout", "prefill_extend_layout"]
+__all__ = ["decode_window", "alloc_len_per_decode", "decode_reach", "prefill_scratch_slots", "verify_positions",
+           "verify_tokens", "chain_retrieve_indices", "decode_step_input", "select_index", "draft_extend_cache_locs",
+           "block_table", "no_block_table", "prefill_step_input", "prefill_mask_positions", "ExtendLayout",
+           "decode_extend_layout", "prefill_extend_layout"]
